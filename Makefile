@@ -1,0 +1,44 @@
+# Everything runs inside .venv, created from this project's own pyproject.toml on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast lint typecheck fuzz bench docs clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install  ## pack the shipped sample and print the report
+	$(BIN)/bestfit pack samples/ demo-out/ --config configs/cl100k-2k.toml --overwrite
+	$(BIN)/bestfit stats samples/ --config configs/cl100k-2k.toml --ctx 8192
+
+test: install  ## the whole test suite (reads ../shared/corpora when present)
+	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: install
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check bestfit_cli tests bench
+	$(BIN)/mypy bestfit_cli
+
+typecheck: install
+	$(BIN)/mypy bestfit_cli
+
+fuzz: install  ## many more hypothesis examples than CI runs
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py
+
+bench: install  ## benchmarks on synthetic data; results go to bench/results/
+	$(BIN)/python -m bench
+
+docs: install  ## regenerate docs/cli.md from --help
+	$(BIN)/python -m tests.gen_cli_docs > docs/cli.md
+
+clean:
+	rm -rf demo-out bench/results/tmp .pytest_cache .hypothesis

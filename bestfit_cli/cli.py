@@ -1,0 +1,186 @@
+"""The ``bestfit`` command line: thin commands over the library; library errors become one-line messages here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import BestfitError
+from .histogram import LONG_DOC_POLICIES
+from .read import TOKEN_DTYPES
+
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+class BestfitGroup(click.Group):
+    """Turns the library's typed errors into click errors, once, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BestfitError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+def _known_config_keys() -> set[str]:
+    keys: set[str] = set()
+    for command in cli.commands.values():
+        keys.update(p.name for p in command.params if p.name and p.name != "config")
+    return keys
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .config import load_config
+
+    try:
+        defaults = load_config(value, ctx.info_name or "", _known_config_keys(), cli.commands)
+    except BestfitError as exc:
+        raise click.BadParameter(str(exc)) from None
+    own = {p.name for p in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in defaults.items() if k in own}}
+    return value
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=_load_config,
+                        help="TOML file of option defaults (flags and BESTFIT_* variables override it).")(f)
+
+
+def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by every command that reads tokenized documents."""
+    decorators = [
+        click.option("--column", default="input_ids", show_default=True,
+                     help="List-of-integers column (Parquet) or field (JSONL) holding token ids."),
+        click.option("--eos-id", type=click.IntRange(min=0), default=None,
+                     help="Append this token to every non-empty document (it counts in the length)."),
+        click.option("--long-docs", type=click.Choice(LONG_DOC_POLICIES), default="split", show_default=True,
+                     help="Documents longer than ctx: split into ctx-sized chunks, truncate to ctx, or drop."),
+        click.option("--dtype", type=click.Choice(list(TOKEN_DTYPES)), default="int32", show_default=True,
+                     help="Integer type of token ids in the output."),
+        config_option,
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def _progress(quiet: bool) -> Callable[[int], Any] | None:
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    def factory(total: int) -> Any:
+        return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="reading",
+                    dynamic_ncols=True)
+
+    return factory
+
+
+def _print_table(renderable: Any) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(renderable)
+
+
+def _emit_json(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, indent=2))
+
+
+@click.group(cls=BestfitGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                  "auto_envvar_prefix": "BESTFIT", "max_content_width": 100})
+@click.version_option(__version__, prog_name="bestfit")
+def cli() -> None:
+    """Best-fit packing of tokenized corpora into fixed-length training sequences.
+
+    Data goes to stdout, tables and progress to stderr. Exit codes: 0 success, 1 bad input or failed run,
+    2 usage error, 130 interrupted.
+    """
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@click.argument("out", metavar="OUT")
+@click.option("--ctx", type=int, required=True, help="Sequence length in tokens.")
+@input_options
+@click.option("--pad-id", type=click.IntRange(min=0), default=None,
+              help="Padding token id.  [default: the EOS id if given, else 0]")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the shuffle of output sequences.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+              help="Shuffle output sequences (within each window).")
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Sequences per output shard.")
+@click.option("--window-tokens", type=click.IntRange(min=1), default=None,
+              help="Pack documents in consecutive windows of this many tokens; bounds memory.  [default: 134217728]")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Windows packed in parallel (0: one per usable core).")
+@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
+def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
+         pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int, window_tokens: int | None,
+         workers: int, overwrite: bool, as_json: bool, quiet: bool) -> None:
+    """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
+
+    Writes fixed-length Parquet shards, stats.json and, last, manifest.json to the folder OUT.
+    """
+    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions
+    from .pipeline import pack as run_pack
+    from .report import render_report
+
+    opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
+                       seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard, dtype=dtype,
+                       window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite)
+    started = time.perf_counter()
+    result = run_pack(inputs, out, opts, progress_factory=_progress(quiet))
+    seconds = time.perf_counter() - started
+    if not quiet:
+        _print_table(render_report(result.report))
+        click.echo(f"wrote {result.report.stats.sequences:,} sequences in {len(result.manifest['shards'])} shards "
+                   f"to {out} in {seconds:.1f}s", err=True)
+    if as_json:
+        _emit_json({**result.report.to_json(), "out": out, "shards": len(result.manifest["shards"]),
+                    "wall_seconds": round(seconds, 3)})
+
+
+def main() -> None:
+    """Entry point: runs the CLI; Ctrl-C exits 130 with one line, a closed stdout ends quietly."""
+    try:
+        cli.main(standalone_mode=False, prog_name="bestfit")
+    except click.exceptions.Abort:
+        click.echo("bestfit: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        click.echo("\nbestfit: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail a second time.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

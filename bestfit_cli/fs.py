@@ -1,0 +1,173 @@
+"""The one filesystem layer: every input and output path goes through pyarrow's filesystems.
+
+Local paths, ``file://`` and object-store URIs (``s3://``, ``gs://``) resolve to a ``pyarrow.fs.FileSystem``
+plus a path on it, so readers and writers never touch ``open()`` or ``os`` directly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import pyarrow.fs as pafs
+
+from .errors import InputError, OutputError
+
+Format = Literal["parquet", "jsonl"]
+STDIN = "-"
+
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: ``name`` is what messages show; ``fs`` and ``fs_path`` are how to read it."""
+
+    name: str
+    format: Format
+    fs: pafs.FileSystem | None = None
+    fs_path: str = ""
+    size: int | None = None
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.name == STDIN
+
+    @property
+    def format_compressed(self) -> bool:
+        return self.name.lower().endswith(_COMPRESSED_SUFFIXES)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and in-filesystem path for a local path or a URI."""
+    if _is_uri(path):
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except Exception as exc:  # pyarrow raises several types for unsupported schemes
+            raise InputError(path, f"cannot open this location: {exc}",
+                             fix="use a local path or a URI pyarrow supports, such as s3://bucket/prefix") from None
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def format_of(path: str) -> Format | None:
+    """The input format implied by a file name, or None when it is not an input bestfit reads."""
+    name = path.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(_PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    return None
+
+
+def _display(arg: str, fs_path: str) -> str:
+    if _is_uri(arg):
+        scheme = arg.split("://", 1)[0]
+        return f"{scheme}://{fs_path}"
+    return os.path.relpath(fs_path) if not os.path.isabs(arg) else fs_path
+
+
+def _is_hidden(relpath: str) -> bool:
+    return any(part.startswith((".", "_")) for part in relpath.split("/") if part)
+
+
+def _expand_folder(arg: str, fs: pafs.FileSystem, root: str) -> list[InputFile]:
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(info.path, root)
+        fmt = format_of(info.path)
+        if fmt is None or _is_hidden(rel):
+            continue
+        files.append(InputFile(_display(arg, info.path), fmt, fs, info.path, info.size))
+    files.sort(key=lambda f: f.fs_path)
+    if not files:
+        raise InputError(arg, "folder holds no Parquet or JSONL files",
+                         fix="point at a folder of *.parquet or *.jsonl[.gz|.zst] files")
+    return files
+
+
+def _expand_glob(arg: str) -> list[str]:
+    if _is_uri(arg):
+        fs, pattern = filesystem_for(arg)
+        base = pattern
+        while any(ch in base for ch in "*?["):
+            base = posixpath.dirname(base)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        scheme = arg.split("://", 1)[0]
+        return sorted(f"{scheme}://{i.path}" for i in infos if fnmatch.fnmatch(i.path, pattern))
+    return sorted(glob.glob(arg, recursive=True))
+
+
+def resolve_inputs(args: Sequence[str]) -> list[InputFile]:
+    """Expand input arguments into files, in the documented order.
+
+    Arguments keep their order; a folder contributes its files in sorted path order (searched recursively,
+    hidden and ``_``-prefixed entries skipped); a glob contributes its matches sorted; ``-`` is JSONL on stdin.
+    """
+    if not args:
+        raise InputError("IN", "no input given", fix="pass one or more files, folders or globs, or - for stdin")
+    resolved: list[InputFile] = []
+    for arg in args:
+        if arg == STDIN:
+            resolved.append(InputFile(STDIN, "jsonl"))
+            continue
+        if any(ch in arg for ch in "*?["):
+            matches = _expand_glob(arg)
+            if not matches:
+                raise InputError(arg, "glob matches no files", fix="check the pattern, or quote it for your shell")
+            for match in matches:
+                resolved.extend(_resolve_path(match, explicit=False))
+            continue
+        resolved.extend(_resolve_path(arg, explicit=True))
+    return resolved
+
+
+def _resolve_path(arg: str, *, explicit: bool) -> list[InputFile]:
+    fs, path = filesystem_for(arg)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(arg, "does not exist", fix="check the path")
+    if info.type == pafs.FileType.Directory:
+        return _expand_folder(arg, fs, path)
+    fmt = format_of(path)
+    if fmt is None:
+        if not explicit:
+            return []
+        raise InputError(arg, "is neither Parquet nor JSONL by its name",
+                         fix="name Parquet files *.parquet and JSON Lines files *.jsonl (optionally .gz or .zst)")
+    return [InputFile(_display(arg, path), fmt, fs, path, info.size)]
+
+
+def check_output_location(out: str, input_args: Sequence[str], inputs: Sequence[InputFile]) -> None:
+    """Refuse an OUT inside an input folder (a rerun would read its own output) or holding an input file."""
+    if _is_uri(out):
+        return
+    out_abs = os.path.abspath(out)
+    for arg in input_args:
+        if arg == STDIN or _is_uri(arg) or not os.path.isdir(arg):
+            continue
+        root = os.path.abspath(arg)
+        if out_abs == root or out_abs.startswith(root + os.sep):
+            raise OutputError(f"{out}: OUT lies inside the input folder {arg}",
+                              fix="choose an OUT outside the folders you read")
+    for item in inputs:
+        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and (
+                item.fs_path == out_abs or item.fs_path.startswith(out_abs + os.sep)):
+            raise OutputError(f"{out}: OUT holds the input file {item.name}",
+                              fix="choose a new folder for OUT")

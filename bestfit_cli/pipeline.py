@@ -1,0 +1,292 @@
+"""The pipeline: read → histogram → plan → write → report, wired together for ``pack``.
+
+Documents stream in as batches and are grouped into windows (``window.py``). Each window is a self-contained unit
+of work (``pack_window``): cut into pieces, planned with best-fit decreasing, shuffled with a seed derived from the
+run's seed and the window's number, gathered into fixed-length rows and written as its own shards. Windows run on a
+thread pool; results are collected in window order, so the output does not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, OptionError
+from .fs import InputFile, check_output_location, resolve_inputs
+from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
+from .plan import Placement, assign_slots, plan_capacities
+from .read import TOKEN_DTYPES, DocBatch, ReadOptions, read_file
+from .report import PackStats, Report
+from .strategies import ConcatCounts, concat_counts
+from .window import Pieces, Window, make_pieces, packed_lengths, windows
+from .write import FORMATS, MANIFEST, STATS, PackedRows, ShardInfo, ShardWriter, shard_name
+
+MANIFEST_FORMAT = "bestfit.packed"
+MANIFEST_VERSION = 1
+DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
+MAX_CTX = 1 << 20
+GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound index arrays
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """Every option of a packing run; ``manifest.json`` records them as resolved."""
+
+    ctx: int
+    column: str = "input_ids"
+    eos_id: int | None = None
+    pad_id: int | None = None
+    long_docs: LongDocs = "split"
+    seed: int = 0
+    shuffle: bool = True
+    rows_per_shard: int = 8192
+    dtype: str = "int32"
+    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    workers: int = 0  # 0: the number of usable cores
+    format: str = "parquet"
+    overwrite: bool = False
+
+    @property
+    def resolved_pad_id(self) -> int:
+        if self.pad_id is not None:
+            return self.pad_id
+        return self.eos_id if self.eos_id is not None else 0
+
+    @property
+    def resolved_workers(self) -> int:
+        return self.workers or usable_cores()
+
+    def validate(self) -> None:
+        if not 1 <= self.ctx <= MAX_CTX:
+            raise OptionError(f"--ctx {self.ctx} is out of range", fix=f"choose a sequence length in 1..{MAX_CTX}")
+        if self.long_docs not in LONG_DOC_POLICIES:
+            raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
+        if self.dtype not in TOKEN_DTYPES:
+            raise OptionError(f"--dtype {self.dtype!r} is unknown", fix=f"use one of {', '.join(TOKEN_DTYPES)}")
+        info = np.iinfo(TOKEN_DTYPES[self.dtype])
+        for flag, value in (("--eos-id", self.eos_id), ("--pad-id", self.pad_id)):
+            if value is not None and not 0 <= value <= info.max:
+                raise OptionError(f"{flag} {value} does not fit the token dtype {self.dtype}",
+                                  fix=f"use an id in 0..{info.max}, or a wider --dtype")
+        if self.rows_per_shard < 1:
+            raise OptionError("--rows-per-shard must be at least 1")
+        if self.window_tokens < 1:
+            raise OptionError("--window-tokens must be at least 1")
+        if self.workers < 0:
+            raise OptionError("--workers must be 0 (all cores) or more")
+        if self.format not in FORMATS:
+            raise OptionError(f"--format {self.format!r} is unknown", fix=f"use one of {', '.join(FORMATS)}")
+        if self.seed < 0:
+            raise OptionError("--seed must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["pad_id"] = self.resolved_pad_id
+        data.pop("overwrite")
+        data.pop("workers")  # never changes the output
+        return data
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    index: int
+    stats: PackStats
+    shards: tuple[ShardInfo, ...]
+    histogram: LengthHistogram
+
+
+@dataclass
+class PackResult:
+    """What ``pack`` returns: the report, the manifest written, and the corpus-wide length histogram."""
+
+    report: Report
+    manifest: dict[str, Any]
+    histogram: LengthHistogram = field(default_factory=LengthHistogram)
+
+
+# ------------------------------------------------------------------------------------------------ one window
+
+
+def place(pieces: Pieces, ctx: int) -> Placement:
+    counts = np.bincount(pieces.length, minlength=ctx + 1)
+    return assign_slots(plan_capacities(counts, ctx), pieces.length)
+
+
+def sequence_order(n_bins: int, opts: PackOptions, window_index: int) -> np.ndarray:
+    """Output row of every planned sequence: a seeded permutation, the same wherever the window runs."""
+    if not opts.shuffle:
+        return np.arange(n_bins, dtype=np.int64)
+    return np.random.default_rng([opts.seed, window_index]).permutation(n_bins)
+
+
+def gather_tokens(window: Window, doc: np.ndarray, start: np.ndarray, length: np.ndarray, dst: np.ndarray,
+                  out: np.ndarray, eos_id: int | None) -> None:
+    """Copy each piece's tokens into ``out`` at ``dst``; an EOS goes where a piece includes its document's end."""
+    doc_lengths = window.lengths[doc]
+    copy_len = np.minimum(length, doc_lengths - start)
+    src = window.offsets[doc] + start
+    bounds = np.zeros(len(doc) + 1, dtype=np.int64)
+    np.cumsum(copy_len, out=bounds[1:])
+    step_starts = np.searchsorted(bounds, np.arange(0, bounds[-1], GATHER_TOKENS), side="right") - 1
+    for lo, hi in zip(step_starts.tolist(), [*step_starts[1:].tolist(), len(doc)]):
+        if lo >= hi:
+            continue
+        n = copy_len[lo:hi]
+        within = np.arange(int(bounds[hi] - bounds[lo]), dtype=np.int64) - np.repeat(bounds[lo:hi] - bounds[lo], n)
+        out[np.repeat(dst[lo:hi], n) + within] = window.tokens[np.repeat(src[lo:hi], n) + within]
+    if eos_id is not None:
+        ends = copy_len < length
+        out[dst[ends] + length[ends] - 1] = eos_id
+
+
+def pack_window(window: Window, opts: PackOptions, writer: ShardWriter) -> WindowResult:
+    """Plan, shuffle, gather and write one window. Depends only on the window and the options."""
+    ctx = opts.ctx
+    eos = opts.eos_id is not None
+    pieces = make_pieces(window.lengths, ctx, eos, opts.long_docs)
+    placement = place(pieces, ctx)
+    row_of_bin = sequence_order(placement.n_bins, opts, window.index)
+    piece_row = row_of_bin[placement.bin]
+    order = np.argsort(piece_row * ctx + placement.offset)
+    piece_row = piece_row[order]
+    fmt = FORMATS[opts.format]
+    shards = []
+    for part, first_row in enumerate(range(0, placement.n_bins, opts.rows_per_shard)):
+        last_row = min(first_row + opts.rows_per_shard, placement.n_bins)
+        lo, hi = np.searchsorted(piece_row, [first_row, last_row])
+        sel = order[lo:hi]
+        local_row = piece_row[lo:hi] - first_row
+        doc, start, length = pieces.doc[sel], pieces.start[sel], pieces.length[sel]
+        tokens = np.full((last_row - first_row) * ctx, opts.resolved_pad_id, dtype=window.tokens.dtype)
+        gather_tokens(window, doc, start, length, local_row * ctx + placement.offset[sel], tokens, opts.eos_id)
+        piece_offsets = np.zeros(last_row - first_row + 1, dtype=np.int64)
+        np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
+        rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc, start)
+        shards.append(writer.write_shard(shard_name(window.index, part, fmt), fmt.encode(rows), rows.n_rows))
+    input_tokens = window.n_tokens
+    stats = PackStats(
+        documents=pieces.documents, empty_documents=pieces.empty_documents, tokens=pieces.tokens,
+        input_tokens=input_tokens, eos_tokens=int((window.lengths > 0).sum()) if eos else 0,
+        sequences=placement.n_bins, truncated_documents=pieces.truncated_documents, truncations=pieces.truncations,
+        dropped_documents=pieces.dropped_documents, dropped_tokens=pieces.dropped_tokens,
+        clipped_documents=pieces.clipped_documents, windows=1, window_lower_bound=-(-pieces.tokens // ctx))
+    histogram = LengthHistogram.from_lengths(packed_lengths(window.lengths[window.lengths > 0], eos))
+    return WindowResult(window.index, stats, tuple(shards), histogram)
+
+
+def kept_lengths(window: Window, opts: PackOptions) -> np.ndarray:
+    """Document lengths in input order as packed (EOS, long-document policy): what concatenation would chunk."""
+    lengths = packed_lengths(window.lengths, opts.eos_id is not None)
+    if opts.long_docs == "drop":
+        return lengths[lengths <= opts.ctx]
+    if opts.long_docs == "truncate":
+        return np.minimum(lengths, opts.ctx)
+    return lengths
+
+
+# ------------------------------------------------------------------------------------------------ whole run
+
+
+class _InputTracker:
+    """Counts documents per input file and reports read progress in bytes."""
+
+    def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None) -> None:
+        self.inputs = inputs
+        self.documents = [0] * len(inputs)
+        self.progress = progress
+        self._done = [0] * len(inputs)
+
+    def batches(self, opts: ReadOptions) -> Iterator[DocBatch]:
+        for index, file in enumerate(self.inputs):
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            for batch in read_file(file, index, opts):
+                self.documents[index] += batch.n_docs
+                self._advance(index, batch.fraction_done)
+                yield batch
+            self._advance(index, 1.0)
+
+    def _advance(self, index: int, fraction: float) -> None:
+        size = self.inputs[index].size or 0
+        done = int(size * fraction)
+        if self.progress is not None and done > self._done[index]:
+            self.progress(done - self._done[index])
+            self._done[index] = done
+
+
+def pack(inputs: Sequence[str], out: str, opts: PackOptions,
+         progress_factory: Callable[[int], Any] | None = None) -> PackResult:
+    """Pack token documents from ``inputs`` into fixed-length sequences in the folder ``out``.
+
+    ``progress_factory(total_bytes)`` may return a progress bar with ``update(n)`` and ``close()``.
+    """
+    opts.validate()
+    files = resolve_inputs(inputs)
+    check_output_location(out, inputs, files)
+    total_bytes = sum(f.size or 0 for f in files)
+    bar = progress_factory(total_bytes) if progress_factory else None
+    tracker = _InputTracker(files, bar.update if bar is not None else None)
+    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype)
+    results: list[WindowResult] = []
+    concat = ConcatCounts(0, 0, 0)
+    try:
+        with ShardWriter(out, overwrite=opts.overwrite) as writer, \
+                ThreadPoolExecutor(max_workers=opts.resolved_workers, thread_name_prefix="bestfit") as pool:
+            pending: list[Future[WindowResult]] = []
+            try:
+                for window in windows(tracker.batches(read_opts), opts.window_tokens):
+                    concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
+                    pending.append(pool.submit(pack_window, window, opts, writer))
+                    del window
+                    # Hold at most one window per worker in flight, so memory stays bounded by the window size.
+                    while len(pending) >= opts.resolved_workers:
+                        results.append(pending.pop(0).result())
+                results.extend(f.result() for f in pending)
+            except BaseException:
+                for f in pending:
+                    f.cancel()
+                raise
+            if not results or sum(r.stats.documents + r.stats.empty_documents for r in results) == 0:
+                raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents",
+                                 fix="check the inputs")
+            stats = sum((r.stats for r in results), PackStats())
+            report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
+                            concat.truncations)
+            manifest = _manifest(opts, files, tracker.documents, results, report)
+            writer.write_json(STATS, report.to_json())
+            writer.write_json(MANIFEST, manifest)
+    finally:
+        if bar is not None:
+            bar.close()
+    histogram = sum((r.histogram for r in results), LengthHistogram())
+    return PackResult(report, manifest, histogram)
+
+
+def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int], results: list[WindowResult],
+              report: Report) -> dict[str, Any]:
+    shards = [s.to_json() for r in results for s in r.shards]
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "bestfit_version": __version__,
+        "options": opts.to_json(),
+        "columns": ["input_ids", "seq_lengths", "doc_index", "doc_offset"],
+        "inputs": [{"path": f.name, "format": f.format, "documents": n} for f, n in zip(files, documents)],
+        "documents": sum(documents),
+        "sequences": report.stats.sequences,
+        "tokens": report.stats.tokens,
+        "shards": shards,
+        "stats": STATS,
+    }

@@ -1,0 +1,178 @@
+"""Plan: best-fit-decreasing packing computed over capacities, then slots assigned with numpy.
+
+Best-fit decreasing (BFD) takes pieces longest first and puts each into the open sequence with the least free space
+that still fits it, opening a new sequence when none does. Free space is an integer in ``1..ctx``, and sequences
+with equal free space are interchangeable, so the decisions depend only on the counts of pieces per length. All
+pieces of one length are placed together: the tightest class of sequences with free space ``f >= s`` takes
+``f // s`` pieces of length ``s`` per sequence, and what it has left (``f % s``) is below ``s``. Sequences are kept
+as contiguous id ranges per free-space class, so the planner's work grows with ``ctx``, not with the number of
+documents. Each range's free space at least halves whenever it takes pieces, which bounds the number of groups
+("events") by about ``ctx * log2(ctx)``.
+
+The plan is a list of events; ``assign_slots`` maps pieces (sorted longest first, ties in input order) onto them
+with a handful of vectorised numpy operations.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """Where each group of equal-length pieces goes, in the order BFD places them.
+
+    Event ``e`` places ``n_pieces[e]`` pieces of ``size[e]`` tokens into sequences ``first_bin[e]``, ``+1``, ...,
+    ``per_bin[e]`` pieces per sequence, the first of them at token ``start_offset[e]`` of its sequence.
+    """
+
+    ctx: int
+    n_bins: int
+    size: np.ndarray
+    n_pieces: np.ndarray
+    first_bin: np.ndarray
+    per_bin: np.ndarray
+    start_offset: np.ndarray
+
+    @property
+    def sequences(self) -> int:
+        return self.n_bins
+
+    @property
+    def pieces(self) -> int:
+        return int(self.n_pieces.sum())
+
+    def fill(self) -> np.ndarray:
+        """Tokens placed in each sequence, computed from the events without expanding pieces."""
+        bins_used = -(-self.n_pieces // self.per_bin)
+        last_bin = self.first_bin + bins_used - 1
+        per_bin_tokens = self.per_bin * self.size
+        delta = np.zeros(self.n_bins + 1, dtype=np.int64)
+        # Each sequence of an event takes per_bin pieces, except its last, which takes what is left.
+        np.add.at(delta, self.first_bin, per_bin_tokens)
+        np.add.at(delta, last_bin + 1, -per_bin_tokens)
+        fill = np.cumsum(delta)[:-1]
+        np.add.at(fill, last_bin, (self.n_pieces - (bins_used - 1) * self.per_bin) * self.size - per_bin_tokens)
+        return fill
+
+    def free_space(self) -> np.ndarray:
+        return self.ctx - self.fill()
+
+
+def plan_capacities(counts: np.ndarray, ctx: int) -> CapacityPlan:
+    """BFD over piece counts: ``counts[s]`` pieces of length ``s`` for ``s`` in ``1..ctx``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if ctx < 1:
+        raise ValueError("ctx must be >= 1")
+    if len(counts) != ctx + 1:
+        raise ValueError(f"counts must have ctx + 1 = {ctx + 1} entries, got {len(counts)}")
+    ranges: dict[int, deque[list[int]]] = {}  # free space -> deque of [first_bin, n_bins]
+    frees: list[int] = []  # the free-space values that have open sequences, sorted
+    events: list[tuple[int, int, int, int, int]] = []
+    next_bin = 0
+
+    def add_range(free: int, first: int, n: int) -> None:
+        if free == 0 or n == 0:
+            return
+        if free not in ranges:
+            ranges[free] = deque()
+            bisect.insort(frees, free)
+        ranges[free].append([first, n])
+
+    def take(free: int, n: int) -> int:
+        """Remove ``n`` sequences from the front of the first range of class ``free``; return the first id."""
+        queue = ranges[free]
+        head = queue[0]
+        first = head[0]
+        head[0] += n
+        head[1] -= n
+        if head[1] == 0:
+            queue.popleft()
+            if not queue:
+                del ranges[free]
+                frees.pop(bisect.bisect_left(frees, free))
+        return first
+
+    for size in np.flatnonzero(counts[::-1][:-1]).tolist():
+        size = ctx - size
+        remaining = int(counts[size])
+        while remaining:
+            i = bisect.bisect_left(frees, size)
+            if i < len(frees):
+                free = frees[i]
+                per_bin = free // size
+                available = ranges[free][0][1]
+            else:
+                free, per_bin, available = ctx, ctx // size, -1
+            offset = ctx - free
+            full = remaining // per_bin if available < 0 else min(available, remaining // per_bin)
+            if full:
+                first = next_bin if available < 0 else take(free, full)
+                next_bin += full if available < 0 else 0
+                events.append((size, full * per_bin, first, per_bin, offset))
+                add_range(free % size, first, full)
+                remaining -= full * per_bin
+                continue
+            # Fewer pieces left than one sequence of this class takes: they all go into one sequence.
+            first = next_bin if available < 0 else take(free, 1)
+            next_bin += 1 if available < 0 else 0
+            events.append((size, remaining, first, per_bin, offset))
+            add_range(free - remaining * size, first, 1)
+            remaining = 0
+
+    table = np.array(events, dtype=np.int64).reshape(-1, 5)
+    return CapacityPlan(ctx, next_bin, table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(),
+                        table[:, 3].copy(), table[:, 4].copy())
+
+
+def descending_order(piece_lengths: np.ndarray, ctx: int) -> np.ndarray:
+    """Positions of pieces sorted longest first, ties in input order (a stable, radix-sortable key)."""
+    key_dtype = np.uint16 if ctx < 1 << 16 else np.uint32 if ctx < 1 << 32 else np.uint64
+    return np.argsort((ctx - piece_lengths).astype(key_dtype), kind="stable")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Sequence and starting token of every piece (indexed like the pieces given to ``assign_slots``)."""
+
+    n_bins: int
+    bin: np.ndarray
+    offset: np.ndarray
+
+
+def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
+    """Give every piece its sequence and offset, following the plan's events. Vectorised: no per-piece loop."""
+    piece_lengths = np.asarray(piece_lengths)
+    n = len(piece_lengths)
+    if n != plan.pieces:
+        raise ValueError(f"plan is for {plan.pieces} pieces, got {n}")
+    index_dtype = np.int32 if max(n, plan.n_bins, plan.ctx) < 2**31 - 1 else np.int64
+    order = descending_order(piece_lengths, plan.ctx)
+    event_of = np.repeat(np.arange(len(plan.size), dtype=index_dtype), plan.n_pieces)
+    event_start = np.zeros(len(plan.size), dtype=index_dtype)
+    np.cumsum(plan.n_pieces[:-1], out=event_start[1:])
+    rank = np.arange(n, dtype=index_dtype)
+    rank -= event_start[event_of]
+    per_bin = plan.per_bin.astype(index_dtype)[event_of]
+    sorted_bin = plan.first_bin.astype(index_dtype)[event_of] + rank // per_bin
+    sorted_offset = plan.start_offset.astype(index_dtype)[event_of] + (rank % per_bin) * plan.size.astype(
+        index_dtype)[event_of]
+    del event_of, rank, per_bin
+    bins = np.empty(n, dtype=index_dtype)
+    offsets = np.empty(n, dtype=index_dtype)
+    bins[order] = sorted_bin
+    offsets[order] = sorted_offset
+    return Placement(plan.n_bins, bins, offsets)
+
+
+def plan_pieces(piece_lengths: np.ndarray, ctx: int) -> Placement:
+    """Best-fit-decreasing placement of pieces of length ``1..ctx``."""
+    piece_lengths = np.asarray(piece_lengths)
+    if piece_lengths.size and (piece_lengths.min() < 1 or piece_lengths.max() > ctx):
+        raise ValueError("piece lengths must lie in 1..ctx")
+    counts = np.bincount(piece_lengths, minlength=ctx + 1)
+    return assign_slots(plan_capacities(counts, ctx), piece_lengths)

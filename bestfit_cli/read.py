@@ -1,0 +1,251 @@
+"""Read: tokenized shards in, ``DocBatch`` values out.
+
+A reader turns one input file into batches of documents: flat token ids plus offsets, already validated and cast
+to the output dtype. Readers are registered by format in ``READERS``; a new input format is one function here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from typing import IO, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .fs import InputFile
+
+# Documents are handed on in batches of about this many tokens (a few MB), whatever the input's row groups.
+BATCH_TOKENS = 1 << 20
+PARQUET_BATCH_ROWS = 1024
+
+TOKEN_DTYPES = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64}
+
+
+@dataclass(frozen=True)
+class DocBatch:
+    """Consecutive documents of one input file: ``tokens[offsets[i]:offsets[i+1]]`` is document ``first_row + i``."""
+
+    file_index: int
+    first_row: int
+    offsets: np.ndarray  # int64, n_docs + 1 entries, offsets[0] == 0
+    tokens: np.ndarray  # the output token dtype
+    fraction_done: float = 0.0  # share of the file read once this batch is handed on (for progress)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    column: str = "input_ids"
+    dtype: str = "int32"
+
+
+Reader = Callable[[InputFile, int, ReadOptions], Iterator[DocBatch]]
+
+
+def _dtype_fix(dtype: str) -> str:
+    wider = [name for name in TOKEN_DTYPES if np.iinfo(TOKEN_DTYPES[name]).max > np.iinfo(TOKEN_DTYPES[dtype]).max]
+    return f"pass --dtype {wider[0]}" if wider else "token ids must fit in int64"
+
+
+def check_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, first_row: int, opts: ReadOptions,
+              row_label: Callable[[int], dict[str, int]]) -> np.ndarray:
+    """Reject negative ids and ids the output dtype cannot hold; return ids cast to the output dtype."""
+    out_dtype = np.dtype(TOKEN_DTYPES[opts.dtype])
+    if ids.size == 0:
+        return ids.astype(out_dtype, copy=False)
+    low, high = ids.min(), ids.max()
+    bad_value = None
+    if low < 0:
+        bad_value, reason, fix = low, "negative token id", "token ids must be >= 0; check the tokenizer output"
+    elif high > np.iinfo(out_dtype).max:
+        bad_value, reason, fix = high, f"token id does not fit the output dtype {opts.dtype}", _dtype_fix(opts.dtype)
+    if bad_value is not None:
+        position = int(np.flatnonzero(ids == bad_value)[0])
+        doc = int(np.searchsorted(offsets, position, side="right") - 1)
+        raise InputError(file.name, f"{reason} {int(bad_value)} in '{opts.column}'", fix=fix,
+                         **row_label(first_row + doc))
+    return ids.astype(out_dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------- Parquet
+
+
+def _open_parquet(file: InputFile) -> pq.ParquetFile:
+    assert file.fs is not None
+    try:
+        return pq.ParquetFile(file.fs.open_input_file(file.fs_path))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(file.name, f"not a readable Parquet file ({detail})",
+                         fix="re-create or remove this file; an interrupted copy leaves a truncated file") from None
+
+
+def _check_list_type(file: InputFile, column: str, field_type: pa.DataType, row: int | None = None) -> None:
+    list_like = pa.types.is_list(field_type) or pa.types.is_large_list(field_type) or pa.types.is_fixed_size_list(
+        field_type)
+    if not list_like or not pa.types.is_integer(field_type.value_type):
+        raise InputError(file.name, f"column '{column}' has type {field_type}, not a list of integer token ids",
+                         row=row, fix="pass --column with the column that holds token ids")
+
+
+def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+    pf = _open_parquet(file)
+    schema = pf.schema_arrow
+    if opts.column not in schema.names:
+        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(schema.names)}",
+                         fix="pass --column NAME")
+    _check_list_type(file, opts.column, schema.field(opts.column).type)
+
+    def label(row: int) -> dict[str, int]:
+        return {"row": row}
+
+    row = 0
+    try:
+        for record_batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[opts.column]):
+            column = record_batch.column(0)
+            batch = _batch_from_arrow(file, file_index, row, column, opts, label)
+            row += len(column)
+            yield replace(batch, fraction_done=row / max(pf.metadata.num_rows, 1))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(file.name, f"corrupt Parquet data after row {row} ({detail})",
+                         fix="re-create or remove this file") from None
+
+
+def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: pa.Array, opts: ReadOptions,
+                      label: Callable[[int], dict[str, int]]) -> DocBatch:
+    if column.null_count:
+        bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputError(file.name, f"'{opts.column}' is null", fix="drop or fill rows without token ids",
+                         **label(first_row + bad))
+    if pa.types.is_fixed_size_list(column.type):
+        column = column.cast(pa.list_(column.type.value_type))
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    offsets -= offsets[0]
+    if flat.null_count:
+        position = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        doc = int(np.searchsorted(offsets, position, side="right") - 1)
+        raise InputError(file.name, f"'{opts.column}' holds a null token id", fix="drop or repair this row",
+                         **label(first_row + doc))
+    ids = check_ids(file, flat.to_numpy(), offsets, first_row, opts, label)
+    return DocBatch(file_index, first_row, offsets, ids)
+
+
+# --------------------------------------------------------------------------------------------- JSONL
+
+
+def _open_text(file: InputFile) -> IO[bytes]:
+    if file.is_stdin:
+        return sys.stdin.buffer
+    assert file.fs is not None
+    try:
+        return file.fs.open_input_stream(file.fs_path, compression="detect")  # type: ignore[return-value]
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
+
+
+def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.ndarray:
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(file.name, f"not valid JSON ({exc.__class__.__name__}: {str(exc).split(':')[0]})",
+                         line=line_no, fix="repair or remove this line, or pass --on-bad-record skip") from None
+    if not isinstance(record, dict):
+        raise InputError(file.name, "line is not a JSON object", line=line_no,
+                         fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
+    if column not in record:
+        keys = ", ".join(record) or "none"
+        raise InputError(file.name, f"no field '{column}'; fields are: {keys}", line=line_no,
+                         fix="pass --column NAME")
+    ids = record[column]
+    if not isinstance(ids, list):
+        kind = "null" if ids is None else type(ids).__name__
+        raise InputError(file.name, f"'{column}' is {kind}, not a list of token ids", line=line_no,
+                         fix="each line needs a list of integer token ids")
+    if not ids:
+        return np.empty(0, dtype=np.int64)
+    try:
+        arr = np.array(ids)
+    except (ValueError, OverflowError):
+        arr = np.array(ids, dtype=object)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or (
+            (b"true" in raw or b"false" in raw) and any(type(v) is bool for v in ids)):
+        kinds = sorted({type(v).__name__ if v is not None else "null" for v in ids} - {"int"})
+        what = "nested lists" if arr.ndim > 1 or "list" in kinds else ", ".join(kinds) or "values out of range"
+        raise InputError(file.name, f"'{column}' holds {what}, not only integer token ids", line=line_no,
+                         fix="token ids must be non-negative integers")
+    return arr
+
+
+def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+    stream = _open_text(file)
+    line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
+    pending: list[np.ndarray] = []
+    pending_tokens = 0
+    row = 0
+    bytes_read = 0
+    compressed = file.format_compressed
+
+    def flush() -> DocBatch:
+        nonlocal row
+        lengths = np.fromiter((len(a) for a in pending), dtype=np.int64, count=len(pending))
+        offsets = np.zeros(len(pending) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(pending) if pending_tokens else np.empty(0, dtype=np.int64)
+        lines = list(line_numbers)
+        batch_start = row
+
+        def label(r: int) -> dict[str, int]:
+            return {"line": lines[r - batch_start]}
+
+        done = min(bytes_read / file.size, 1.0) if file.size and not compressed else 0.0
+        batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
+        row += len(pending)
+        pending.clear()
+        line_numbers.clear()
+        return batch
+
+    try:
+        for line_no, raw in enumerate(stream, start=1):
+            bytes_read += len(raw)
+            if not raw.strip():
+                continue
+            ids = _parse_line(file, line_no, raw, opts.column)
+            pending.append(ids)
+            line_numbers.append(line_no)
+            pending_tokens += len(ids)
+            if pending_tokens >= BATCH_TOKENS:
+                yield flush()
+                pending_tokens = 0
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        raise InputError(file.name, f"cannot read ({exc})", fix="check the file and its compression") from None
+    finally:
+        if not file.is_stdin:
+            stream.close()
+    if pending:
+        yield flush()
+
+
+READERS: dict[str, Reader] = {"parquet": read_parquet, "jsonl": read_jsonl}
+
+
+def read_file(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+    """Batches of one input file, through the reader registered for its format."""
+    yield from READERS[file.format](file, file_index, opts)
