@@ -161,6 +161,20 @@ def _open_text(file: InputFile) -> IO[bytes]:
         raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
 
 
+def _lines(stream: IO[bytes], chunk_size: int = 1 << 23) -> Iterator[bytes]:
+    """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline)."""
+    tail = b""
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            break
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        yield from lines
+    if tail:
+        yield tail
+
+
 def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.ndarray:
     try:
         record = json.loads(raw)
@@ -223,8 +237,8 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         return batch
 
     try:
-        for line_no, raw in enumerate(stream, start=1):
-            bytes_read += len(raw)
+        for line_no, raw in enumerate(_lines(stream), start=1):
+            bytes_read += len(raw) + 1
             if not raw.strip():
                 continue
             ids = _parse_line(file, line_no, raw, opts.column)
