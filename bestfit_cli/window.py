@@ -7,8 +7,8 @@ policy and cuts documents into the pieces the planner places.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -38,52 +38,79 @@ class Window:
         return np.diff(self.offsets)
 
 
-def _join(index: int, first_doc: int, parts: list[DocBatch]) -> Window:
-    if len(parts) == 1:
-        return Window(index, first_doc, parts[0].offsets, parts[0].tokens)
-    lengths = np.concatenate([p.lengths for p in parts])
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return Window(index, first_doc, offsets, np.concatenate([p.tokens for p in parts]))
+class _WindowBuffer:
+    """Tokens of the window being filled, copied once into a buffer of the window's size.
 
+    Copying each batch straight into place (instead of joining a list of batches at the end) keeps the peak at one
+    window of tokens rather than two. ``np.empty`` only reserves address space, so a last, short window costs what
+    it holds.
+    """
 
-def _split_batch(batch: DocBatch, n_docs: int) -> tuple[DocBatch, DocBatch]:
-    cut = int(batch.offsets[n_docs])
-    head = DocBatch(batch.file_index, batch.first_row, batch.offsets[: n_docs + 1], batch.tokens[:cut],
-                    batch.fraction_done)
-    tail = DocBatch(batch.file_index, batch.first_row + n_docs, batch.offsets[n_docs:] - cut, batch.tokens[cut:],
-                    batch.fraction_done)
-    return head, tail
+    def __init__(self, window_tokens: int) -> None:
+        self.window_tokens = window_tokens
+        self.tokens: np.ndarray | None = None
+        self.filled = 0
+        self.lengths: list[np.ndarray] = []
+        self.n_docs = 0
+
+    def room(self) -> int:
+        return self.window_tokens - self.filled
+
+    def add(self, batch: DocBatch, lo: int, hi: int) -> None:
+        """Append documents ``lo .. hi - 1`` of ``batch``."""
+        a, b = int(batch.offsets[lo]), int(batch.offsets[hi])
+        if b > a:
+            if self.tokens is None:
+                self.tokens = np.empty(self.window_tokens, dtype=batch.tokens.dtype)
+            self.tokens[self.filled:self.filled + b - a] = batch.tokens[a:b]
+        self.filled += b - a
+        self.lengths.append(np.diff(batch.offsets[lo:hi + 1]))
+        self.n_docs += hi - lo
+
+    def take(self, index: int, first_doc: int, dtype: np.dtype) -> Window:
+        offsets = np.zeros(self.n_docs + 1, dtype=np.int64)
+        if self.lengths:
+            np.cumsum(np.concatenate(self.lengths), out=offsets[1:])
+        tokens = self.tokens[:self.filled] if self.tokens is not None else np.empty(0, dtype=dtype)
+        self.tokens, self.filled, self.lengths, self.n_docs = None, 0, [], 0
+        return Window(index, first_doc, offsets, tokens)
 
 
 def windows(batches: Iterable[DocBatch], window_tokens: int) -> Iterator[Window]:
-    """Group batches into windows of at least ``window_tokens`` tokens (the last may be smaller).
+    """Group consecutive documents into windows of at most ``window_tokens`` tokens.
 
-    A window ends at the first document boundary at or after ``window_tokens``; a document longer than the window
-    makes a window of its own. Window boundaries depend only on the input and ``window_tokens``.
+    A window ends before the first document that would take it past ``window_tokens``; a document longer than
+    that is a window of its own. Window boundaries depend only on the documents' lengths and ``window_tokens``,
+    never on how the input was batched, so the output does not either.
     """
-    parts: list[DocBatch] = []
-    held = 0
-    index = 0
-    first_doc = 0
+    if window_tokens < 1:
+        raise ValueError("window_tokens must be >= 1")
+    buffer = _WindowBuffer(window_tokens)
+    index = first_doc = 0
+    dtype = np.dtype(np.int64)
     for batch in batches:
-        while batch.n_docs:
-            need = window_tokens - held
-            ends = batch.offsets[1:]
-            cut = int(np.searchsorted(ends, need, side="left")) + 1  # documents up to and including the one >= need
-            if cut > batch.n_docs:
-                parts.append(batch)
-                held += batch.n_tokens
-                break
-            head, batch = _split_batch(batch, cut)
-            parts.append(head)
-            window = _join(index, first_doc, parts)
+        dtype = batch.tokens.dtype
+        pos = 0
+        while pos < batch.n_docs:
+            # Documents pos .. pos + fit - 1 still fit in the window being filled.
+            ends = batch.offsets[pos + 1:] - batch.offsets[pos]
+            fit = int(np.searchsorted(ends, buffer.room(), side="right"))
+            if fit:
+                buffer.add(batch, pos, pos + fit)
+                pos += fit
+                continue
+            if buffer.n_docs:  # the next document does not fit: close the window
+                window = buffer.take(index, first_doc, dtype)
+            else:  # a document longer than a whole window: a window of its own, no copy
+                a, b = int(batch.offsets[pos]), int(batch.offsets[pos + 1])
+                window = Window(index, first_doc, np.array([0, b - a], dtype=np.int64), batch.tokens[a:b])
+                pos += 1
             yield window
             index += 1
             first_doc += window.n_docs
-            parts, held = [], 0
-    if parts and sum(p.n_docs for p in parts):
-        yield _join(index, first_doc, parts)
+            del window
+    if buffer.n_docs:
+        yield buffer.take(index, first_doc, dtype)
 
 
 @dataclass(frozen=True)

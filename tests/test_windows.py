@@ -1,0 +1,124 @@
+"""Windowed packing: windows are lossless and fixed by the input, and the output does not depend on workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bestfit_cli.pipeline import PackOptions, pack
+from bestfit_cli.read import DocBatch
+from bestfit_cli.window import windows
+
+from .conftest import EOS, SAMPLES
+
+CTX = 512
+
+
+def _batches(lengths: list[int], cuts: list[int]) -> list[DocBatch]:
+    """The documents ``lengths`` (token ``i`` of the corpus has id ``i``) handed on in batches split at ``cuts``."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = np.arange(offsets[-1], dtype=np.int32)
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(lengths))), len(lengths)]
+    batches = []
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        a, b = offsets[lo], offsets[hi]
+        batches.append(DocBatch(0, lo, offsets[lo:hi + 1] - a, tokens[a:b]))
+    return batches
+
+
+@given(lengths=st.lists(st.integers(0, 60), min_size=1, max_size=80),
+       cuts=st.lists(st.integers(0, 80), max_size=6), other_cuts=st.lists(st.integers(0, 80), max_size=6),
+       window_tokens=st.integers(1, 200))
+def test_windows_are_lossless_bounded_and_independent_of_batching(lengths: list[int], cuts: list[int],
+                                                                   other_cuts: list[int], window_tokens: int) -> None:
+    result = list(windows(_batches(lengths, cuts), window_tokens))
+    assert [w.index for w in result] == list(range(len(result)))
+    assert [w.first_doc for w in result] == [sum(w.n_docs for w in result[:i]) for i in range(len(result))]
+    assert np.concatenate([w.lengths for w in result]).tolist() == lengths
+    assert np.concatenate([w.tokens for w in result]).tolist() == list(range(sum(lengths)))
+    for i, w in enumerate(result):
+        assert w.n_docs >= 1
+        # At most window_tokens, unless the window is one document longer than that.
+        assert w.n_tokens <= window_tokens or (w.n_docs == 1 and w.n_tokens > window_tokens)
+        if i + 1 < len(result):  # a window closes only when the next document does not fit
+            next_doc = int(result[i + 1].lengths[0])
+            assert w.n_tokens + next_doc > window_tokens
+    again = list(windows(_batches(lengths, other_cuts), window_tokens))
+    assert [(w.first_doc, w.offsets.tolist()) for w in again] == [(w.first_doc, w.offsets.tolist()) for w in result]
+
+
+def test_a_document_longer_than_the_window_is_a_window_of_its_own() -> None:
+    result = list(windows(_batches([3, 50, 2, 2], []), 10))
+    assert [w.lengths.tolist() for w in result] == [[3], [50], [2, 2]]
+
+
+def _input_documents() -> list[np.ndarray]:
+    column = pq.read_table(SAMPLES / "code.parquet", columns=["input_ids"])["input_ids"]
+    return [np.asarray(doc, dtype=np.int32) for doc in column.to_pylist()]
+
+
+def _rebuild(out: Path) -> dict[int, list[tuple[int, list[int]]]]:
+    """Every piece in the output, by document: ``doc_index -> [(doc_offset, tokens)]``."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    pieces: dict[int, list[tuple[int, list[int]]]] = {}
+    for shard in manifest["shards"]:
+        table = pq.read_table(out / shard["path"]).to_pydict()
+        for ids, lengths, docs, starts in zip(table["input_ids"], table["seq_lengths"], table["doc_index"],
+                                              table["doc_offset"], strict=True):
+            assert len(ids) == CTX
+            at = 0
+            for length, doc, start in zip(lengths, docs, starts, strict=True):
+                pieces.setdefault(doc, []).append((start, ids[at:at + length]))
+                at += length
+            assert all(t == EOS for t in ids[at:])  # the rest is padding
+    return pieces
+
+
+def _pack(out: Path, window_tokens: int, workers: int) -> Path:
+    opts = PackOptions(ctx=CTX, eos_id=EOS, window_tokens=window_tokens, workers=workers, rows_per_shard=64)
+    pack([str(SAMPLES / "code.parquet")], str(out), opts)
+    return out
+
+
+# Windows smaller than one document (300), a few documents (5,000), many (200,000), and the whole sample.
+@pytest.mark.parametrize("window_tokens", [300, 5_000, 200_000, 1 << 27])
+def test_windowed_output_is_lossless_and_the_same_for_any_worker_count(tmp_path: Path, window_tokens: int) -> None:
+    one = _pack(tmp_path / "w1", window_tokens, workers=1)
+    two = _pack(tmp_path / "w2", window_tokens, workers=2)
+    three = _pack(tmp_path / "w3", window_tokens, workers=3)
+    names = sorted(p.name for p in one.iterdir())
+    for other in (two, three):
+        assert sorted(p.name for p in other.iterdir()) == names
+        for name in names:
+            assert (one / name).read_bytes() == (other / name).read_bytes(), name
+
+    documents = _input_documents()
+    pieces = _rebuild(one)
+    assert sorted(pieces) == list(range(len(documents)))
+    for doc, expected in enumerate(documents):
+        rebuilt = [t for _, chunk in sorted(pieces[doc]) for t in chunk]
+        assert rebuilt == [*expected.tolist(), EOS], f"document {doc}"
+
+    stats = json.loads((one / "stats.json").read_text())
+    assert stats["windows_lower_bound"] >= stats["sequences_lower_bound"]
+    assert stats["sequences"] >= stats["windows_lower_bound"]
+    if window_tokens == 1 << 27:
+        assert stats["windows"] == 1
+    if window_tokens == 300:
+        assert stats["windows"] >= len(documents) // 2
+
+
+def test_smaller_windows_never_need_fewer_sequences_than_their_bound(tmp_path: Path) -> None:
+    opts = PackOptions(ctx=CTX, eos_id=EOS, window_tokens=50_000, workers=2)
+    result = pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), opts)
+    data = result.report.to_json()
+    assert data["windows"] > 10
+    assert data["sequences_lower_bound"] <= data["windows_lower_bound"] <= data["sequences"]
+    assert 0 <= data["extra_sequences_fraction"] < 0.05
