@@ -13,7 +13,7 @@ import click
 from . import __version__
 from .errors import BestfitError
 from .histogram import LONG_DOC_POLICIES
-from .read import TOKEN_DTYPES
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -127,11 +127,15 @@ def cli() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Windows packed in parallel (0: one per usable core).")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
+@click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
+              help="A record that cannot be read (bad JSON, wrong type, bad id): stop with an error, or skip and "
+                   "count it in the report and manifest.")
+@click.option("--verify", is_flag=True, help="Run bestfit verify on OUT after packing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
          pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int, window_tokens: int | None,
-         workers: int, overwrite: bool, as_json: bool, quiet: bool) -> None:
+         workers: int, overwrite: bool, on_bad_record: str, verify: bool, as_json: bool, quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
 
     Writes fixed-length Parquet shards, stats.json and, last, manifest.json to the folder OUT.
@@ -142,7 +146,11 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
 
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard, dtype=dtype,
-                       window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite)
+                       window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
+                       on_bad_record=on_bad_record)
+    if verify and "-" in inputs:
+        raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
+                               "a saved copy instead")
     started = time.perf_counter()
     result = run_pack(inputs, out, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started
@@ -150,9 +158,55 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
         _print_table(render_report(result.report))
         click.echo(f"wrote {result.report.stats.sequences:,} sequences in {len(result.manifest['shards'])} shards "
                    f"to {out} in {seconds:.1f}s", err=True)
+    checked = _run_verify(inputs, out) if verify else None
+    if checked is not None and not quiet:
+        click.echo(checked.summary(), err=True)
     if as_json:
         _emit_json({**result.report.to_json(), "out": out, "shards": len(result.manifest["shards"]),
-                    "wall_seconds": round(seconds, 3)})
+                    "wall_seconds": round(seconds, 3),
+                    **({"verify": checked.to_json()} if checked is not None else {})})
+    if checked is not None:
+        _fail_unless_verified(checked)
+
+
+def _run_verify(inputs: tuple[str, ...], out: str, max_problems: int = 20) -> Any:
+    from .verify import verify as run_verify
+
+    return run_verify(inputs, out, max_problems=max_problems)
+
+
+def _fail_unless_verified(result: Any) -> None:
+    """Notes and problems go to stderr, one a line; a failed check ends with a one-line error and exit 1."""
+    from .errors import VerifyError
+
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if result.ok:
+        return
+    for problem in result.problems[1:10]:
+        click.echo(f"problem: {problem}", err=True)
+    raise VerifyError(result.summary(), fix="rerun the same bestfit pack command with --overwrite")
+
+
+@cli.command("verify")
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@click.argument("out", metavar="OUT")
+@click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Problems to keep and show (all are counted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document on stdout.")
+def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json: bool) -> None:
+    """Check that OUT holds exactly the documents of IN, as OUT/manifest.json describes.
+
+    Reads IN again with the options the manifest records and checks every document, sequence, shard and
+    sha256. Prints "verified: N documents, T tokens, S sequences" and exits 0, or names the first problems
+    (document, shard, row) and exits 1.
+    """
+    result = _run_verify(inputs, out, max_problems)
+    if as_json:
+        _emit_json(result.to_json())
+    elif result.ok:
+        click.echo(result.summary())
+    _fail_unless_verified(result)
 
 
 def main() -> None:

@@ -25,11 +25,13 @@ class InputError(BestfitError):
         self.path = path
         self.row = row
         self.line = line
+        self.reason = message
         where = path
         if line is not None:
             where += f":{line}"
         elif row is not None:
             where += f" row {row}"
+        self.where = where
         super().__init__(f"{where}: {message}", fix=fix)
 
 

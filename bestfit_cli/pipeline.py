@@ -9,6 +9,7 @@ thread pool; results are collected in window order, so the output does not depen
 from __future__ import annotations
 
 import os
+import signal
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from .errors import InputError, OptionError
 from .fs import InputFile, check_output_location, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
-from .read import TOKEN_DTYPES, DocBatch, ReadOptions, read_file
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
 from .window import Pieces, Window, make_pieces, packed_lengths, windows
@@ -57,6 +58,7 @@ class PackOptions:
     workers: int = 0  # 0: the number of usable cores
     format: str = "parquet"
     overwrite: bool = False
+    on_bad_record: str = "error"
 
     @property
     def resolved_pad_id(self) -> int:
@@ -90,6 +92,8 @@ class PackOptions:
             raise OptionError(f"--format {self.format!r} is unknown", fix=f"use one of {', '.join(FORMATS)}")
         if self.seed < 0:
             raise OptionError("--seed must be >= 0")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,6 +109,8 @@ class WindowResult:
     stats: PackStats
     shards: tuple[ShardInfo, ...]
     histogram: LengthHistogram
+    first_doc: int = 0  # the window's documents are doc_index first_doc .. first_doc + n_docs - 1
+    n_docs: int = 0
 
 
 @dataclass
@@ -175,6 +181,8 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter) -> Windo
         np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc, start)
         shards.append(writer.write_shard(shard_name(window.index, part, fmt), fmt.encode(rows), rows.n_rows))
+        if window.index:
+            kill_point("writing")
     input_tokens = window.n_tokens
     stats = PackStats(
         documents=pieces.documents, empty_documents=pieces.empty_documents, tokens=pieces.tokens,
@@ -183,7 +191,8 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter) -> Windo
         dropped_documents=pieces.dropped_documents, dropped_tokens=pieces.dropped_tokens,
         clipped_documents=pieces.clipped_documents, windows=1, window_lower_bound=-(-pieces.tokens // ctx))
     histogram = LengthHistogram.from_lengths(packed_lengths(window.lengths[window.lengths > 0], eos))
-    return WindowResult(window.index, stats, tuple(shards), histogram)
+    return WindowResult(window.index, stats, tuple(shards), histogram, first_doc=window.first_doc,
+                        n_docs=window.n_docs)
 
 
 def kept_lengths(window: Window, opts: PackOptions) -> np.ndarray:
@@ -205,6 +214,7 @@ class _InputTracker:
     def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None) -> None:
         self.inputs = inputs
         self.documents = [0] * len(inputs)
+        self.skipped = [Skipped()] * len(inputs)
         self.progress = progress
         self._done = [0] * len(inputs)
 
@@ -214,8 +224,10 @@ class _InputTracker:
                 raise InputError(file.name, "file is empty", fix="remove it from the inputs")
             for batch in read_file(file, index, opts):
                 self.documents[index] += batch.n_docs
+                self.skipped[index] += batch.skipped
                 self._advance(index, batch.fraction_done)
                 yield batch
+                kill_point("reading")
             self._advance(index, 1.0)
 
     def _advance(self, index: int, fraction: float) -> None:
@@ -238,7 +250,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
     tracker = _InputTracker(files, bar.update if bar is not None else None)
-    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype)
+    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
     results: list[WindowResult] = []
     concat = ConcatCounts(0, 0, 0)
     try:
@@ -262,10 +274,12 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
                 raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents",
                                  fix="check the inputs")
             stats = sum((r.stats for r in results), PackStats())
+            skipped = sum(tracker.skipped, Skipped())
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
-                            concat.truncations)
-            manifest = _manifest(opts, files, tracker.documents, results, report)
+                            concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where)
+            manifest = _manifest(opts, files, tracker.documents, results, report, tracker.skipped)
             writer.write_json(STATS, report.to_json())
+            kill_point("manifest")
             writer.write_json(MANIFEST, manifest)
     finally:
         if bar is not None:
@@ -274,8 +288,22 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     return PackResult(report, manifest, histogram)
 
 
+def kill_point(name: str) -> None:
+    """Test hook (tests/test_faults.py, docs/guarantees.md): ``BESTFIT_TEST_KILL_AT=name`` SIGKILLs the process here."""
+    if os.environ.get("BESTFIT_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _window_json(result: WindowResult) -> dict[str, Any]:
+    """What ``verify`` needs to check one window on its own: its documents, what was dropped, and its shards."""
+    s = result.stats
+    return {"index": result.index, "first_doc": result.first_doc, "documents": result.n_docs, "tokens": s.tokens,
+            "sequences": s.sequences, "dropped_documents": s.dropped_documents, "dropped_tokens": s.dropped_tokens,
+            "clipped_documents": s.clipped_documents, "shards": [shard.path for shard in result.shards]}
+
+
 def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int], results: list[WindowResult],
-              report: Report) -> dict[str, Any]:
+              report: Report, skipped: Sequence[Skipped]) -> dict[str, Any]:
     shards = [s.to_json() for r in results for s in r.shards]
     return {
         "format": MANIFEST_FORMAT,
@@ -283,10 +311,13 @@ def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int
         "bestfit_version": __version__,
         "options": opts.to_json(),
         "columns": ["input_ids", "seq_lengths", "doc_index", "doc_offset"],
-        "inputs": [{"path": f.name, "format": f.format, "documents": n} for f, n in zip(files, documents)],
+        "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count}
+                   for f, n, k in zip(files, documents, skipped)],
         "documents": sum(documents),
         "sequences": report.stats.sequences,
         "tokens": report.stats.tokens,
         "shards": shards,
+        "windows": [_window_json(r) for r in results],
+        "skipped_records": {"count": report.skipped_records, "first": list(report.skipped_where)},
         "stats": STATS,
     }

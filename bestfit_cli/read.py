@@ -24,6 +24,22 @@ BATCH_TOKENS = 1 << 20
 PARQUET_BATCH_ROWS = 1024
 
 TOKEN_DTYPES = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64}
+BAD_RECORD_POLICIES = ("error", "skip")
+SKIPPED_EXAMPLES = 5  # locations of skipped records kept for the report and the manifest
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Bad records skipped under ``--on-bad-record skip``: how many, and where the first few were."""
+
+    count: int = 0
+    where: tuple[str, ...] = ()
+
+    def __add__(self, other: Skipped) -> Skipped:
+        return Skipped(self.count + other.count, (self.where + other.where)[:SKIPPED_EXAMPLES])
+
+    def record(self, error: InputError) -> Skipped:
+        return self + Skipped(1, (f"{error.where} ({error.reason})",))
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class DocBatch:
     offsets: np.ndarray  # int64, n_docs + 1 entries, offsets[0] == 0
     tokens: np.ndarray  # the output token dtype
     fraction_done: float = 0.0  # share of the file read once this batch is handed on (for progress)
+    skipped: Skipped = Skipped()  # bad records left out of this batch (--on-bad-record skip)
 
     @property
     def n_docs(self) -> int:
@@ -53,6 +70,11 @@ class DocBatch:
 class ReadOptions:
     column: str = "input_ids"
     dtype: str = "int32"
+    on_bad_record: str = "error"  # or "skip": leave out records that cannot be read, and count them
+
+    @property
+    def skip_bad(self) -> bool:
+        return self.on_bad_record == "skip"
 
 
 Reader = Callable[[InputFile, int, ReadOptions], Iterator[DocBatch]]
@@ -81,6 +103,34 @@ def check_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, first_row: 
         raise InputError(file.name, f"{reason} {int(bad_value)} in '{opts.column}'", fix=fix,
                          **row_label(first_row + doc))
     return ids.astype(out_dtype, copy=False)
+
+
+def drop_bad_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, opts: ReadOptions,
+                 location: Callable[[int], dict[str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Skipped]:
+    """``--on-bad-record skip``: leave out documents holding a negative id or one the output dtype cannot hold.
+
+    Returns the kept ids (cast), their offsets, the mask of kept documents and what was skipped;
+    ``location(i)`` names document ``i`` of the batch for the report.
+    """
+    n_docs = len(offsets) - 1
+    keep = np.ones(n_docs, dtype=bool)
+    if ids.size:
+        bad_token = (ids < 0) | (ids > np.iinfo(TOKEN_DTYPES[opts.dtype]).max)
+        keep[np.unique(np.searchsorted(offsets, np.flatnonzero(bad_token), side="right") - 1)] = False
+    skipped = Skipped()
+    if not keep.all():
+        lengths = np.diff(offsets)
+        bad_docs = np.flatnonzero(~keep)
+        for doc in bad_docs[:SKIPPED_EXAMPLES].tolist():
+            doc_ids = ids[offsets[doc]:offsets[doc + 1]]
+            what = "negative token id" if doc_ids.min() < 0 else f"token id does not fit the output dtype {opts.dtype}"
+            where = location(doc)
+            skipped = skipped.record(InputError(file.name, what, row=where.get("row"), line=where.get("line")))
+        skipped += Skipped(len(bad_docs) - min(len(bad_docs), SKIPPED_EXAMPLES))
+        ids = ids[np.repeat(keep, lengths)]
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(lengths[keep], out=offsets[1:])
+    return ids.astype(TOKEN_DTYPES[opts.dtype], copy=False), offsets, keep, skipped
 
 
 # --------------------------------------------------------------------------------------------- Parquet
@@ -128,14 +178,47 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
                          fix="re-create or remove this file") from None
 
 
+def _drop_null_rows(file: InputFile, column: pa.Array, first_row: int, opts: ReadOptions
+                    ) -> tuple[pa.Array, np.ndarray, Skipped]:
+    """``--on-bad-record skip``: leave out rows that are null or hold a null token id; return the file row of each
+    kept row."""
+    bad = column.is_null().to_numpy(zero_copy_only=False).copy()
+    reasons = {}
+    if column.values.null_count:
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        null_values = np.flatnonzero(column.values.is_null().to_numpy(zero_copy_only=False))
+        rows = np.searchsorted(offsets, null_values, side="right") - 1
+        rows = rows[(rows >= 0) & (rows < len(column))]
+        rows = rows[~bad[rows]]
+        reasons = dict.fromkeys(rows.tolist(), f"'{opts.column}' holds a null token id")
+        bad[rows] = True
+    kept_rows = np.flatnonzero(~bad) + first_row
+    if not bad.any():
+        return column, kept_rows, Skipped()
+    bad_rows = np.flatnonzero(bad)
+    skipped = Skipped()
+    for row in bad_rows[:SKIPPED_EXAMPLES].tolist():
+        reason = reasons.get(row, f"'{opts.column}' is null")
+        skipped = skipped.record(InputError(file.name, reason, row=first_row + row))
+    skipped += Skipped(len(bad_rows) - min(len(bad_rows), SKIPPED_EXAMPLES))
+    return column.filter(pa.array(~bad)), kept_rows, skipped
+
+
 def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: pa.Array, opts: ReadOptions,
                       label: Callable[[int], dict[str, int]]) -> DocBatch:
+    if pa.types.is_fixed_size_list(column.type):
+        column = column.cast(pa.list_(column.type.value_type))
+    if opts.skip_bad:
+        column, kept_rows, skipped = _drop_null_rows(file, column, first_row, opts)
+        offsets = column.offsets.to_numpy().astype(np.int64)
+        flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy()
+        offsets -= offsets[0]
+        ids, offsets, _, more = drop_bad_ids(file, flat, offsets, opts, lambda i: {"row": int(kept_rows[i])})
+        return DocBatch(file_index, first_row, offsets, ids, skipped=skipped + more)
     if column.null_count:
         bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(file.name, f"'{opts.column}' is null", fix="drop or fill rows without token ids",
                          **label(first_row + bad))
-    if pa.types.is_fixed_size_list(column.type):
-        column = column.cast(pa.list_(column.type.value_type))
     offsets = column.offsets.to_numpy().astype(np.int64)
     flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     offsets -= offsets[0]
@@ -205,6 +288,9 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.nd
         what = "nested lists" if arr.ndim > 1 or "list" in kinds else ", ".join(kinds) or "values out of range"
         raise InputError(file.name, f"'{column}' holds {what}, not only integer token ids", line=line_no,
                          fix="token ids must be non-negative integers")
+    if arr.dtype.kind == "u":  # numpy picks uint64 only for ids beyond int64
+        raise InputError(file.name, f"token id {int(arr.max())} in '{column}' does not fit int64", line=line_no,
+                         fix="check the tokenizer output")
     return arr
 
 
@@ -216,9 +302,10 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     row = 0
     bytes_read = 0
     compressed = file.format_compressed
+    skipped = Skipped()
 
     def flush() -> DocBatch:
-        nonlocal row
+        nonlocal row, skipped
         lengths = np.fromiter((len(a) for a in pending), dtype=np.int64, count=len(pending))
         offsets = np.zeros(len(pending) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -230,8 +317,13 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
             return {"line": lines[r - batch_start]}
 
         done = min(bytes_read / file.size, 1.0) if file.size and not compressed else 0.0
-        batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
-        row += len(pending)
+        if opts.skip_bad:
+            kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
+            batch = DocBatch(file_index, row, offsets, kept, done, skipped + more)
+            skipped = Skipped()
+        else:
+            batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
+        row += batch.n_docs
         pending.clear()
         line_numbers.clear()
         return batch
@@ -241,7 +333,13 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
             bytes_read += len(raw) + 1
             if not raw.strip():
                 continue
-            ids = _parse_line(file, line_no, raw, opts.column)
+            try:
+                ids = _parse_line(file, line_no, raw, opts.column)
+            except InputError as exc:
+                if not opts.skip_bad:
+                    raise
+                skipped = skipped.record(exc)
+                continue
             pending.append(ids)
             line_numbers.append(line_no)
             pending_tokens += len(ids)
@@ -253,7 +351,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     finally:
         if not file.is_stdin:
             stream.close()
-    if pending:
+    if pending or skipped.count:
         yield flush()
 
 

@@ -39,6 +39,8 @@ class Report:
     concat_sequences: int
     concat_truncated_documents: int
     concat_truncations: int
+    skipped_records: int = 0  # bad input records left out under --on-bad-record skip
+    skipped_where: tuple[str, ...] = ()  # where the first few were (file:line or file row N)
 
     @property
     def padding_tokens(self) -> int:
@@ -77,6 +79,8 @@ class Report:
                 "truncated_documents": self.concat_truncated_documents,
                 "truncations": self.concat_truncations,
             },
+            "skipped_records": self.skipped_records,
+            "skipped_first": list(self.skipped_where),
         }
 
 
@@ -107,6 +111,8 @@ def render_report(report: Report, title: str = "bestfit pack") -> Any:
     if s.dropped_documents or s.dropped_tokens or s.empty_documents:
         table.add_row("dropped", f"{s.dropped_documents:,} docs, {s.dropped_tokens:,} tokens", "")
         table.add_row("empty documents skipped", f"{s.empty_documents:,}", "")
+    if report.skipped_records:
+        table.add_row("bad records skipped", f"{report.skipped_records:,}", "")
     return table
 
 

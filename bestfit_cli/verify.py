@@ -1,0 +1,482 @@
+"""Verify: prove that a packed output holds exactly its inputs, window by window, with bounded memory.
+
+``verify`` reads the inputs again with the options recorded in ``manifest.json`` and, for each window the manifest
+lists, compares that window's documents with the window's shards: every document is rebuilt from ``input_ids``,
+``seq_lengths``, ``doc_index`` and ``doc_offset`` (once and only once, EOS included, less what ``--long-docs``
+truncated or dropped), every row holds exactly ctx tokens with padding only after its last piece, and every shard
+matches its listed row count and sha256. Problems are collected, not raised; only an output that cannot be checked
+at all (absent, no manifest) raises ``VerifyError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import InputError, VerifyError
+from .fs import filesystem_for, resolve_inputs
+from .pipeline import MANIFEST_FORMAT
+from .read import TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
+from .write import MANIFEST, STATS, TMP_PREFIX
+
+CHECK_TOKENS = 1 << 22  # tokens compared per vectorised step, to bound index arrays
+RERUN = "rerun the same bestfit pack command with --overwrite"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One way the output differs from its inputs or its manifest; names the document, shard and row when known."""
+
+    message: str
+    shard: str | None = None
+    row: int | None = None
+    document: int | None = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.shard is not None:
+            where.append(self.shard if self.row is None else f"{self.shard} row {self.row}")
+        if self.document is not None:
+            where.append(f"document {self.document}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message, "shard": self.shard, "row": self.row, "document": self.document}
+
+
+@dataclass
+class VerifyResult:
+    """What ``verify`` found: counts checked, the first problems (``problem_count`` counts them all) and notes."""
+
+    out: str
+    documents: int = 0  # input documents checked, empty ones included
+    tokens: int = 0  # tokens found in the output's pieces, EOS included
+    sequences: int = 0
+    shards: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    problem_count: int = 0
+    notes: list[str] = field(default_factory=list)
+    max_problems: int = 20
+
+    @property
+    def ok(self) -> bool:
+        return self.problem_count == 0
+
+    def add(self, problem: Problem) -> None:
+        self.problem_count += 1
+        if len(self.problems) < self.max_problems:
+            self.problems.append(problem)
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"verified: {self.documents:,} documents, {self.tokens:,} tokens, {self.sequences:,} sequences"
+        return f"{self.out}: verification failed with {self.problem_count:,} problem(s); first: {self.problems[0]}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "out": self.out, "documents": self.documents, "tokens": self.tokens,
+                "sequences": self.sequences, "shards": self.shards, "problem_count": self.problem_count,
+                "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The manifest's options that decide what each document must look like in the output."""
+
+    ctx: int
+    eos_id: int | None
+    pad_id: int
+    long_docs: str
+    read: ReadOptions
+
+    @classmethod
+    def from_manifest(cls, out: str, manifest: dict[str, Any]) -> _Options:
+        try:
+            o = manifest["options"]
+            read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
+            return cls(int(o["ctx"]), o["eos_id"], int(o["pad_id"]), o["long_docs"], read)
+        except (KeyError, TypeError, ValueError):
+            raise VerifyError(f"{out}: manifest.json lacks the packing options", fix=RERUN) from None
+
+    def kept_lengths(self, lengths: np.ndarray) -> np.ndarray:
+        """Tokens of each document that must appear in the output (EOS included)."""
+        packed = self.packed_lengths(lengths)
+        if self.long_docs == "truncate":
+            packed = np.minimum(packed, self.ctx)
+        elif self.long_docs == "drop":
+            packed = np.where(packed > self.ctx, 0, packed)
+        return packed
+
+    def packed_lengths(self, lengths: np.ndarray) -> np.ndarray:
+        return np.asarray(lengths + ((lengths > 0) if self.eos_id is not None else 0), dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> VerifyResult:
+    """Check the packed folder ``out`` against ``inputs``; raises ``VerifyError`` only when it cannot be checked."""
+    fs, root = filesystem_for(out)
+    manifest = _load_manifest(fs, root, out)
+    opts = _Options.from_manifest(out, manifest)
+    result = VerifyResult(out, max_problems=max_problems)
+    shard_info = _check_listing(fs, root, manifest, result)
+    files = resolve_inputs(inputs)
+    listed_inputs = manifest.get("inputs", [])
+    if len(files) != len(listed_inputs):
+        result.add(Problem(f"{len(files)} input file(s) given, the manifest lists {len(listed_inputs)}"))
+    reader = _InputDocs(files, opts.read)
+    for window in manifest["windows"]:
+        if window["first_doc"] != reader.position:
+            result.add(Problem(f"window {window['index']} starts at document {window['first_doc']}, "
+                               f"expected {reader.position}"))
+            break
+        lengths, tokens = reader.take(int(window["documents"]))
+        if len(lengths) < window["documents"]:
+            result.add(Problem(f"the inputs end after {reader.position:,} documents; the manifest lists "
+                               f"{manifest['documents']:,}", document=reader.position))
+            break
+        _check_window(fs, root, window, lengths, tokens, opts, shard_info, result)
+        if result.problem_count >= max_problems:
+            result.notes.append(f"stopped after window {window['index']}: {result.problem_count} problems found")
+            return result
+    extra = reader.remaining()
+    if extra:
+        result.add(Problem(f"the inputs hold {extra:,} document(s) more than the manifest lists "
+                           f"({manifest['documents']:,}); they are not in the output", document=reader.position))
+    _check_totals(manifest, reader, result)
+    return result
+
+
+def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise VerifyError(f"{out}: does not exist", fix="give the OUT folder of a bestfit pack run")
+    if info.type != pafs.FileType.Directory:
+        raise VerifyError(f"{out}: is not a folder", fix="give the OUT folder of a bestfit pack run")
+    try:
+        with fs.open_input_stream(posixpath.join(root, MANIFEST)) as stream:
+            raw = stream.read()
+    except (FileNotFoundError, OSError, pa.ArrowException):
+        raise VerifyError(f"{out}: no manifest.json, so this output is incomplete (its pack run was interrupted, "
+                          "failed or is still running)", fix=RERUN) from None
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise VerifyError(f"{out}: manifest.json is not valid JSON", fix=RERUN) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise VerifyError(f"{out}: manifest.json is not a bestfit manifest", fix="give the OUT folder of bestfit pack")
+    if "windows" not in manifest:
+        raise VerifyError(f"{out}: manifest.json has no per-window information (written by an older bestfit)",
+                          fix=RERUN)
+    return manifest
+
+
+def _check_listing(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], result: VerifyResult
+                   ) -> dict[str, dict[str, Any]]:
+    """Listed shards must exist, and nothing else may sit beside them; returns the shard entries by name."""
+    shards = {s["path"]: s for s in manifest["shards"]}
+    present = set()
+    for entry in fs.get_file_info(pafs.FileSelector(root)):
+        name = posixpath.basename(entry.path)
+        present.add(name)
+        if name in (MANIFEST, STATS) or name in shards:
+            continue
+        if name.startswith(TMP_PREFIX) and entry.type == pafs.FileType.Directory:
+            # The manifest is written only after every shard is in place, so this is the leftover of a run killed
+            # between writing its manifest and removing its temp folder: harmless, never read.
+            result.notes.append(f"leftover temporary folder {name} (safe to delete)")
+            continue
+        result.add(Problem("file not listed in manifest.json", shard=name))
+    for name in shards:
+        if name not in present:
+            result.add(Problem("shard listed in manifest.json is missing", shard=name))
+    return shards
+
+
+def _check_totals(manifest: dict[str, Any], reader: _InputDocs, result: VerifyResult) -> None:
+    for label, found in (("documents", result.documents), ("tokens", result.tokens),
+                         ("sequences", result.sequences)):
+        if manifest.get(label) != found:
+            result.add(Problem(f"manifest.json says {manifest.get(label)} {label}, the output holds {found}"))
+    for index, listed in enumerate(manifest.get("inputs", [])[: len(reader.documents)]):
+        name = listed.get("path")
+        if listed.get("documents") != reader.documents[index]:
+            result.add(Problem(f"input {name}: manifest.json says {listed.get('documents')} documents, "
+                               f"the input holds {reader.documents[index]}"))
+        if listed.get("skipped_records", 0) != reader.skipped[index].count:
+            result.add(Problem(f"input {name}: manifest.json says {listed.get('skipped_records', 0)} bad records "
+                               f"were skipped, reading it again skips {reader.skipped[index].count}"))
+    skipped = sum(reader.skipped, Skipped())
+    declared = manifest.get("skipped_records", {"count": 0, "first": []})
+    if declared.get("first", []) != list(skipped.where):
+        result.add(Problem("the skipped records listed in manifest.json differ from those found reading again"))
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+class _InputDocs:
+    """The input documents in order, handed out in runs of a given count (one manifest window at a time)."""
+
+    def __init__(self, files: Sequence[Any], opts: ReadOptions) -> None:
+        self.files = files
+        self.documents = [0] * len(files)
+        self.skipped = [Skipped()] * len(files)
+        self.position = 0
+        self._batches = self._read(opts)
+        self._held: DocBatch | None = None
+
+    def _read(self, opts: ReadOptions) -> Iterator[DocBatch]:
+        for index, file in enumerate(self.files):
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            for batch in read_file(file, index, opts):
+                self.documents[index] += batch.n_docs
+                self.skipped[index] += batch.skipped
+                if batch.n_docs:
+                    yield batch
+
+    def take(self, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths and concatenated tokens of the next ``n_docs`` documents (fewer when the inputs end)."""
+        lengths: list[np.ndarray] = []
+        tokens: list[np.ndarray] = []
+        need = n_docs
+        while need:
+            batch = self._held if self._held is not None else next(self._batches, None)
+            self._held = None
+            if batch is None:
+                break
+            if batch.n_docs > need:
+                cut = int(batch.offsets[need])
+                self._held = DocBatch(batch.file_index, batch.first_row + need, batch.offsets[need:] - cut,
+                                      batch.tokens[cut:])
+                batch = DocBatch(batch.file_index, batch.first_row, batch.offsets[: need + 1], batch.tokens[:cut])
+            lengths.append(batch.lengths)
+            tokens.append(batch.tokens)
+            need -= batch.n_docs
+        got = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        self.position += len(got)
+        return got, (np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64))
+
+    def remaining(self) -> int:
+        """Documents left after the last window (read to the end, to count them)."""
+        count = self._held.n_docs if self._held is not None else 0
+        self._held = None
+        for batch in self._batches:
+            count += batch.n_docs
+        return count
+
+
+# ------------------------------------------------------------------------------------------------ one window
+
+
+@dataclass
+class _Pieces:
+    doc: list[np.ndarray] = field(default_factory=list)
+    offset: list[np.ndarray] = field(default_factory=list)
+    length: list[np.ndarray] = field(default_factory=list)
+
+
+def _expected_stream(lengths: np.ndarray, tokens: np.ndarray, opts: _Options) -> tuple[np.ndarray, np.ndarray]:
+    """Each document as packing sees it (EOS appended to non-empty ones), concatenated, and where each starts."""
+    packed = opts.packed_lengths(lengths)
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(packed, out=starts[1:])
+    if opts.eos_id is None:
+        return tokens, starts
+    stream = np.empty(int(starts[-1]), dtype=tokens.dtype)
+    eos_before = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1] > 0, out=eos_before[1:])
+    stream[np.arange(len(tokens), dtype=np.int64) + np.repeat(eos_before, lengths)] = tokens
+    nonempty = lengths > 0
+    stream[starts[:-1][nonempty] + lengths[nonempty]] = opts.eos_id
+    return stream, starts
+
+
+def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], lengths: np.ndarray, tokens: np.ndarray,
+                  opts: _Options, shard_info: dict[str, dict[str, Any]], result: VerifyResult) -> None:
+    first_doc = int(window["first_doc"])
+    kept = opts.kept_lengths(lengths)
+    _check_dropped(window, lengths, kept, opts, result)
+    stream, starts = _expected_stream(lengths, tokens, opts)
+    pieces = _Pieces()
+    sequences = tokens_found = 0
+    for name in window["shards"]:
+        found = _check_shard(fs, root, name, shard_info.get(name), first_doc, kept, stream, starts, opts, pieces,
+                             result)
+        if found is not None:
+            sequences += found[0]
+            tokens_found += found[1]
+            result.shards += 1
+    _check_coverage(first_doc, kept, pieces, result)
+    if window.get("sequences") != sequences:
+        result.add(Problem(f"window {window['index']}: manifest.json says {window.get('sequences')} sequences, "
+                           f"its shards hold {sequences}"))
+    result.documents += len(lengths)
+    result.tokens += tokens_found
+    result.sequences += sequences
+
+
+def _check_dropped(window: dict[str, Any], lengths: np.ndarray, kept: np.ndarray, opts: _Options,
+                   result: VerifyResult) -> None:
+    packed = opts.packed_lengths(lengths)
+    long_ = packed > opts.ctx
+    expected = {
+        "dropped_documents": int(long_.sum()) if opts.long_docs == "drop" else 0,
+        "dropped_tokens": int((packed - kept).sum()),
+        "clipped_documents": int(long_.sum()) if opts.long_docs == "truncate" else 0,
+    }
+    for key, value in expected.items():
+        if window.get(key, 0) != value:
+            result.add(Problem(f"window {window['index']}: manifest.json says {key} = {window.get(key, 0)}, "
+                               f"--long-docs {opts.long_docs} on the inputs gives {value}"))
+
+
+def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, result: VerifyResult
+                ) -> pa.Table | None:
+    try:
+        with fs.open_input_stream(posixpath.join(root, name)) as stream:
+            data = stream.read()
+    except (FileNotFoundError, OSError, pa.ArrowException):
+        return None  # reported by the listing check
+    if info is None:
+        result.add(Problem("shard of a window is not listed in manifest.json's shards", shard=name))
+    elif info.get("bytes") != len(data) or info.get("sha256") != hashlib.sha256(data).hexdigest():
+        result.add(Problem("size or sha256 differs from manifest.json (the file changed after packing)", shard=name))
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        result.add(Problem(f"not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r})",
+                           shard=name))
+        return None
+    if info is not None and info.get("rows") != table.num_rows:
+        result.add(Problem(f"holds {table.num_rows} rows, manifest.json says {info.get('rows')}", shard=name))
+    missing = [c for c in ("input_ids", "seq_lengths", "doc_index", "doc_offset") if c not in table.column_names]
+    if missing:
+        result.add(Problem(f"lacks column(s) {', '.join(missing)}", shard=name))
+        return None
+    return table
+
+
+def _list_parts(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    column = table.column(name).combine_chunks()
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    values = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy(zero_copy_only=False)
+    return offsets - offsets[0], values
+
+
+def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, first_doc: int,
+                 kept: np.ndarray, stream: np.ndarray, starts: np.ndarray, opts: _Options, pieces: _Pieces,
+                 result: VerifyResult) -> tuple[int, int] | None:
+    """Check one shard's rows and pieces against the window's documents; returns (rows, tokens) or None."""
+    table = _read_shard(fs, root, name, info, result)
+    if table is None:
+        return None
+    ctx = opts.ctx
+    n_rows = table.num_rows
+    token_type = table.schema.field("input_ids").type.value_type
+    if token_type != pa.from_numpy_dtype(TOKEN_DTYPES[opts.read.dtype]):
+        result.add(Problem(f"input_ids hold {token_type}, the manifest's dtype is {opts.read.dtype}", shard=name))
+    row_offsets, row_tokens = _list_parts(table, "input_ids")
+    wrong = np.flatnonzero(np.diff(row_offsets) != ctx)
+    if len(wrong):
+        result.add(Problem(f"row has {int(np.diff(row_offsets)[wrong[0]])} tokens, not ctx = {ctx}", shard=name,
+                           row=int(wrong[0])))
+        return None
+    piece_offsets, length = _list_parts(table, "seq_lengths")
+    parts = [_list_parts(table, c) for c in ("doc_index", "doc_offset")]
+    if any(not np.array_equal(p[0], piece_offsets) for p in parts):
+        result.add(Problem("seq_lengths, doc_index and doc_offset disagree on the pieces in a row", shard=name))
+        return None
+    doc, offset = parts[0][1].astype(np.int64), parts[1][1].astype(np.int64)
+    length = length.astype(np.int64)
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(piece_offsets))
+    fill = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+    for bad, message in ((np.diff(piece_offsets) == 0, "row holds no pieces"),
+                         (fill > ctx, "pieces add up to more than ctx tokens")):
+        if bad.any():
+            result.add(Problem(message, shard=name, row=int(np.flatnonzero(bad)[0])))
+            return None
+    grid = row_tokens.reshape(n_rows, ctx)
+    padding = np.arange(ctx) >= fill[:, None]
+    bad_pad = padding & (grid != opts.pad_id)
+    if bad_pad.any():
+        bad_row = int(np.flatnonzero(bad_pad.any(axis=1))[0])
+        result.add(Problem(f"padding after the last piece is not the pad id {opts.pad_id}", shard=name, row=bad_row))
+    position = np.cumsum(length) - length - np.repeat(np.cumsum(fill) - fill, np.diff(piece_offsets))
+    local = doc - first_doc
+    in_window = (local >= 0) & (local < len(kept))
+    fits = in_window & (length >= 1) & (offset >= 0)
+    fits[fits] &= offset[fits] + length[fits] <= kept[local[fits]]
+    if not fits.all():
+        i = int(np.flatnonzero(~fits)[0])
+        reason = ("doc_index is outside this window's documents" if not in_window[i]
+                  else f"piece {offset[i]}..{offset[i] + length[i]} lies outside the document's "
+                       f"{int(kept[local[i]])} packed tokens")
+        result.add(Problem(reason, shard=name, row=int(row[i]), document=int(doc[i])))
+        keep = fits
+        doc, offset, length, row, position, local = (a[keep] for a in (doc, offset, length, row, position, local))
+    _compare_tokens(row_tokens, row * ctx + position, stream, starts[local] + offset, length, doc, row, name, result)
+    pieces.doc.append(local)
+    pieces.offset.append(offset)
+    pieces.length.append(length)
+    return n_rows, int(length.sum())
+
+
+def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, stream: np.ndarray, src_start: np.ndarray,
+                    length: np.ndarray, doc: np.ndarray, row: np.ndarray, shard: str, result: VerifyResult) -> None:
+    """Each piece's tokens in the shard must equal the same span of its document; reports the first that differs."""
+    bounds = np.zeros(len(length) + 1, dtype=np.int64)
+    np.cumsum(length, out=bounds[1:])
+    steps = np.searchsorted(bounds, np.arange(0, bounds[-1], CHECK_TOKENS), side="right") - 1
+    for lo, hi in zip(steps.tolist(), [*steps[1:].tolist(), len(length)], strict=True):
+        if lo >= hi:
+            continue
+        n = length[lo:hi]
+        within = np.arange(int(bounds[hi] - bounds[lo]), dtype=np.int64) - np.repeat(bounds[lo:hi] - bounds[lo], n)
+        differs = out_tokens[np.repeat(out_start[lo:hi], n) + within] != stream[np.repeat(src_start[lo:hi], n) + within]
+        if differs.any():
+            at = int(np.flatnonzero(differs)[0])
+            piece = lo + int(np.searchsorted(bounds[lo + 1:hi + 1] - bounds[lo], at, side="right"))
+            result.add(Problem(f"tokens differ from the input (piece of {int(length[piece])} tokens)", shard=shard,
+                               row=int(row[piece]), document=int(doc[piece])))
+            return
+
+
+def _check_coverage(first_doc: int, kept: np.ndarray, pieces: _Pieces, result: VerifyResult) -> None:
+    """The pieces of each document must tile its kept tokens exactly: from 0, no gap, no overlap, to the end."""
+    if pieces.doc:
+        doc, offset, length = (np.concatenate(p) for p in (pieces.doc, pieces.offset, pieces.length))
+    else:
+        doc = offset = length = np.zeros(0, dtype=np.int64)
+    order = np.lexsort((offset, doc))
+    doc, offset, length = doc[order], offset[order], length[order]
+    first = np.ones(len(doc), dtype=bool)
+    first[1:] = doc[1:] != doc[:-1]
+    expected_offset = np.zeros(len(doc), dtype=np.int64)
+    expected_offset[1:] = offset[:-1] + length[:-1]
+    expected_offset[first] = 0
+    broken = np.flatnonzero(offset != expected_offset)
+    if len(broken):
+        i = int(broken[0])
+        what = "overlaps another piece" if offset[i] < expected_offset[i] else "leaves a gap"
+        result.add(Problem(f"a piece at offset {int(offset[i])} {what} (expected offset {int(expected_offset[i])})",
+                           document=first_doc + int(doc[i])))
+    covered = np.bincount(doc, weights=length, minlength=len(kept)).astype(np.int64)
+    short = np.flatnonzero(covered != kept)
+    if len(short):
+        d = int(short[0])
+        if covered[d] == 0:
+            message = f"missing from the output ({int(kept[d])} tokens expected)"
+        else:
+            message = f"the output holds {int(covered[d])} of its tokens, expected {int(kept[d])}"
+        result.add(Problem(message, document=first_doc + d))
