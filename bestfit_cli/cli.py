@@ -49,7 +49,22 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc)) from None
     own = {p.name for p in ctx.command.params}
     ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in defaults.items() if k in own}}
+    _check_config_types(ctx, value)
     return value
+
+
+def _check_config_types(ctx: click.Context, path: str) -> None:
+    """A config value of the wrong type is a usage error naming the key, never a traceback from inside click."""
+    params = {p.name: p for p in ctx.command.params}
+    for key, value in (ctx.default_map or {}).items():
+        param = params.get(key)
+        if param is None:
+            continue
+        try:
+            param.type_cast_value(ctx, value)
+        except (click.BadParameter, TypeError, ValueError):
+            raise click.BadParameter(f"config file {path}: {key} = {value!r} is not a valid {param.type.name}",
+                                     param_hint="'--config'") from None
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
