@@ -14,6 +14,7 @@ from . import __version__
 from .errors import BestfitError
 from .histogram import LONG_DOC_POLICIES
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES
+from .strategies import STRATEGIES
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -47,8 +48,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         defaults = load_config(value, ctx.info_name or "", _known_config_keys(), cli.commands)
     except BestfitError as exc:
         raise click.BadParameter(str(exc)) from None
-    own = {p.name for p in ctx.command.params}
-    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in defaults.items() if k in own}}
+    own = {p.name: p for p in ctx.command.params}
+    # A scalar in the file is one value of a repeatable option (ctx = 2048 for `stats --ctx`).
+    defaults = {k: [v] if own[k].multiple and not isinstance(v, list) else v
+                for k, v in defaults.items() if k in own}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
     _check_config_types(ctx, value)
     return value
 
@@ -222,6 +226,77 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
     elif result.ok:
         click.echo(result.summary())
     _fail_unless_verified(result)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@click.option("--ctx", type=click.IntRange(min=1), multiple=True, required=True,
+              help="Sequence length in tokens; repeat for several. Given here, it replaces the config's ctx.")
+@click.option("--strategy", "strategies", type=click.Choice(STRATEGIES), multiple=True,
+              help="Strategy to evaluate; repeat for several.  [default: all]")
+@input_options
+@click.option("--window-tokens", type=click.IntRange(min=1), default=None,
+              help="Window size pack would use, so bestfit matches it.  [default: 134217728]")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write truncations per document against document length to FILE.png or FILE.svg.")
+@click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
+def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
+          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, as_json: bool,
+          plot: str | None, quiet: bool) -> None:
+    """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
+
+    IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
+    document lengths only, whatever the number of --ctx values and strategies.
+    """
+    from .pipeline import DEFAULT_WINDOW_TOKENS
+    from .stats import StatsOptions, render_stats, run_stats
+
+    opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
+                        long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    result = run_stats(inputs, opts, progress_factory=_progress(quiet))
+    seconds = time.perf_counter() - started
+    if plot:
+        from .plot import plot_truncations
+
+        plot_truncations(result, plot)
+    if not as_json or not quiet:
+        to_stdout = not as_json and sys.stdout.isatty()
+        if not quiet or to_stdout:
+            from rich.console import Console
+
+            console = Console(stderr=not to_stdout)
+            for table in render_stats(result):
+                console.print(table)
+            console.print(f"{result.documents:,} documents read in {seconds:.1f}s" + (
+                f"; plot written to {plot}" if plot else ""))
+    if as_json:
+        _emit_json({**result.to_json(), "wall_seconds": round(seconds, 3)})
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN...")
+@click.option("-o", "--output", default="-", show_default=True,
+              help="Where to write the histogram JSON (- for stdout).")
+@input_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
+def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, long_docs: str, dtype: str,
+              quiet: bool) -> None:
+    """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
+
+    Lengths are counted as read, before EOS; --eos-id is recorded and used by stats unless it gets its own.
+    Histograms of separate shards merge when given to stats together.
+    """
+    from .stats import measure_histogram, save_json
+
+    document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet))
+    if output == "-":
+        click.echo(json.dumps(document))
+    else:
+        save_json(document, output)
+        if not quiet:
+            click.echo(f"wrote the lengths of {document['documents']:,} documents to {output}", err=True)
 
 
 def main() -> None:

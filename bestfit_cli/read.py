@@ -361,3 +361,47 @@ READERS: dict[str, Reader] = {"parquet": read_parquet, "jsonl": read_jsonl}
 def read_file(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
     """Batches of one input file, through the reader registered for its format."""
     yield from READERS[file.format](file, file_index, opts)
+
+
+# --------------------------------------------------------------------------------------------- lengths only
+
+
+@dataclass(frozen=True)
+class LengthBatch:
+    """Token counts of consecutive documents of one input file: all ``bestfit stats`` needs."""
+
+    file_index: int
+    first_row: int
+    lengths: np.ndarray  # int64, one per document, in file order
+    fraction_done: float = 0.0
+
+
+def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
+    """Document lengths of one input file, without casting or range-checking token ids where the format allows.
+
+    Parquet lengths come from the list offsets (``pc.list_value_length``); null rows and null ids are still
+    refused as ``read_parquet`` refuses them. JSONL must be parsed line by line anyway, and bad records skipped
+    with ``--on-bad-record skip`` need the full reader, so those go through ``read_file``.
+    """
+    if file.format != "parquet" or opts.skip_bad:
+        for batch in read_file(file, file_index, opts):
+            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done)
+        return
+    pf = _open_parquet(file)
+    if opts.column not in pf.schema_arrow.names:
+        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(pf.schema_arrow.names)}",
+                         fix="pass --column NAME")
+    _check_list_type(file, opts.column, pf.schema_arrow.field(opts.column).type)
+    row = 0
+    try:
+        for record_batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS * 8, columns=[opts.column]):
+            column = record_batch.column(0)
+            if column.null_count or column.values.null_count:
+                _batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r})  # raises, naming the row
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+            row += len(lengths)
+            yield LengthBatch(file_index, row - len(lengths), lengths, row / max(pf.metadata.num_rows, 1))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(file.name, f"corrupt Parquet data after row {row} ({detail})",
+                         fix="re-create or remove this file") from None

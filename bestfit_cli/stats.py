@@ -1,0 +1,473 @@
+"""Stats: how much each packing strategy truncates and pads, from one streaming pass over document lengths.
+
+``read_corpus_lengths`` reads every input once, keeping only document lengths in input order (8 bytes a document)
+and folding saved length histograms in; ``compare`` runs every (ctx, strategy) pair on those lengths (pure numpy,
+``strategies.py``); ``run_stats`` does both. ``measure_histogram`` is the first half alone, for ``bestfit
+histogram``: its JSON file can stand in for the shards it measured.
+
+Lengths are kept as read (before EOS), so a saved histogram can be evaluated with or without an EOS token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from .errors import InputError, OptionError, OutputError
+from .fs import InputFile, filesystem_for, resolve_inputs
+from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
+from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX
+from .read import ReadOptions, read_lengths
+from .strategies import (
+    STRATEGIES,
+    Strategy,
+    StrategyCounts,
+    bestfit,
+    bucket_count,
+    concat,
+    concat_expected,
+    ffd,
+    nextfit,
+    truncate,
+)
+
+STATS_SCHEMA = "bestfit.compare/1"
+_HISTOGRAM_PREFIX = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"bestfit\.histogram/')
+_PEEK_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """Every option of a ``stats`` run; the JSON output echoes them as resolved."""
+
+    ctx: tuple[int, ...]
+    strategies: tuple[Strategy, ...] = STRATEGIES
+    column: str = "input_ids"
+    eos_id: int | None = None
+    long_docs: LongDocs = "split"
+    window_tokens: int = DEFAULT_WINDOW_TOKENS
+
+    def validate(self) -> None:
+        if not self.ctx:
+            raise OptionError("no --ctx given", fix="pass --ctx N (repeat it for several lengths)")
+        for ctx in self.ctx:
+            if not 1 <= ctx <= MAX_CTX:
+                raise OptionError(f"--ctx {ctx} is out of range", fix=f"choose a sequence length in 1..{MAX_CTX}")
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise OptionError(f"--strategy {', '.join(unknown) or '(none)'} is unknown",
+                              fix=f"use any of {', '.join(STRATEGIES)}")
+        if self.long_docs not in LONG_DOC_POLICIES:
+            raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
+        if self.window_tokens < 1:
+            raise OptionError("--window-tokens must be at least 1")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ctx"], data["strategies"] = list(self.ctx), list(self.strategies)
+        return data
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class CorpusLengths:
+    """Document lengths as read (before EOS, empty documents included).
+
+    ``in_order`` holds them in input order; it is None when some input was a saved histogram, which has no order.
+    """
+
+    histogram: LengthHistogram
+    in_order: np.ndarray | None
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # path, format, documents (eos_id for histograms)
+
+    @property
+    def ordered(self) -> bool:
+        return self.in_order is not None
+
+
+def _peek(file: InputFile) -> bytes:
+    assert file.fs is not None
+    try:
+        with file.fs.open_input_stream(file.fs_path, compression="detect") as stream:
+            return bytes(stream.read(_PEEK_BYTES))
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
+
+
+def _is_json_document(file: InputFile, head: bytes) -> bool:
+    """A ``.json`` file holding one indented JSON document (such as ``stats.json``) rather than JSON Lines."""
+    name = file.name.lower()
+    if not (name.endswith(".json") or ".json." in name) or not head.lstrip().startswith(b"{"):
+        return False
+    first_line = head.lstrip().split(b"\n", 1)[0]
+    try:
+        json.loads(first_line)
+    except ValueError:
+        return True
+    return False
+
+
+def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any]]:
+    """A histogram written by ``bestfit histogram``: the histogram and the options it was measured with."""
+    assert file.fs is not None
+    try:
+        with file.fs.open_input_stream(file.fs_path, compression="detect") as stream:
+            data = json.loads(stream.read())
+        return LengthHistogram.from_json(data), data.get("options", {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(file.name, f"not a valid bestfit length histogram ({exc})",
+                         fix="write it again with `bestfit histogram`") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(file.name, f"cannot read ({exc})", fix="check the file") from None
+
+
+def read_corpus_lengths(inputs: Sequence[str], column: str = "input_ids",
+                        progress: Callable[[int], None] | None = None) -> CorpusLengths:
+    """One streaming pass over ``inputs``: every document's length, in input order, and saved histograms merged.
+
+    ``.json`` files written by ``bestfit histogram`` are recognised by their content; any other ``.json`` file that
+    holds one JSON document (not JSON Lines) is refused with a message instead of being parsed line by line.
+    """
+    files = resolve_inputs(inputs)
+    opts = ReadOptions(column=column)
+    chunks: list[np.ndarray] = []
+    saved = LengthHistogram()
+    described: list[dict[str, Any]] = []
+    has_saved = False
+    for index, file in enumerate(files):
+        if file.size == 0:
+            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+        if file.format == "jsonl" and not file.is_stdin:
+            head = _peek(file)
+            if _HISTOGRAM_PREFIX.match(head):
+                hist, options = load_histogram_file(file)
+                saved, has_saved = saved + hist, True
+                described.append({"path": file.name, "format": "histogram", "documents": hist.documents,
+                                  "eos_id": options.get("eos_id")})
+                if progress is not None:
+                    progress(file.size or 0)
+                continue
+            if _is_json_document(file, head):
+                raise InputError(file.name, "holds one JSON document, neither JSON Lines nor a length histogram",
+                                 fix="pass token files, or histograms written by `bestfit histogram`")
+        documents = 0
+        done = 0
+        for batch in read_lengths(file, index, opts):
+            chunks.append(batch.lengths)
+            documents += len(batch.lengths)
+            now = int((file.size or 0) * batch.fraction_done)
+            if progress is not None and now > done:
+                progress(now - done)
+                done = now
+        described.append({"path": file.name, "format": file.format, "documents": documents})
+    in_order = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+    histogram = LengthHistogram.from_lengths(in_order) + saved
+    if histogram.documents == 0:
+        raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents", fix="check the inputs")
+    return CorpusLengths(histogram, None if has_saved else in_order, described)
+
+
+# ------------------------------------------------------------------------------------------------ comparing
+
+
+def window_bounds(raw_lengths: np.ndarray, window_tokens: int) -> list[tuple[int, int]]:
+    """Document ranges of ``pack``'s windows (``window.windows``), computed from the lengths alone.
+
+    A window takes documents while their tokens (before EOS) stay within ``window_tokens``; a document longer
+    than that is a window of its own.
+    """
+    bounds = np.zeros(len(raw_lengths) + 1, dtype=np.int64)
+    np.cumsum(raw_lengths, out=bounds[1:])
+    windows, start = [], 0
+    while start < len(raw_lengths):
+        end = int(np.searchsorted(bounds, bounds[start] + window_tokens, side="right")) - 1
+        end = max(end, start + 1)
+        windows.append((start, end))
+        start = end
+    return windows
+
+
+def _packed(raw_lengths: np.ndarray, eos: bool) -> np.ndarray:
+    """Non-empty documents' lengths as packed: EOS appended when there is one."""
+    nonempty = raw_lengths[raw_lengths > 0]
+    return nonempty + 1 if eos else nonempty
+
+
+def _packed_histogram(hist: LengthHistogram, eos: bool) -> LengthHistogram:
+    keep = hist.lengths > 0
+    return LengthHistogram(hist.lengths[keep] + (1 if eos else 0), hist.counts[keep])
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    """The comparison: every (ctx, strategy) pair on one corpus."""
+
+    options: StatsOptions
+    eos_id: int | None
+    inputs: list[dict[str, Any]]
+    ordered: bool
+    documents: int  # non-empty documents
+    empty_documents: int
+    input_tokens: int  # tokens read, before EOS
+    tokens: int  # tokens with EOS, before any long-document policy
+    n_buckets: int
+    results: list[StrategyCounts]
+
+    def get(self, ctx: int, strategy: str) -> StrategyCounts | None:
+        return next((r for r in self.results if r.ctx == ctx and r.strategy == strategy), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": STATS_SCHEMA,
+            "bestfit_version": __version__,
+            "inputs": self.inputs,
+            "options": {**self.options.to_json(), "eos_id": self.eos_id},
+            "order": "input" if self.ordered else "unknown",
+            "documents": self.documents,
+            "empty_documents": self.empty_documents,
+            "input_tokens": self.input_tokens,
+            "tokens": self.tokens,
+            "results": [self._result_json(r) for r in self.results],
+        }
+
+    def _result_json(self, r: StrategyCounts) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "ctx": r.ctx, "strategy": r.strategy, "exact": r.exact, "method": r.method,
+            "documents": r.documents, "tokens": r.tokens, "sequences": r.sequences,
+            "sequences_lower_bound": r.sequences_lower_bound, "padding_tokens": r.padding_tokens,
+            "padding_fraction": r.padding_fraction, "truncated_documents": r.truncated_documents,
+            "truncations": r.truncations, "clipped_documents": r.clipped_documents,
+            "dropped_documents": r.dropped_documents, "dropped_tokens": r.dropped_tokens,
+        }
+        base = self.get(r.ctx, "concat")
+        if base is not None and r.strategy != "concat":
+            data["vs_concat"] = {key: data[key] - getattr(base, key) for key in (
+                "sequences", "padding_tokens", "padding_fraction", "truncated_documents", "truncations",
+                "dropped_tokens")}
+        data["buckets"] = bucket_rows(r, self.n_buckets)
+        return data
+
+
+def bucket_rows(r: StrategyCounts, n_buckets: int) -> list[dict[str, Any]]:
+    """Per document-length bucket (``2**k .. 2**(k+1) - 1`` tokens, EOS included) of one result."""
+    totals = r.per_document.buckets(n_buckets)
+    rows = []
+    for k in range(n_buckets):
+        documents = int(round(totals["documents"][k]))
+        truncated, truncations = float(totals["truncated_documents"][k]), float(totals["truncations"][k])
+        rows.append({
+            "min_length": 1 << k, "max_length": (1 << (k + 1)) - 1, "documents": documents,
+            "truncated_documents": round(truncated) if r.exact else truncated,
+            "truncations": round(truncations) if r.exact else truncations,
+            "truncations_per_document": truncations / documents if documents else 0.0,
+            "clipped_documents": int(round(totals["clipped_documents"][k])),
+            "dropped_documents": int(round(totals["dropped_documents"][k])),
+        })
+    return rows
+
+
+def resolve_eos(opts: StatsOptions, corpus: CorpusLengths) -> int | None:
+    """``--eos-id`` if given, else what the saved histograms recorded; token files record none."""
+    if opts.eos_id is not None:
+        return opts.eos_id
+    recorded = {item.get("eos_id") for item in corpus.inputs}
+    if len(recorded) > 1:
+        raise OptionError("the inputs were measured with different --eos-id settings",
+                          fix="pass --eos-id ID to choose one for all of them")
+    return next(iter(recorded), None)
+
+
+def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
+    """Every (ctx, strategy) pair of ``opts`` on the corpus; nothing here reads a file."""
+    opts.validate()
+    eos_id = resolve_eos(opts, corpus)
+    eos = eos_id is not None
+    hist = _packed_histogram(corpus.histogram, eos)
+    if corpus.in_order is not None:
+        raw = corpus.in_order
+        in_order = _packed(raw, eos)
+        windows = [LengthHistogram.from_lengths(_packed(raw[a:b], eos)) for a, b in window_bounds(
+            raw, opts.window_tokens)]
+    else:
+        in_order, windows = None, [hist]
+    results = []
+    for ctx in sorted(set(opts.ctx)):
+        for strategy in opts.strategies:
+            results.append(_run(strategy, ctx, opts, hist, in_order, windows))
+    max_length = int(hist.lengths[-1]) if hist.lengths.size else 1
+    raw_hist = corpus.histogram
+    return StatsResult(
+        options=opts, eos_id=eos_id, inputs=corpus.inputs, ordered=corpus.ordered, documents=hist.documents,
+        empty_documents=int(raw_hist.counts[raw_hist.lengths == 0].sum()), input_tokens=raw_hist.tokens,
+        tokens=hist.tokens, n_buckets=bucket_count(max_length, max(opts.ctx)), results=results)
+
+
+WINDOWLESS_METHOD = ("document order unknown (histogram input): one plan over the whole corpus, while pack plans "
+                     "windows of --window-tokens tokens and may fill a few more sequences")
+
+
+def _run(strategy: Strategy, ctx: int, opts: StatsOptions, hist: LengthHistogram, in_order: np.ndarray | None,
+         windows: list[LengthHistogram]) -> StrategyCounts:
+    long_docs = opts.long_docs
+    if strategy == "concat":
+        return concat(in_order, ctx, long_docs) if in_order is not None else concat_expected(hist, ctx, long_docs)
+    if strategy == "bestfit":
+        counts = bestfit(windows, ctx, long_docs)
+        if in_order is None and hist.tokens > opts.window_tokens:
+            counts = replace(counts, exact=False, method=WINDOWLESS_METHOD)
+        return counts
+    if strategy == "ffd":
+        return ffd(hist, ctx, long_docs)
+    if strategy == "nextfit":
+        return nextfit(in_order if in_order is not None else hist, ctx, long_docs)
+    return truncate(hist, ctx)
+
+
+def run_stats(inputs: Sequence[str], opts: StatsOptions,
+              progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
+    """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
+    opts.validate()
+    bar = progress_factory(_total_bytes(inputs)) if progress_factory else None
+    try:
+        corpus = read_corpus_lengths(inputs, opts.column, bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return compare(corpus, opts)
+
+
+def _total_bytes(inputs: Sequence[str]) -> int:
+    return sum(f.size or 0 for f in resolve_inputs(inputs))
+
+
+# ------------------------------------------------------------------------------------------------ histogram files
+
+
+def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
+                      progress_factory: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options."""
+    bar = progress_factory(_total_bytes(inputs)) if progress_factory else None
+    try:
+        corpus = read_corpus_lengths(inputs, column, bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
+            "options": {"column": column, "eos_id": eos_id},
+            "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
+
+
+def save_json(document: dict[str, Any], out: str) -> None:
+    """Write a JSON document to ``out`` (local path or URI): to a temporary name first, then renamed."""
+    fs, path = filesystem_for(out)
+    temp = f"{path}.bestfit-tmp"
+    try:
+        with fs.open_output_stream(temp) as stream:
+            stream.write(json.dumps(document).encode() + b"\n")
+        fs.move(temp, path)
+    except (pa.ArrowException, OSError) as exc:
+        raise OutputError(f"{out}: cannot write ({exc})", fix="check the path and its permissions") from None
+
+
+# ------------------------------------------------------------------------------------------------ table
+
+
+def _num(value: float, exact: bool) -> str:
+    return f"{value:,.0f}" if exact else f"~{value:,.0f}"
+
+
+def _delta(r: StrategyCounts, base: StrategyCounts | None, key: str) -> str:
+    """Change against concat, in percent, dimmed after the value."""
+    if base is None or r is base:
+        return ""
+    value, reference = getattr(r, key), getattr(base, key)
+    if reference == 0:
+        return "" if value == 0 else " [dim]new[/]"
+    return f" [dim]{100 * (value - reference) / reference:+.0f}%[/]"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def _rows(rows: list[StrategyCounts], base: StrategyCounts | None, total_tokens: int) -> list[tuple[str, list[str]]]:
+    """Label and cells of each line of the side-by-side table."""
+    def share(part: float, whole: int) -> str:
+        return f" ({100 * part / whole:.1f}%)" if whole else ""
+
+    lines = [
+        ("sequences", [f"{r.sequences:,}{_delta(r, base, 'sequences')}" for r in rows]),
+        ("  lower bound", [f"{r.sequences_lower_bound:,}" for r in rows]),
+        ("padding", [f"{100 * r.padding_fraction:.2f}%" for r in rows]),
+        ("truncated docs", [_num(r.truncated_documents, r.exact) + share(r.truncated_documents, r.documents)
+                            + _delta(r, base, "truncated_documents") for r in rows]),
+        ("truncations", [_num(r.truncations, r.exact) + _delta(r, base, "truncations") for r in rows]),
+    ]
+    if any(r.clipped_documents for r in rows):
+        lines.append(("clipped docs", [f"{r.clipped_documents:,}" for r in rows]))
+    if any(r.dropped_documents for r in rows):
+        lines.append(("dropped docs", [f"{r.dropped_documents:,}" for r in rows]))
+    if any(r.dropped_tokens for r in rows):
+        lines.append(("dropped tokens", [f"{r.dropped_tokens:,}{share(r.dropped_tokens, total_tokens)}"
+                                         for r in rows]))
+    return lines
+
+
+def render_stats(result: StatsResult) -> list[Any]:
+    """Rich tables, one per ctx: strategies side by side (change against concat dimmed), then truncations per
+    document by length bucket; estimated columns are starred and explained below."""
+    from rich.table import Table
+
+    tables: list[Any] = []
+    for ctx in sorted(set(result.options.ctx)):
+        rows = [r for r in result.results if r.ctx == ctx]
+        eos = " incl. EOS" if result.eos_id is not None else ""
+        table = Table(title=f"ctx {ctx:,}: {result.documents:,} documents, {result.tokens:,} tokens{eos}",
+                      title_justify="left")
+        table.add_column("")
+        for r in rows:
+            table.add_column(r.strategy + ("" if r.exact else " *"), justify="right")
+        for label, cells in _rows(rows, result.get(ctx, "concat"), result.tokens):
+            table.add_row(label, *cells)
+        tables.append(table)
+        tables.append(_bucket_table(result, rows, ctx))
+    notes = sorted({f"{r.strategy}: {r.method}" for r in result.results if r.method})
+    if notes:
+        tables.append("\n".join(f"* {note}" for note in notes))
+    return tables
+
+
+def _bucket_table(result: StatsResult, rows: list[StrategyCounts], ctx: int) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"ctx {ctx:,}: truncations per document, by document length", title_justify="left")
+    table.add_column("length")
+    table.add_column("docs", justify="right")
+    for r in rows:
+        name = "truncate (clipped)" if r.strategy == "truncate" else r.strategy
+        table.add_column(name + ("" if r.exact else " *"), justify="right")
+    buckets = [bucket_rows(r, result.n_buckets) for r in rows]
+    for k, first in enumerate(buckets[0]):
+        if not first["documents"]:
+            continue
+        cells = []
+        for r, per_bucket in zip(rows, buckets, strict=True):
+            b = per_bucket[k]
+            value = b["clipped_documents"] / b["documents"] if r.strategy == "truncate" else b[
+                "truncations_per_document"]
+            cells.append(f"{value:.2f}" if value else "0")
+        label = f"{_size(first['min_length'])}-{_size(first['max_length'] + 1)}"
+        table.add_row(label, f"{first['documents']:,}", *cells)
+    return table
