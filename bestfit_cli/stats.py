@@ -405,14 +405,16 @@ def _size(n: int) -> str:
 def _rows(rows: list[StrategyCounts], base: StrategyCounts | None, total_tokens: int) -> list[tuple[str, list[str]]]:
     """Label and cells of each line of the side-by-side table."""
     def share(part: float, whole: int) -> str:
-        return f" ({100 * part / whole:.1f}%)" if whole else ""
+        return f"{100 * part / whole:.1f}%" if whole else "-"
 
     lines = [
         ("sequences", [f"{r.sequences:,}{_delta(r, base, 'sequences')}" for r in rows]),
         ("  lower bound", [f"{r.sequences_lower_bound:,}" for r in rows]),
         ("padding", [f"{100 * r.padding_fraction:.2f}%" for r in rows]),
-        ("truncated docs", [_num(r.truncated_documents, r.exact) + share(r.truncated_documents, r.documents)
-                            + _delta(r, base, "truncated_documents") for r in rows]),
+        ("truncated docs", [_num(r.truncated_documents, r.exact) + _delta(r, base, "truncated_documents")
+                            for r in rows]),
+        ("  share of docs", [f"{100 * r.truncated_documents / r.documents:.1f}%" if r.documents else "-"
+                             for r in rows]),
         ("truncations", [_num(r.truncations, r.exact) + _delta(r, base, "truncations") for r in rows]),
     ]
     if any(r.clipped_documents for r in rows):
@@ -420,8 +422,8 @@ def _rows(rows: list[StrategyCounts], base: StrategyCounts | None, total_tokens:
     if any(r.dropped_documents for r in rows):
         lines.append(("dropped docs", [f"{r.dropped_documents:,}" for r in rows]))
     if any(r.dropped_tokens for r in rows):
-        lines.append(("dropped tokens", [f"{r.dropped_tokens:,}{share(r.dropped_tokens, total_tokens)}"
-                                         for r in rows]))
+        lines.append(("dropped tokens", [f"{r.dropped_tokens:,}" for r in rows]))
+        lines.append(("  share of tokens", [share(r.dropped_tokens, total_tokens) for r in rows]))
     return lines
 
 
@@ -436,7 +438,7 @@ def render_stats(result: StatsResult) -> list[Any]:
         eos = " incl. EOS" if result.eos_id is not None else ""
         table = Table(title=f"ctx {ctx:,}: {result.documents:,} documents, {result.tokens:,} tokens{eos}",
                       title_justify="left")
-        table.add_column("")
+        table.add_column("", no_wrap=True)
         for r in rows:
             table.add_column(r.strategy + ("" if r.exact else " *"), justify="right")
         for label, cells in _rows(rows, result.get(ctx, "concat"), result.tokens):
