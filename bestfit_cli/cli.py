@@ -30,6 +30,13 @@ class BestfitGroup(click.Group):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except BrokenPipeError:
+            # click would end a closed stdout with exit 1; main() ends it quietly with 141, as a shell pipe does.
+            raise StdoutClosed() from None
+
+
+class StdoutClosed(Exception):
+    """stdout was closed by the reader (``| head``): not an error of the run."""
 
 
 def _known_config_keys() -> set[str]:
@@ -314,7 +321,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
+    except (BrokenPipeError, StdoutClosed):
         _silence_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
     try:

@@ -163,6 +163,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter) -> Windo
     eos = opts.eos_id is not None
     pieces = make_pieces(window.lengths, ctx, eos, opts.long_docs)
     placement = place(pieces, ctx)
+    kill_point("planning")
     row_of_bin = sequence_order(placement.n_bins, opts, window.index)
     piece_row = row_of_bin[placement.bin]
     order = np.argsort(piece_row * ctx + placement.offset)
@@ -270,7 +271,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
                 for f in pending:
                     f.cancel()
                 raise
-            if not results or sum(r.stats.documents + r.stats.empty_documents for r in results) == 0:
+            if not results or sum(tracker.documents) == 0:  # documents all dropped by --long-docs still count
                 raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents",
                                  fix="check the inputs")
             stats = sum((r.stats for r in results), PackStats())
