@@ -139,31 +139,57 @@ def packed_lengths(lengths: np.ndarray, eos: bool) -> np.ndarray:
 
 
 def make_pieces(lengths: np.ndarray, ctx: int, eos: bool, long_docs: LongDocs) -> Pieces:
-    """Cut documents (given their token counts before EOS) into pieces of ``1..ctx`` tokens."""
-    doc_lengths = packed_lengths(lengths, eos)
-    nonempty = doc_lengths > 0
-    long_ = doc_lengths > ctx
-    n_long = int(long_.sum())
+    """Cut documents (given their token counts before EOS) into pieces of ``1..ctx`` tokens.
+
+    Pieces come in document order, a document's pieces in token order. Nearly every document is one piece, so the
+    arrays are filled for that case in a few passes, and only the long documents' further pieces are added after.
+    """
+    doc_lengths = np.asarray(lengths, dtype=np.int64)
+    if eos:
+        doc_lengths = packed_lengths(doc_lengths, eos)
+    long_doc = np.flatnonzero(doc_lengths > ctx)
+    long_lengths = doc_lengths[long_doc]
+    keep = doc_lengths > 0
+    empty_documents = len(keep) - int(np.count_nonzero(keep))
+    extra = np.zeros(0, dtype=np.int64)  # pieces after the first, per long document
     dropped_documents = dropped_tokens = clipped = 0
     if long_docs == "split":
-        n_pieces = np.where(nonempty, -(-doc_lengths // ctx), 0)
+        extra = (long_lengths - 1) // ctx
+    elif long_docs == "drop":
+        keep[long_doc] = False
+        dropped_documents, dropped_tokens = len(long_doc), int(long_lengths.sum())
     else:
-        n_pieces = nonempty.astype(np.int64)
-        if long_docs == "drop":
-            n_pieces[long_] = 0
-            dropped_documents = n_long
-            dropped_tokens = int(doc_lengths[long_].sum())
-        else:
-            clipped = n_long
-            dropped_tokens = int((doc_lengths[long_] - ctx).sum())
-    doc = np.repeat(np.arange(len(lengths), dtype=np.int64), n_pieces)
-    first_piece = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(n_pieces[:-1], out=first_piece[1:])
-    chunk = np.arange(len(doc), dtype=np.int64) - first_piece[doc]
-    start = chunk * ctx
-    length = np.minimum(doc_lengths[doc] - start, ctx)
-    multi = n_pieces > 1
-    return Pieces(doc, start, length, documents=int((n_pieces > 0).sum()),
-                  empty_documents=int((~nonempty).sum()), tokens=int(length.sum()),
-                  dropped_documents=dropped_documents, dropped_tokens=dropped_tokens, clipped_documents=clipped,
-                  truncated_documents=int(multi.sum()), truncations=int((n_pieces[multi] - 1).sum()))
+        clipped, dropped_tokens = len(long_doc), int((long_lengths - ctx).sum())
+    all_kept = empty_documents == 0 and dropped_documents == 0
+    kept = np.arange(len(keep), dtype=np.int64) if all_kept else np.flatnonzero(keep)
+    n_first, n_extra = len(kept), int(extra.sum())
+    first = kept  # where each kept document's first piece goes
+    if n_extra:
+        # Each further piece of a long document moves the first pieces of all later documents along by one.
+        long_rank = long_doc if all_kept else np.searchsorted(kept, long_doc)
+        shift = np.zeros(n_first, dtype=np.int64)
+        shift[long_rank[long_rank + 1 < n_first] + 1] = extra[long_rank + 1 < n_first]
+        first = np.arange(n_first, dtype=np.int64) + np.cumsum(shift)
+    elif not all_kept:
+        first = np.arange(n_first, dtype=np.int64)
+    doc = np.empty(n_first + n_extra, dtype=np.int64)
+    start = np.zeros(n_first + n_extra, dtype=np.int64)
+    length = np.empty(n_first + n_extra, dtype=np.int32)
+    first_lengths = np.minimum(doc_lengths if all_kept else doc_lengths[kept], ctx)
+    if n_extra:
+        doc[first] = kept
+        length[first] = first_lengths
+        split_doc = long_doc[extra > 0]
+        first_of_split = first[long_rank[extra > 0]]
+        extra = extra[extra > 0]
+        chunk = np.arange(1, n_extra + 1, dtype=np.int64) - np.repeat(np.cumsum(extra) - extra, extra)
+        at = np.repeat(first_of_split, extra) + chunk
+        doc[at] = np.repeat(split_doc, extra)
+        start[at] = chunk * ctx
+        length[at] = np.minimum(np.repeat(doc_lengths[split_doc], extra) - start[at], ctx)
+    else:  # one piece per kept document: the arrays are the kept documents themselves
+        doc[:] = kept
+        length[:] = first_lengths
+    return Pieces(doc, start, length, documents=n_first, empty_documents=empty_documents,
+                  tokens=int(length.sum()), dropped_documents=dropped_documents, dropped_tokens=dropped_tokens,
+                  clipped_documents=clipped, truncated_documents=len(extra) if n_extra else 0, truncations=n_extra)
