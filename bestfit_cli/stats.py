@@ -301,7 +301,7 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
         in_order, windows = None, [hist]
     results = []
     for ctx in sorted(set(opts.ctx)):
-        for strategy in opts.strategies:
+        for strategy in dict.fromkeys(opts.strategies):  # each once, in the order given
             results.append(_run(strategy, ctx, opts, hist, in_order, windows))
     max_length = int(hist.lengths[-1]) if hist.lengths.size else 1
     raw_hist = corpus.histogram
