@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bestfit_cli import PackOptions, pack
 from bestfit_cli.cli import cli
@@ -126,7 +129,11 @@ def load_output(out: Path) -> Output:
     manifest = json.loads((out / "manifest.json").read_text())
     stats = json.loads((out / "stats.json").read_text())
     ctx = manifest["options"]["ctx"]
-    table = pa.concat_tables([pq.read_table(out / shard["path"]) for shard in manifest["shards"]])
+    tables = [pq.read_table(out / shard["path"]) for shard in manifest["shards"]]
+    if not tables:  # every document was dropped or empty
+        empty = np.zeros(0, dtype=np.int64)
+        return Output(ctx, manifest, stats, empty, empty, empty, empty, empty, pa.int32())
+    table = pa.concat_tables(tables)
     assert table.column_names == ["input_ids", "seq_lengths", "doc_index", "doc_offset"]
     ids = table.column("input_ids").combine_chunks()
     lengths = table.column("seq_lengths").combine_chunks()
@@ -158,6 +165,8 @@ def rebuild(output: Output, pad_id: int) -> tuple[np.ndarray, Docs]:
     padding = np.arange(ctx)[None, :] >= fill[:, None]
     assert np.all(output.input_ids.reshape(-1, ctx)[padding] == pad_id)
 
+    if len(lengths) == 0:
+        return np.zeros(0, dtype=np.int64), Docs(np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64))
     order = np.lexsort((output.doc_offset, output.doc_index))
     doc, piece_len = output.doc_index[order], lengths[order]
     source = output.piece_row[order] * ctx + within[order]
@@ -470,3 +479,61 @@ def test_manifest_contents(tmp_path: Path) -> None:
     # Nothing else is left in OUT: no temporary folder, no stray file.
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.json", "stats.json"])
     assert json.loads((out / "stats.json").read_text())["sequences"] == report["sequences"]
+
+
+# ------------------------------------------------------------------------------------------------ random corpora
+
+
+@st.composite
+def small_runs(draw: st.DrawFn) -> tuple[list[list[int]], dict[str, Any]]:
+    ctx = draw(st.integers(1, 40))
+    lengths = draw(st.lists(st.one_of(st.integers(0, ctx + 1), st.integers(0, 5 * ctx)), min_size=1, max_size=40))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    docs = [rng.integers(0, 1000, size=n).tolist() for n in lengths]
+    opts = {"ctx": ctx, "eos_id": draw(st.sampled_from([None, 1000, 0])),
+            "pad_id": draw(st.sampled_from([None, 1001])),
+            "long_docs": draw(st.sampled_from(["split", "truncate", "drop"])),
+            "window_tokens": draw(st.sampled_from([1, 7, 50, 1 << 27])),
+            "rows_per_shard": draw(st.integers(1, 6)), "shuffle": draw(st.booleans()),
+            "seed": draw(st.integers(0, 5)), "workers": draw(st.sampled_from([1, 2]))}
+    return docs, opts
+
+
+@given(small_runs())
+def test_random_corpora_round_trip(run: tuple[list[list[int]], dict[str, Any]]) -> None:
+    """Any small corpus and any options: the output holds exactly the kept part of every document."""
+    docs, kwargs = run
+    opts = PackOptions(**kwargs)
+    ctx = opts.ctx
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_parquet(Path(tmp) / "in.parquet", docs)
+        if all(len(d) == 0 for d in docs):
+            pack([str(source)], f"{tmp}/out", opts)
+            return
+        result = pack([str(source)], f"{tmp}/out", opts)
+        output = load_output(Path(tmp) / "out")
+        doc_ids, rebuilt = rebuild(output, pad_id=opts.resolved_pad_id)
+    expected = Docs.from_lists(docs).with_eos(opts.eos_id)
+    lengths = expected.lengths
+    kept = (lengths > 0) & ((lengths <= ctx) | (opts.long_docs != "drop"))
+    keep = np.where(kept, lengths if opts.long_docs == "split" else np.minimum(lengths, ctx), 0)
+    np.testing.assert_array_equal(doc_ids, np.flatnonzero(kept))
+    assert_docs_equal(rebuilt, expected.prefixes(keep).drop_empty())
+    stats = result.report.to_json()
+    assert stats["tokens"] == int(keep.sum())
+    assert stats["tokens"] + stats["dropped_tokens"] == stats["input_tokens"] + stats["eos_tokens"]
+    assert stats["sequences"] == output.n_rows >= stats["sequences_lower_bound"]
+    if opts.window_tokens >= 1 << 27:
+        assert stats["sequences"] == reference_documents(keep.tolist(), ctx).sequences
+
+
+def test_every_document_dropped_still_writes_a_finished_output(tmp_path: Path) -> None:
+    """Documents all left out by --long-docs drop are accounted for, not reported as an empty input."""
+    source = write_parquet(tmp_path / "toy.parquet", toy_docs())
+    code, stdout, stderr = run_cli("pack", source, tmp_path / "out", "--ctx", 1, "--long-docs", "drop", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert (report["documents"], report["sequences"], report["tokens"]) == (0, 0, 0)
+    assert (report["dropped_documents"], report["dropped_tokens"]) == (5, 31)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["documents"] == 5 and manifest["shards"] == []
