@@ -1,0 +1,332 @@
+"""``bestfit verify``: passes on every honest output and names the document, shard and row of each kind of damage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+
+from bestfit_cli import PackOptions, pack
+from bestfit_cli.cli import cli
+from bestfit_cli.verify import verify
+
+from .conftest import EOS, SAMPLES
+from .synthetic import corpus, documents, write_jsonl
+
+CTX = 64
+PAD = 7
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A corpus of three files and its packed output: several windows, several shards per window."""
+    root = tmp_path_factory.mktemp("verify")
+    source = corpus(root / "in", 150, seed=3, max_len=100)
+    out = root / "out"
+    pack([str(source)], str(out), PackOptions(ctx=CTX, eos_id=EOS, pad_id=PAD, window_tokens=1500,
+                                              rows_per_shard=8, workers=2))
+    return source, out
+
+
+@pytest.fixture
+def damaged(packed: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the packed output, to damage."""
+    source, out = packed
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return source, copy
+
+
+def manifest_of(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "manifest.json").read_text())
+    return data
+
+
+def save_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def rewrite_shard(out: Path, name: str, change: Callable[[dict[str, list[Any]]], None]) -> None:
+    """Edit a shard's rows as Python lists and re-list its size and sha256, so only the deep checks can tell."""
+    path = out / name
+    table = pq.read_table(path)
+    rows = table.to_pydict()
+    change(rows)
+    pq.write_table(pa.table(rows, schema=table.schema), path)
+    data = path.read_bytes()
+    manifest = manifest_of(out)
+    for shard in manifest["shards"]:
+        if shard["path"] == name:
+            shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=table.num_rows)
+    save_manifest(out, manifest)
+
+
+def first_shard(out: Path) -> str:
+    return str(manifest_of(out)["shards"][0]["path"])
+
+
+def find_row(out: Path, wanted: Callable[[list[int]], bool]) -> tuple[str, int, dict[str, list[Any]]]:
+    """The first shard and row whose seq_lengths satisfy ``wanted``, with that shard's rows."""
+    for shard in manifest_of(out)["shards"]:
+        rows = pq.read_table(out / shard["path"]).to_pydict()
+        for row, lengths in enumerate(rows["seq_lengths"]):
+            if wanted(lengths):
+                return shard["path"], row, rows
+    raise AssertionError("no such row in the fixture")
+
+
+def problems(source: Path, out: Path) -> list[str]:
+    result = verify([str(source)], str(out))
+    assert not result.ok
+    return [str(p) for p in result.problems]
+
+
+# ------------------------------------------------------------------------------------------------ honest outputs
+
+
+def test_verify_passes_and_counts_match_the_manifest(packed: tuple[Path, Path]) -> None:
+    source, out = packed
+    manifest = manifest_of(out)
+    assert len(manifest["windows"]) > 3 and len(manifest["shards"]) > len(manifest["windows"])
+    result = invoke("verify", source, out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == (f"verified: {manifest['documents']:,} documents, {manifest['tokens']:,} tokens, "
+                             f"{manifest['sequences']:,} sequences\n")
+
+
+def test_verify_json(packed: tuple[Path, Path]) -> None:
+    source, out = packed
+    result = invoke("verify", source, out, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["problems"] == [] and data["shards"] == len(manifest_of(out)["shards"])
+
+
+def test_pack_verify_on_the_sample(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = invoke("pack", SAMPLES, out, "--ctx", 2048, "--eos-id", EOS, "--verify", "--window-tokens", 500_000)
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    assert (f"verified: 850 documents, {stats['tokens']:,} tokens, {stats['sequences']:,} sequences"
+            in result.stderr)
+
+
+@pytest.mark.parametrize("long_docs", ["truncate", "drop"])
+def test_verify_accepts_what_long_docs_declares_removed(tmp_path: Path, long_docs: str) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", documents([3, 20, 9, 0, 50, 16, 15]))
+    out = tmp_path / "out"
+    report = pack([str(source)], str(out), PackOptions(ctx=16, eos_id=EOS, long_docs=long_docs))  # type: ignore[arg-type]
+    assert report.report.stats.dropped_tokens > 0
+    result = verify([str(source)], str(out))
+    assert result.ok, result.problems
+    assert result.tokens == report.report.stats.tokens
+
+
+def test_verify_without_eos_and_uint16(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", documents([1, 8, 9, 17, 0, 3], high=60_000))
+    out = tmp_path / "out"
+    pack([str(source)], str(out), PackOptions(ctx=8, dtype="uint16", shuffle=False))
+    assert verify([str(source)], str(out)).ok
+
+
+def test_leftover_temp_folder_is_only_a_note(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    (out / ".bestfit-tmp-0123456789ab").mkdir()
+    result = invoke("verify", source, out)
+    assert result.exit_code == 0
+    assert "note: leftover temporary folder .bestfit-tmp-0123456789ab (safe to delete)" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ cannot be checked
+
+
+def test_folder_without_manifest_is_incomplete(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    (out / "manifest.json").unlink()
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {out}: no manifest.json, so this output is incomplete (its pack run was "
+                             "interrupted, failed or is still running) (rerun the same bestfit pack command with "
+                             "--overwrite)\n")
+
+
+def test_out_that_does_not_exist(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    result = invoke("verify", packed[0], tmp_path / "nowhere")
+    assert result.exit_code == 1 and "nowhere: does not exist" in result.stderr
+
+
+def test_manifest_that_is_not_json(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    (out / "manifest.json").write_text("{")
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1 and "manifest.json is not valid JSON" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ damage found
+
+
+def test_missing_shard(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    (out / name).unlink()
+    found = problems(source, out)
+    assert f"{name}: shard listed in manifest.json is missing" in found
+    assert any(p.startswith("document ") for p in found), found
+
+
+def test_unlisted_shard(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    shutil.copy(out / first_shard(out), out / "part-99999-0000.parquet")
+    assert problems(source, out) == ["part-99999-0000.parquet: file not listed in manifest.json"]
+
+
+def test_changed_bytes_fail_the_sha256(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    data = bytearray((out / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / name).write_bytes(bytes(data))
+    found = problems(source, out)
+    assert found[0] == f"{name}: size or sha256 differs from manifest.json (the file changed after packing)"
+
+
+def test_changed_token_names_document_shard_and_row(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    table = pq.read_table(out / name).to_pydict()
+    doc, row = table["doc_index"][2][0], 2
+
+    def change(rows: dict[str, list[Any]]) -> None:
+        rows["input_ids"][row][0] += 1
+
+    rewrite_shard(out, name, change)
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: {out}: verification failed with 1 problem(s); first: {name} row {row}, document {doc}: tokens differ "
+        f"from the input (piece of {table['seq_lengths'][row][0]} tokens) (rerun the same bestfit pack command with "
+        "--overwrite)")
+
+
+def test_lost_piece_is_a_missing_document(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name, row, rows = find_row(out, lambda lengths: len(lengths) > 1)
+    lost_doc, lost_len = rows["doc_index"][row][-1], rows["seq_lengths"][row][-1]
+
+    def change(rows: dict[str, list[Any]]) -> None:
+        fill = sum(rows["seq_lengths"][row]) - lost_len
+        rows["input_ids"][row][fill:] = [PAD] * (CTX - fill)
+        for column in ("seq_lengths", "doc_index", "doc_offset"):
+            rows[column][row].pop()
+
+    rewrite_shard(out, name, change)
+    found = problems(source, out)
+    assert any(p.startswith(f"document {lost_doc}: ") for p in found), found
+    assert any("sequences" not in p for p in found)
+
+
+def test_piece_packed_twice_is_found(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    for shard in manifest_of(out)["shards"]:
+        name, rows = shard["path"], pq.read_table(out / shard["path"]).to_pydict()
+        pairs = [(s, t) for s, first in enumerate(rows["seq_lengths"]) for t, lengths in enumerate(rows["seq_lengths"])
+                 if s != t and sum(lengths) + first[0] <= CTX]
+        if pairs:
+            source_row, target_row = pairs[0]
+            break
+    doc = rows["doc_index"][source_row][0]
+
+    def change(rows: dict[str, list[Any]]) -> None:
+        length = rows["seq_lengths"][source_row][0]
+        fill = sum(rows["seq_lengths"][target_row])
+        rows["input_ids"][target_row][fill:fill + length] = rows["input_ids"][source_row][:length]
+        for column in ("seq_lengths", "doc_index", "doc_offset"):
+            rows[column][target_row].append(rows[column][source_row][0])
+
+    rewrite_shard(out, name, change)
+    found = problems(source, out)
+    assert any(p.startswith(f"document {doc}: ") and "overlaps another piece" in p for p in found), found
+
+
+def test_padding_that_is_not_the_pad_id(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name, row, rows = find_row(out, lambda lengths: sum(lengths) < CTX)
+
+    def change(rows: dict[str, list[Any]]) -> None:
+        rows["input_ids"][row][-1] = PAD + 1
+
+    rewrite_shard(out, name, change)
+    assert problems(source, out) == [f"{name} row {row}: padding after the last piece is not the pad id {PAD}"]
+
+
+def test_row_shorter_than_ctx(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+
+    def change(rows: dict[str, list[Any]]) -> None:
+        rows["input_ids"][1] = rows["input_ids"][1][:-1]
+
+    rewrite_shard(out, name, change)
+    assert f"{name} row 1: row has {CTX - 1} tokens, not ctx = {CTX}" in problems(source, out)
+
+
+def test_inputs_with_an_extra_document(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    source, out = damaged
+    grown = tmp_path / "grown"
+    shutil.copytree(source, grown)
+    with (grown / "c.jsonl").open("a") as f:
+        f.write('{"input_ids": [1, 2, 3]}\n')
+    found = problems(grown, out)
+    assert any("the inputs hold 1 document(s) more than the manifest lists" in p for p in found), found
+
+
+def test_inputs_given_in_another_order(packed: tuple[Path, Path]) -> None:
+    source, out = packed
+    result = verify([str(source / "c.jsonl"), str(source / "a.parquet"), str(source / "b.parquet")], str(out))
+    assert not result.ok
+    assert any("tokens differ" in str(p) or "document" in str(p) for p in result.problems)
+
+
+def test_declared_drops_must_match(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "docs.jsonl", documents([3, 20, 9, 50]))
+    out = tmp_path / "out"
+    pack([str(source)], str(out), PackOptions(ctx=16, long_docs="drop"))
+    manifest = manifest_of(out)
+    manifest["windows"][0]["dropped_documents"] = 1
+    save_manifest(out, manifest)
+    assert problems(source, out) == [
+        "window 0: manifest.json says dropped_documents = 1, --long-docs drop on the inputs gives 2"]
+
+
+def test_skipped_records_must_match(tmp_path: Path) -> None:
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"input_ids": [1, 2]}\nnot json\n{"input_ids": [3]}\n')
+    out = tmp_path / "out"
+    pack([str(source)], str(out), PackOptions(ctx=8, on_bad_record="skip"))
+    assert verify([str(source)], str(out)).ok
+    source.write_text('{"input_ids": [1, 2]}\n{"input_ids": [3]}\n')
+    found = problems(source, out)
+    assert any("manifest.json says 1 bad records were skipped, reading it again skips 0" in p for p in found)
+
+
+def test_problems_are_capped_but_counted(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    for shard in manifest_of(out)["shards"][:6]:
+        (out / shard["path"]).unlink()
+    result = verify([str(source)], str(out), max_problems=3)
+    assert len(result.problems) == 3 and result.problem_count >= 6
+    cli_result = invoke("verify", source, out, "--max-problems", 3)
+    assert cli_result.exit_code == 1
+    assert cli_result.stderr.count("problem: ") == 2  # the first is in the error line
