@@ -155,7 +155,7 @@ def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
     event_of = np.repeat(np.arange(len(plan.size), dtype=index_dtype), plan.n_pieces)
     event_start = np.zeros(len(plan.size), dtype=index_dtype)
     np.cumsum(plan.n_pieces[:-1], out=event_start[1:])
-    rank = np.arange(n, dtype=index_dtype)
+    rank: np.ndarray = np.arange(n, dtype=index_dtype)
     rank -= event_start[event_of]
     per_bin = plan.per_bin.astype(index_dtype)[event_of]
     sorted_bin = plan.first_bin.astype(index_dtype)[event_of] + rank // per_bin
