@@ -299,10 +299,12 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
             raw, opts.window_tokens)]
     else:
         in_order, windows = None, [hist]
+    # pack plans windows of consecutive documents; a histogram has no order, so bestfit plans it as one window.
+    unwindowed = in_order is None and corpus.histogram.tokens > opts.window_tokens
     results = []
     for ctx in sorted(set(opts.ctx)):
         for strategy in dict.fromkeys(opts.strategies):  # each once, in the order given
-            results.append(_run(strategy, ctx, opts, hist, in_order, windows))
+            results.append(_run(strategy, ctx, opts, hist, in_order, windows, unwindowed))
     max_length = int(hist.lengths[-1]) if hist.lengths.size else 1
     raw_hist = corpus.histogram
     return StatsResult(
@@ -316,13 +318,13 @@ WINDOWLESS_METHOD = ("document order unknown (histogram input): one plan over th
 
 
 def _run(strategy: Strategy, ctx: int, opts: StatsOptions, hist: LengthHistogram, in_order: np.ndarray | None,
-         windows: list[LengthHistogram]) -> StrategyCounts:
+         windows: list[LengthHistogram], unwindowed: bool) -> StrategyCounts:
     long_docs = opts.long_docs
     if strategy == "concat":
         return concat(in_order, ctx, long_docs) if in_order is not None else concat_expected(hist, ctx, long_docs)
     if strategy == "bestfit":
         counts = bestfit(windows, ctx, long_docs)
-        if in_order is None and hist.tokens > opts.window_tokens:
+        if unwindowed:
             counts = replace(counts, exact=False, method=WINDOWLESS_METHOD)
         return counts
     if strategy == "ffd":

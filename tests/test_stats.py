@@ -164,6 +164,14 @@ def test_histogram_to_stdout_and_a_pack_stats_json_is_refused_cleanly(tmp_path: 
     assert code == 1 and "not a valid bestfit length histogram" in stderr
 
 
+def test_bestfit_from_a_histogram_larger_than_a_window_is_marked_estimated(tmp_path: Path) -> None:
+    hist_path = tmp_path / "hist.json"
+    assert run_cli("histogram", SAMPLES, "-o", hist_path)[0] == 0
+    one_window = by_key(stats_json(hist_path, "--ctx", 2048))[2048, "bestfit"]
+    windowed = by_key(stats_json(hist_path, "--ctx", 2048, "--window-tokens", 100_000))[2048, "bestfit"]
+    assert one_window["exact"] and not windowed["exact"] and "windows" in windowed["method"]
+
+
 def test_histograms_with_different_eos_settings_need_an_explicit_eos(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "toy.jsonl", TOY)
     assert run_cli("histogram", source, "-o", tmp_path / "a.json", "--eos-id", 1)[0] == 0
