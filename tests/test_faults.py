@@ -1,0 +1,211 @@
+"""Interruptions and faults: SIGKILL at each stage, Ctrl-C, a full disk and a closed pipe never leave an output that
+looks complete, and a rerun with --overwrite gives exactly the output of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import EOS, SAMPLES
+from .synthetic import tree_bytes
+
+BESTFIT = [sys.executable, "-m", "bestfit_cli"]
+PACK_OPTIONS = ["--ctx", "256", "--eos-id", str(EOS), "--window-tokens", "40000", "--rows-per-shard", "16",
+                "--workers", "1", "-q"]
+
+
+def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
+    """Random documents of 1..600 tokens, built with numpy so large corpora are quick to make."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 601, size=n_docs)
+    offsets = np.zeros(n_docs + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = rng.integers(0, 100_000, size=int(offsets[-1]), dtype=np.int32)
+    pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("faults")
+    write_corpus(folder / "a.parquet", 800, seed=1)
+    write_corpus(folder / "b.parquet", 800, seed=2)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """Every byte of an uninterrupted run of the same command."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    subprocess.run([*BESTFIT, "pack", str(source), str(out), *PACK_OPTIONS], check=True, timeout=120)
+    return tree_bytes(out)
+
+
+def pack_command(source: Path, out: Path, *extra: str) -> list[str]:
+    return [*BESTFIT, "pack", str(source), str(out), *PACK_OPTIONS, *extra]
+
+
+def assert_incomplete(source: Path, out: Path) -> None:
+    """No manifest, and ``verify`` calls the folder incomplete."""
+    assert not (out / "manifest.json").exists()
+    done = subprocess.run([*BESTFIT, "verify", str(source), str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "no manifest.json, so this output is incomplete" in done.stderr
+
+
+def assert_rerun_matches(source: Path, out: Path, reference: dict[str, bytes]) -> None:
+    subprocess.run(pack_command(source, out, "--overwrite"), check=True, timeout=120)
+    assert tree_bytes(out) == reference
+
+
+def wait_for(out: Path, pattern: str, count: int, process: subprocess.Popen[bytes], timeout: float = 60) -> bool:
+    """Poll OUT until ``count`` entries match ``pattern``; False when the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.is_dir() and len(list(out.glob(pattern))) >= count:
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise AssertionError(f"no {pattern} in {out} after {timeout}s")
+
+
+# ------------------------------------------------------------------------------------------------ SIGKILL
+
+
+@pytest.mark.parametrize("stage", ["reading", "planning", "writing", "manifest"])
+def test_sigkill_at_each_stage_never_looks_complete(source: Path, reference: dict[str, bytes], tmp_path: Path,
+                                                    stage: str) -> None:
+    """``BESTFIT_TEST_KILL_AT`` makes the process SIGKILL itself at a named point of the run (pipeline.kill_point)."""
+    out = tmp_path / "out"
+    done = subprocess.run(pack_command(source, out), env={**os.environ, "BESTFIT_TEST_KILL_AT": stage},
+                          timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    if stage in ("writing", "manifest"):
+        assert list(out.glob("part-*.parquet")), "shards were in place when the process died"
+    if stage == "manifest":
+        assert (out / "stats.json").exists()
+    assert_incomplete(source, out)
+    assert_rerun_matches(source, out, reference)
+
+
+def test_sigkill_from_outside_while_shards_appear(source: Path, reference: dict[str, bytes], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen(pack_command(source, out))
+    try:
+        if not wait_for(out, "part-*.parquet", 5, process):
+            pytest.fail("the run ended before it could be killed; make the corpus larger")
+        process.kill()
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        process.kill()
+    assert list(out.glob(".bestfit-tmp-*")), "a killed run cannot clean up its temp folder"
+    assert_incomplete(source, out)
+    assert_rerun_matches(source, out, reference)
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+
+
+def assert_interrupted(process: subprocess.Popen[bytes], out: Path) -> None:
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - started < 10, "stops promptly"
+    assert process.returncode == 130
+    assert err.decode().strip() == "bestfit: interrupted"
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob(".bestfit-tmp-*")), "Ctrl-C removes the temp folder"
+
+
+def test_ctrl_c_while_reading_stdin(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen([*BESTFIT, "pack", "-", str(out), "--ctx", "64", "-q"], stdin=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(b'{"input_ids": [1, 2, 3]}\n' * 100)
+    process.stdin.flush()
+    try:
+        assert wait_for(out, ".bestfit-tmp-*", 1, process), process.communicate()
+        assert_interrupted(process, out)
+    finally:
+        process.kill()
+
+
+def test_ctrl_c_while_writing_shards(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen(pack_command(source, out), stderr=subprocess.PIPE)
+    try:
+        if not wait_for(out, "part-*.parquet", 3, process):
+            pytest.fail("the run ended before it could be interrupted; make the corpus larger")
+        assert_interrupted(process, out)
+    finally:
+        process.kill()
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_disk_full_is_a_clear_error_and_no_manifest(small_disk: Path) -> None:
+    out = small_disk / "out"
+    done = subprocess.run([*BESTFIT, "pack", str(SAMPLES), str(out), "--ctx", "2048", "--eos-id", str(EOS), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"Error: {out}: writing ")
+    assert "No space left on device" in lines[0]
+    assert lines[0].endswith("(free disk space or choose another OUT, then rerun with --overwrite)")
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob(".bestfit-tmp-*"))
+
+
+# ------------------------------------------------------------------------------------------------ broken pipes
+
+
+def test_pack_json_into_head_ends_quietly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = " ".join([*BESTFIT, "pack", str(SAMPLES), str(out), "--ctx", "2048", "--json", "-q"])
+    done = subprocess.run(["bash", "-c", f"{command} | head -c 10"], capture_output=True, timeout=120)
+    assert done.returncode == 0
+    assert done.stdout == b'{\n  "schem'
+    assert done.stderr == b""
+
+
+@pytest.mark.parametrize("command", ["pack", "verify"])
+def test_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "out"
+    if command == "verify":
+        subprocess.run([*BESTFIT, "pack", str(SAMPLES), str(out), "--ctx", "2048", "-q"], check=True, timeout=120)
+        args = ["verify", str(SAMPLES), str(out), "--json"]
+    else:
+        args = ["pack", str(SAMPLES), str(out), "--ctx", "2048", "--json", "-q"]
+    process = subprocess.Popen([*BESTFIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first byte is written
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert err == b""
