@@ -130,14 +130,14 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
         raise InputError(file.name, f"cannot read ({exc})", fix="check the file") from None
 
 
-def read_corpus_lengths(inputs: Sequence[str], column: str = "input_ids",
+def read_corpus_lengths(files: Sequence[InputFile], column: str = "input_ids",
                         progress: Callable[[int], None] | None = None) -> CorpusLengths:
-    """One streaming pass over ``inputs``: every document's length, in input order, and saved histograms merged.
+    """One streaming pass over ``files`` (``fs.resolve_inputs``): every document's length, in input order, and saved
+    histograms merged.
 
     ``.json`` files written by ``bestfit histogram`` are recognised by their content; any other ``.json`` file that
     holds one JSON document (not JSON Lines) is refused with a message instead of being parsed line by line.
     """
-    files = resolve_inputs(inputs)
     opts = ReadOptions(column=column)
     chunks: list[np.ndarray] = []
     saved = LengthHistogram()
@@ -338,17 +338,18 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
               progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
-    bar = progress_factory(_total_bytes(inputs)) if progress_factory else None
+    return compare(_read_with_progress(inputs, opts.column, progress_factory), opts)
+
+
+def _read_with_progress(inputs: Sequence[str], column: str,
+                        progress_factory: Callable[[int], Any] | None) -> CorpusLengths:
+    files = resolve_inputs(inputs)
+    bar = progress_factory(sum(f.size or 0 for f in files)) if progress_factory else None
     try:
-        corpus = read_corpus_lengths(inputs, opts.column, bar.update if bar is not None else None)
+        return read_corpus_lengths(files, column, bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
-    return compare(corpus, opts)
-
-
-def _total_bytes(inputs: Sequence[str]) -> int:
-    return sum(f.size or 0 for f in resolve_inputs(inputs))
 
 
 # ------------------------------------------------------------------------------------------------ histogram files
@@ -357,12 +358,7 @@ def _total_bytes(inputs: Sequence[str]) -> int:
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
                       progress_factory: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options."""
-    bar = progress_factory(_total_bytes(inputs)) if progress_factory else None
-    try:
-        corpus = read_corpus_lengths(inputs, column, bar.update if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
+    corpus = _read_with_progress(inputs, column, progress_factory)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
             "options": {"column": column, "eos_id": eos_id},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
