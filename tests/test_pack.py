@@ -525,6 +525,33 @@ def test_random_corpora_round_trip(run: tuple[list[list[int]], dict[str, Any]]) 
     assert stats["sequences"] == output.n_rows >= stats["sequences_lower_bound"]
     if opts.window_tokens >= 1 << 27:
         assert stats["sequences"] == reference_documents(keep.tolist(), ctx).sequences
+    pieces_per_doc = -(-keep // ctx)
+    assert stats["truncated_documents"] == int((pieces_per_doc > 1).sum())
+    assert stats["truncations"] == int((pieces_per_doc[keep > 0] - 1).sum())
+    assert stats["concat"] == reference_concat(keep.tolist(), ctx)
+
+
+def reference_concat(doc_lengths: list[int], ctx: int) -> dict[str, int]:
+    """Concatenate documents in order and cut every ctx tokens: sequences, documents cut, cuts."""
+    position = truncated = cuts = 0
+    for length in doc_lengths:
+        if length == 0:
+            continue
+        crossed = sum(1 for boundary in range(ctx, position + length, ctx) if boundary > position)
+        truncated += crossed > 0
+        cuts += crossed
+        position += length
+    return {"sequences": -(-position // ctx), "truncated_documents": truncated, "truncations": cuts}
+
+
+def test_workers_do_not_change_the_output(tmp_path: Path) -> None:
+    for name, workers in (("one", 1), ("two", 2)):
+        code, _, stderr = run_cli("pack", SAMPLES, tmp_path / name, "--ctx", 1024, "--eos-id", EOS, "--quiet",
+                                  "--window-tokens", 300_000, "--workers", workers)
+        assert code == 0, stderr
+    one = files_of(tmp_path / "one")
+    assert sum(name.startswith("part-00002") for name in one) > 0  # at least three windows
+    assert one == files_of(tmp_path / "two")
 
 
 def test_every_document_dropped_still_writes_a_finished_output(tmp_path: Path) -> None:
