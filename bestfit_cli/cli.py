@@ -244,13 +244,15 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
 @input_options
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
               help="Window size pack would use, so bestfit matches it.  [default: 134217728]")
+@click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
+              help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write truncations per document against document length to FILE.png or FILE.svg.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
-          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, as_json: bool,
-          plot: str | None, quiet: bool) -> None:
+          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, on_bad_record: str,
+          as_json: bool, plot: str | None, quiet: bool) -> None:
     """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
 
     IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
@@ -260,7 +262,8 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     from .stats import StatsOptions, render_stats, run_stats
 
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
-                        long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS)  # type: ignore[arg-type]
+                        long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
+                        on_bad_record=on_bad_record)
     started = time.perf_counter()
     result = run_stats(inputs, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started
@@ -268,16 +271,15 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
         from .plot import plot_truncations
 
         plot_truncations(result, plot)
-    if not as_json or not quiet:
-        to_stdout = not as_json and sys.stdout.isatty()
-        if not quiet or to_stdout:
-            from rich.console import Console
+    to_stdout = not as_json and sys.stdout.isatty()  # the table is the data when nothing else is printed
+    if to_stdout or not quiet:
+        from rich.console import Console
 
-            console = Console(stderr=not to_stdout)
-            for table in render_stats(result):
-                console.print(table)
-            console.print(f"{result.documents:,} documents read in {seconds:.1f}s" + (
-                f"; plot written to {plot}" if plot else ""))
+        console = Console(stderr=not to_stdout)
+        for table in render_stats(result):
+            console.print(table)
+        console.print(f"{result.documents:,} documents read in {seconds:.1f}s" + (
+            f"; plot written to {plot}" if plot else ""))
     if as_json:
         _emit_json({**result.to_json(), "wall_seconds": round(seconds, 3)})
 
@@ -287,9 +289,11 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
 @click.option("-o", "--output", default="-", show_default=True,
               help="Where to write the histogram JSON (- for stdout).")
 @input_options
+@click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
+              help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, long_docs: str, dtype: str,
-              quiet: bool) -> None:
+              on_bad_record: str, quiet: bool) -> None:
     """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
 
     Lengths are counted as read, before EOS; --eos-id is recorded and used by stats unless it gets its own.
@@ -297,7 +301,8 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
     """
     from .stats import measure_histogram, save_json
 
-    document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet))
+    document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
+                                 on_bad_record=on_bad_record)
     if output == "-":
         click.echo(json.dumps(document))
     else:

@@ -374,6 +374,7 @@ class LengthBatch:
     first_row: int
     lengths: np.ndarray  # int64, one per document, in file order
     fraction_done: float = 0.0
+    skipped: Skipped = Skipped()  # bad records left out (--on-bad-record skip)
 
 
 def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
@@ -385,7 +386,7 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
     """
     if file.format != "parquet" or opts.skip_bad:
         for batch in read_file(file, file_index, opts):
-            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done)
+            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped)
         return
     pf = _open_parquet(file)
     if opts.column not in pf.schema_arrow.names:

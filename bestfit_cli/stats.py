@@ -24,7 +24,7 @@ from .errors import InputError, OptionError, OutputError
 from .fs import InputFile, filesystem_for, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX
-from .read import ReadOptions, read_lengths
+from .read import BAD_RECORD_POLICIES, ReadOptions, Skipped, read_lengths
 from .strategies import (
     STRATEGIES,
     Strategy,
@@ -53,6 +53,7 @@ class StatsOptions:
     eos_id: int | None = None
     long_docs: LongDocs = "split"
     window_tokens: int = DEFAULT_WINDOW_TOKENS
+    on_bad_record: str = "error"
 
     def validate(self) -> None:
         if not self.ctx:
@@ -68,6 +69,8 @@ class StatsOptions:
             raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
         if self.window_tokens < 1:
             raise OptionError("--window-tokens must be at least 1")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,7 +133,7 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
         raise InputError(file.name, f"cannot read ({exc})", fix="check the file") from None
 
 
-def read_corpus_lengths(files: Sequence[InputFile], column: str = "input_ids",
+def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = None,
                         progress: Callable[[int], None] | None = None) -> CorpusLengths:
     """One streaming pass over ``files`` (``fs.resolve_inputs``): every document's length, in input order, and saved
     histograms merged.
@@ -138,7 +141,7 @@ def read_corpus_lengths(files: Sequence[InputFile], column: str = "input_ids",
     ``.json`` files written by ``bestfit histogram`` are recognised by their content; any other ``.json`` file that
     holds one JSON document (not JSON Lines) is refused with a message instead of being parsed line by line.
     """
-    opts = ReadOptions(column=column)
+    opts = opts or ReadOptions()
     chunks: list[np.ndarray] = []
     saved = LengthHistogram()
     described: list[dict[str, Any]] = []
@@ -161,14 +164,18 @@ def read_corpus_lengths(files: Sequence[InputFile], column: str = "input_ids",
                                  fix="pass token files, or histograms written by `bestfit histogram`")
         documents = 0
         done = 0
+        skipped = Skipped()
         for batch in read_lengths(file, index, opts):
             chunks.append(batch.lengths)
             documents += len(batch.lengths)
+            skipped += batch.skipped
             now = int((file.size or 0) * batch.fraction_done)
             if progress is not None and now > done:
                 progress(now - done)
                 done = now
         described.append({"path": file.name, "format": file.format, "documents": documents})
+        if skipped.count:
+            described[-1].update(skipped_records=skipped.count, skipped_first=list(skipped.where))
     in_order = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     histogram = LengthHistogram.from_lengths(in_order) + saved
     if histogram.documents == 0:
@@ -338,15 +345,16 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
               progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
-    return compare(_read_with_progress(inputs, opts.column, progress_factory), opts)
+    read_opts = ReadOptions(column=opts.column, on_bad_record=opts.on_bad_record)
+    return compare(_read_with_progress(inputs, read_opts, progress_factory), opts)
 
 
-def _read_with_progress(inputs: Sequence[str], column: str,
+def _read_with_progress(inputs: Sequence[str], opts: ReadOptions,
                         progress_factory: Callable[[int], Any] | None) -> CorpusLengths:
     files = resolve_inputs(inputs)
     bar = progress_factory(sum(f.size or 0 for f in files)) if progress_factory else None
     try:
-        return read_corpus_lengths(files, column, bar.update if bar is not None else None)
+        return read_corpus_lengths(files, opts, bar.update if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -356,11 +364,12 @@ def _read_with_progress(inputs: Sequence[str], column: str,
 
 
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
-                      progress_factory: Callable[[int], Any] | None = None) -> dict[str, Any]:
+                      progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error"
+                      ) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options."""
-    corpus = _read_with_progress(inputs, column, progress_factory)
+    corpus = _read_with_progress(inputs, ReadOptions(column=column, on_bad_record=on_bad_record), progress_factory)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
-            "options": {"column": column, "eos_id": eos_id},
+            "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
 
 

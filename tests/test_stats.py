@@ -213,6 +213,16 @@ def test_bad_input_names_the_file_and_row(tmp_path: Path) -> None:
     assert code == 1 and "no column 'ids'" in stderr
 
 
+def test_bad_records_stop_the_run_or_are_skipped_and_counted(tmp_path: Path) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"input_ids": [1, 2, 3]}\nnot json\n{"input_ids": [4, 5]}\n')
+    code, _, stderr = run_cli("stats", source, "--ctx", 4)
+    assert code == 1 and "bad.jsonl:2: not valid JSON" in stderr
+    report = stats_json(source, "--ctx", 4, "--on-bad-record", "skip")
+    assert report["documents"] == 2 and report["inputs"][0]["skipped_records"] == 1
+    assert report["options"]["on_bad_record"] == "skip"
+
+
 def test_lengths_only_reader_agrees_with_the_full_reader() -> None:
     for index, file in enumerate(resolve_inputs([str(SAMPLES)])):
         fast = np.concatenate([b.lengths for b in read_lengths(file, index, ReadOptions())])
