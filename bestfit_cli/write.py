@@ -79,7 +79,10 @@ class ParquetFormat:
 
     def encode(self, rows: PackedRows) -> bytes:
         sink = pa.BufferOutputStream()
-        pq.write_table(self.table(rows), sink, compression=self.compression, row_group_size=self.row_group_rows)
+        # No dictionary pages: token ids have too many distinct values for them to pay (measured: a third faster
+        # and 5 % smaller on cl100k shards, see docs/benchmarks.md).
+        pq.write_table(self.table(rows), sink, compression=self.compression, row_group_size=self.row_group_rows,
+                       use_dictionary=False)
         return sink.getvalue().to_pybytes()
 
 
