@@ -435,6 +435,8 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
 def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, stream: np.ndarray, src_start: np.ndarray,
                     length: np.ndarray, doc: np.ndarray, row: np.ndarray, shard: str, result: VerifyResult) -> None:
     """Each piece's tokens in the shard must equal the same span of its document; reports the first that differs."""
+    if not len(length):
+        return
     bounds = np.zeros(len(length) + 1, dtype=np.int64)
     np.cumsum(length, out=bounds[1:])
     steps = np.searchsorted(bounds, np.arange(0, bounds[-1], CHECK_TOKENS), side="right") - 1
