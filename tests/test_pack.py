@@ -561,3 +561,26 @@ def test_every_document_dropped_still_writes_a_finished_output(tmp_path: Path) -
     assert (report["dropped_documents"], report["dropped_tokens"]) == (5, 31)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["documents"] == 5 and manifest["shards"] == []
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_jsonl_and_glob_order(tmp_path: Path, codec: str) -> None:
+    """A glob expands in sorted order; compressed JSONL reads like plain JSONL."""
+    suffix = {"gzip": ".gz", "zstd": ".zst"}[codec]
+    lines = (SAMPLES / "nl.jsonl").read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, chunk in (("b", lines[:100]), ("a", lines[100:180]), ("c", lines[180:])):
+        with pa.CompressedOutputStream(str(folder / f"{name}.jsonl{suffix}"), codec) as stream:
+            stream.write(b"".join(chunk))
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("pack", str(folder / f"*.jsonl{suffix}"), out, "--ctx", 512, "--eos-id", EOS,
+                              "--quiet")
+    assert code == 0, stderr
+    output = load_output(out)
+    assert [(Path(i["path"]).name, i["documents"]) for i in output.manifest["inputs"]] == [
+        (f"a.jsonl{suffix}", 80), (f"b.jsonl{suffix}", 100), (f"c.jsonl{suffix}", 70)]
+    docs = [json.loads(line)["input_ids"] for line in lines]
+    doc_ids, rebuilt = rebuild(output, pad_id=EOS)
+    np.testing.assert_array_equal(doc_ids, np.arange(250))
+    assert_docs_equal(rebuilt, Docs.from_lists(docs[100:180] + docs[:100] + docs[180:]).with_eos(EOS))
