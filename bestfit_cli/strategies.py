@@ -250,25 +250,24 @@ def bestfit(windows: list[LengthHistogram], ctx: int, long_docs: LongDocs = "spl
     return _counts("bestfit", ctx, _kept_tokens(merged, ctx, long_docs), sequences, per_doc)
 
 
-def ffd_sequences(counts: np.ndarray, ctx: int) -> int:
+def ffd_sequences(counts: np.ndarray, ctx: int, block: int = 512) -> int:
     """Sequences first-fit decreasing fills with ``counts[s]`` pieces of ``s`` tokens (``s`` in ``1..ctx``).
 
     Pieces of one length are placed together: first fit sends them to the lowest-numbered sequences with room,
     each taking as many as fit (``free // s``) until they run out, then opens new sequences. So one vectorised
-    step per distinct length replaces the per-piece search. Sequences whose free space is below the shortest
-    piece can never take another one and are dropped from the search.
+    step per distinct length replaces the per-piece search. Sequences are grouped in blocks of ``block`` with the
+    largest free space of each block kept, so a step only looks inside blocks that have room for the length.
     """
     counts = np.asarray(counts, dtype=np.int64)
-    sizes = np.flatnonzero(counts[1:])[::-1] + 1
-    if not len(sizes):
-        return 0
-    smallest = int(sizes[-1])
-    free = np.empty(0, dtype=np.int64)  # free space of the sequences still worth searching, in sequence order
+    free = np.zeros(block, dtype=np.int64)  # per sequence, in sequence order; unused slots hold 0 and never fit
+    block_max = np.zeros(1, dtype=np.int64)
     n_bins = 0
-    for size in sizes.tolist():
+    for size in (np.flatnonzero(counts[1:])[::-1] + 1).tolist():
         remaining = int(counts[size])
-        fits = np.flatnonzero(free >= size)
-        if len(fits):
+        blocks = np.flatnonzero(block_max >= size)
+        if len(blocks):
+            rows, cols = np.nonzero(free.reshape(-1, block)[blocks] >= size)
+            fits = blocks[rows] * block + cols
             takes = free[fits] // size
             taken_before = np.cumsum(takes) - takes
             used = taken_before < remaining
@@ -276,15 +275,24 @@ def ffd_sequences(counts: np.ndarray, ctx: int) -> int:
             placed = np.minimum(takes, remaining - taken_before)
             free[fits] -= placed * size
             remaining -= int(placed.sum())
+            touched = np.unique(fits // block)
+            block_max[touched] = free.reshape(-1, block)[touched].max(axis=1)
         if remaining:
             per_bin = ctx // size
             full, rest = divmod(remaining, per_bin)
-            new_free = np.full(full + (rest > 0), ctx - per_bin * size, dtype=np.int64)
+            n_new = full + (rest > 0)
+            if n_bins + n_new > len(free):  # grow by doubling, in whole blocks
+                grown = max(2 * len(free), -(-(n_bins + n_new) // block) * block)
+                free = np.concatenate([free, np.zeros(grown - len(free), dtype=np.int64)])
+                block_max = np.concatenate([block_max, np.zeros(grown // block - len(block_max), dtype=np.int64)])
+            free[n_bins:n_bins + full] = ctx - per_bin * size
             if rest:
-                new_free[-1] = ctx - rest * size
-            n_bins += len(new_free)
-            free = np.concatenate([free, new_free])
-        free = free[free >= smallest]
+                free[n_bins + full] = ctx - rest * size
+            first_block = n_bins // block
+            n_bins += n_new
+            last_block = -(-n_bins // block)
+            block_max[first_block:last_block] = free[first_block * block:last_block * block].reshape(
+                -1, block).max(axis=1)
     return n_bins
 
 

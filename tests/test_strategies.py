@@ -174,10 +174,10 @@ def test_bestfit_ffd_nextfit_truncate_match_plain_loops(lengths: list[int], ctx:
     assert t.dropped_tokens == sum(max(0, n - ctx) for n in lengths)
 
 
-@given(st.lists(st.integers(1, 40), min_size=1, max_size=300), st.integers(1, 40))
-def test_ffd_by_groups_equals_piece_by_piece(pieces: list[int], ctx: int) -> None:
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=300), st.integers(1, 40), st.sampled_from([1, 3, 8, 512]))
+def test_ffd_by_groups_equals_piece_by_piece(pieces: list[int], ctx: int, block: int) -> None:
     pieces = [min(p, ctx) for p in pieces]
-    assert ffd_sequences(np.bincount(pieces, minlength=ctx + 1), ctx) == ref_ffd(pieces, ctx)
+    assert ffd_sequences(np.bincount(pieces, minlength=ctx + 1), ctx, block) == ref_ffd(pieces, ctx)
 
 
 @given(doc_lengths, ctxs)
