@@ -330,3 +330,23 @@ def test_problems_are_capped_but_counted(damaged: tuple[Path, Path]) -> None:
     cli_result = invoke("verify", source, out, "--max-problems", 3)
     assert cli_result.exit_code == 1
     assert cli_result.stderr.count("problem: ") == 2  # the first is in the error line
+
+
+def test_pack_verify_cannot_reread_stdin(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["pack", "-", str(tmp_path / "out"), "--ctx", "8", "--verify"],
+                                input='{"input_ids": [1, 2]}\n')
+    assert result.exit_code == 2
+    assert "--verify reads the inputs again, which stdin (-) cannot do" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_json_on_failure_still_prints_the_result(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    (out / name).unlink()
+    result = invoke("verify", source, out, "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert not data["ok"] and data["problems"][0] == {
+        "message": "shard listed in manifest.json is missing", "shard": name, "row": None, "document": None}
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {out}: verification failed with ")
