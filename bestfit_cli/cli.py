@@ -102,6 +102,17 @@ def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def _parse_memory(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from .window import parse_size
+
+    try:
+        return parse_size(str(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _progress(quiet: bool) -> Callable[[int], Any] | None:
     if quiet or not sys.stderr.isatty():
         return None
@@ -150,6 +161,8 @@ def cli() -> None:
               help="Sequences per output shard.")
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
               help="Pack documents in consecutive windows of this many tokens; bounds memory.  [default: 134217728]")
+@click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
+              help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Windows packed in parallel (0: one per usable core).")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
@@ -161,7 +174,8 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
          pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int, window_tokens: int | None,
-         workers: int, overwrite: bool, on_bad_record: str, verify: bool, as_json: bool, quiet: bool) -> None:
+         memory: int | None, workers: int, overwrite: bool, on_bad_record: str, verify: bool, as_json: bool,
+         quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
 
     Writes fixed-length Parquet shards, stats.json and, last, manifest.json to the folder OUT.
@@ -173,7 +187,9 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
-                       on_bad_record=on_bad_record)
+                       on_bad_record=on_bad_record, memory=memory)
+    if memory is not None and window_tokens is not None:
+        raise click.UsageError("give --memory or --window-tokens, not both (--memory sets the window)")
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")

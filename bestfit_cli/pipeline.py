@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,7 +25,7 @@ from .plan import Placement, assign_slots, plan_capacities
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
-from .window import Pieces, Window, make_pieces, packed_lengths, windows
+from .window import MEMORY_IN_FLIGHT, Pieces, Window, make_pieces, packed_lengths, window_tokens_for_memory, windows
 from .write import FORMATS, MANIFEST, STATS, PackedRows, ShardInfo, ShardWriter, shard_name
 
 MANIFEST_FORMAT = "bestfit.packed"
@@ -58,6 +58,7 @@ class PackOptions:
     dtype: str = "int32"
     window_tokens: int = DEFAULT_WINDOW_TOKENS
     workers: int = 0  # 0: the number of usable cores
+    memory: int | None = None  # bytes; sets window_tokens (window.window_tokens_for_memory) and caps windows in flight
     format: str = "parquet"
     overwrite: bool = False
     on_bad_record: str = "error"
@@ -71,6 +72,22 @@ class PackOptions:
     @property
     def resolved_workers(self) -> int:
         return self.workers or usable_cores()
+
+    @property
+    def in_flight(self) -> int:
+        """Windows held at once (and shards written at once): one per worker, or what ``memory`` allows."""
+        return min(self.resolved_workers, MEMORY_IN_FLIGHT) if self.memory else self.resolved_workers
+
+    def with_memory_window(self) -> PackOptions:
+        """These options with ``window_tokens`` derived from the ``memory`` budget (unchanged without one)."""
+        if not self.memory:
+            return self
+        itemsize = np.dtype(TOKEN_DTYPES[self.dtype]).itemsize
+        try:
+            window_tokens = window_tokens_for_memory(self.memory, self.ctx, self.rows_per_shard, itemsize)
+        except ValueError as exc:
+            raise OptionError(f"--memory: {exc}", fix="give a larger --memory, or lower --rows-per-shard") from None
+        return replace(self, window_tokens=window_tokens)
 
     def validate(self) -> None:
         if not 1 <= self.ctx <= MAX_CTX:
@@ -96,12 +113,15 @@ class PackOptions:
             raise OptionError("--seed must be >= 0")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
+        if self.memory is not None and self.memory < 1:
+            raise OptionError("--memory must be a positive size such as 4GB")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["pad_id"] = self.resolved_pad_id
         data.pop("overwrite")
         data.pop("workers")  # never changes the output
+        data.pop("memory")  # what it changes is window_tokens, recorded above
         return data
 
 
@@ -280,6 +300,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     ``progress_factory(total_bytes)`` may return a progress bar with ``update(n)`` and ``close()``.
     """
     opts.validate()
+    opts = opts.with_memory_window()
     files = resolve_inputs(inputs)
     check_output_location(out, inputs, files)
     total_bytes = sum(f.size or 0 for f in files)
@@ -289,7 +310,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     results: list[WindowResult] = []
     concat = ConcatCounts(0, 0, 0)
     try:
-        workers = opts.resolved_workers
+        workers = opts.in_flight
         # Two pools: windows are planned on one while their shards are gathered, encoded and written on the other.
         # A window task waits for its shards, never the reverse, so neither pool can starve the other.
         with ShardWriter(out, overwrite=opts.overwrite) as writer, \

@@ -193,3 +193,51 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool, long_docs: LongDocs) -
     return Pieces(doc, start, length, documents=n_first, empty_documents=empty_documents,
                   tokens=int(length.sum()), dropped_documents=dropped_documents, dropped_tokens=dropped_tokens,
                   clipped_documents=clipped, truncated_documents=len(extra) if n_extra else 0, truncations=n_extra)
+
+
+# ------------------------------------------------------------------------------------------------ memory budget
+
+# What ``--memory`` assumes (docs/benchmarks.md measures it): besides the windows, the interpreter, libraries and
+# reader take about BASE_BYTES; each shard being written holds its gathered tokens plus its encoded bytes (about
+# SHARD_COPIES times the shard's token bytes); each window in flight costs its token bytes plus the planner's
+# per-piece arrays (WINDOW_OVERHEAD).
+BASE_BYTES = 256 << 20
+SHARD_COPIES = 3
+WINDOW_OVERHEAD = 1.25
+MEMORY_IN_FLIGHT = 2  # windows held at once under --memory: one packing while the next is read
+MIN_WINDOW_TOKENS = 1 << 20
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``4GB`` (10**9), ``4GiB`` or ``4G`` (2**30), ``512MiB``, ``1.5GB`` or a plain number of bytes."""
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("kmgtib")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or value <= 0:
+        raise ValueError(f"{text!r} is not a size such as 4GB, 4GiB or 512MiB")
+    return int(value * _UNITS[unit])
+
+
+def window_tokens_for_memory(budget: int, ctx: int, rows_per_shard: int, itemsize: int) -> int:
+    """The largest window whose run stays within ``budget`` bytes.
+
+    ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + WINDOW_OVERHEAD * window_bytes)``,
+    solved for the window. It depends only on these arguments, never on ``--workers``, so the output does not.
+    """
+    shard_bytes = rows_per_shard * ctx * itemsize
+    room = budget - BASE_BYTES - MEMORY_IN_FLIGHT * SHARD_COPIES * shard_bytes
+    window_tokens = int(room / (MEMORY_IN_FLIGHT * WINDOW_OVERHEAD * itemsize)) if room > 0 else 0
+    if window_tokens < MIN_WINDOW_TOKENS:
+        need = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes
+                                                + WINDOW_OVERHEAD * MIN_WINDOW_TOKENS * itemsize)
+        raise ValueError(f"a budget of {budget / 2**20:,.0f} MiB leaves no room for a window of "
+                         f"{MIN_WINDOW_TOKENS:,} tokens; it needs at least {need / 2**20:,.0f} MiB at ctx {ctx} "
+                         f"and {rows_per_shard} rows per shard")
+    return window_tokens

@@ -8,12 +8,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bestfit_cli.cli import cli
 from bestfit_cli.pipeline import PackOptions, pack
 from bestfit_cli.read import DocBatch
-from bestfit_cli.window import windows
+from bestfit_cli.window import (
+    BASE_BYTES,
+    MEMORY_IN_FLIGHT,
+    SHARD_COPIES,
+    WINDOW_OVERHEAD,
+    parse_size,
+    window_tokens_for_memory,
+    windows,
+)
 
 from .conftest import EOS, SAMPLES
 
@@ -122,3 +132,54 @@ def test_smaller_windows_never_need_fewer_sequences_than_their_bound(tmp_path: P
     assert data["windows"] > 10
     assert data["sequences_lower_bound"] <= data["windows_lower_bound"] <= data["sequences"]
     assert 0 <= data["extra_sequences_fraction"] < 0.05
+
+
+# ------------------------------------------------------------------------------------------------ --memory
+
+
+def test_sizes_parse_in_decimal_and_binary_units() -> None:
+    assert parse_size("4GB") == 4 * 10**9
+    assert parse_size("4GiB") == parse_size("4g") == 4 << 30
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("1.5GB") == 1_500_000_000
+    assert parse_size("123") == 123
+    for bad in ("", "GB", "-1GB", "4 parsecs", "0"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_the_memory_window_fills_the_budget_and_no_more() -> None:
+    budget = 4 << 30
+    window = window_tokens_for_memory(budget, 2048, 8192, 4)
+    shards = MEMORY_IN_FLIGHT * SHARD_COPIES * 8192 * 2048 * 4
+    used = BASE_BYTES + shards + MEMORY_IN_FLIGHT * WINDOW_OVERHEAD * window * 4
+    assert budget - 16 < used <= budget
+    assert window_tokens_for_memory(2 * budget, 2048, 8192, 4) > 2 * window  # the constant is paid once
+    assert window_tokens_for_memory(budget, 2048, 8192, 2) > window  # uint16 ids: twice the tokens
+    with pytest.raises(ValueError, match="needs at least"):
+        window_tokens_for_memory(300 << 20, 8192, 8192, 4)
+
+
+def test_memory_sets_the_window_and_the_output_ignores_workers(tmp_path: Path) -> None:
+    outs = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        opts = PackOptions(ctx=CTX, eos_id=EOS, memory=1 << 30, workers=workers, rows_per_shard=64)
+        pack([str(SAMPLES / "code.parquet")], str(out), opts)
+        outs.append(out)
+    manifest = json.loads((outs[0] / "manifest.json").read_text())
+    assert manifest["options"]["window_tokens"] == window_tokens_for_memory(1 << 30, CTX, 64, 4)
+    assert "memory" not in manifest["options"] and "workers" not in manifest["options"]
+    for path in sorted(outs[0].iterdir()):
+        assert path.read_bytes() == (outs[1] / path.name).read_bytes(), path.name
+
+
+def test_memory_and_window_tokens_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["pack", str(SAMPLES / "code.parquet"), str(tmp_path / "out"), "--ctx", "512",
+                                      "--memory", "4GB", "--window-tokens", "1000"])
+    assert result.exit_code == 2
+    assert "not both" in result.output
+    result = CliRunner().invoke(cli, ["pack", str(SAMPLES / "code.parquet"), str(tmp_path / "out"), "--ctx", "512",
+                                      "--memory", "lots"])
+    assert result.exit_code == 2
+    assert "is not a size" in result.output
