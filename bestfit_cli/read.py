@@ -94,13 +94,15 @@ def check_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, first_row: 
     low, high = ids.min(), ids.max()
     bad_value = None
     if low < 0:
-        bad_value, reason, fix = low, "negative token id", "token ids must be >= 0; check the tokenizer output"
+        bad_value, fix = low, "token ids must be >= 0; check the tokenizer output"
+        reason = f"negative token id {int(low)} in '{opts.column}'"
     elif high > np.iinfo(out_dtype).max:
-        bad_value, reason, fix = high, f"token id does not fit the output dtype {opts.dtype}", _dtype_fix(opts.dtype)
+        bad_value, fix = high, _dtype_fix(opts.dtype)
+        reason = f"token id {int(high)} in '{opts.column}' does not fit the output dtype {opts.dtype}"
     if bad_value is not None:
         position = int(np.flatnonzero(ids == bad_value)[0])
         doc = int(np.searchsorted(offsets, position, side="right") - 1)
-        raise InputError(file.name, f"{reason} {int(bad_value)} in '{opts.column}'", fix=fix,
+        raise InputError(file.name, reason, fix=fix,
                          **row_label(first_row + doc))
     return ids.astype(out_dtype, copy=False)
 

@@ -88,7 +88,7 @@ def test_ids_beyond_the_output_dtype(tmp_path: Path) -> None:
     path.write_text(f'{GOOD}\n{{"input_ids": [1, 70000]}}\n')
     out = tmp_path / "out"
     assert_fails(invoke("pack", path, out, "--ctx", 8, "--dtype", "uint16"), out, 1, "wide.jsonl:2: ",
-                 "does not fit the output dtype uint16", "pass --dtype int32")
+                 "token id 70000 in 'input_ids' does not fit the output dtype uint16", "pass --dtype int32")
     parquet = write_parquet(tmp_path / "wide.parquet", [[1, 2], [3, 70000]], pa.int64())
     assert_fails(invoke("pack", parquet, out, "--ctx", 8, "--dtype", "uint16"), out, 1, "wide.parquet row 1: ",
                  "does not fit the output dtype uint16")
