@@ -372,7 +372,7 @@ def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int
         "options": opts.to_json(),
         "columns": ["input_ids", "seq_lengths", "doc_index", "doc_offset"],
         "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count}
-                   for f, n, k in zip(files, documents, skipped)],
+                   for f, n, k in zip(files, documents, skipped, strict=True)],
         "documents": sum(documents),
         "sequences": report.stats.sequences,
         "tokens": report.stats.tokens,
