@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
@@ -264,13 +265,16 @@ def kept_lengths(window: Window, opts: PackOptions) -> np.ndarray:
 
 
 class _InputTracker:
-    """Counts documents per input file and reports read progress in bytes."""
+    """Counts documents per input file and reports read progress in bytes (and tokens read so far)."""
 
-    def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None) -> None:
+    def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None,
+                 tokens_read: Callable[[int], None] | None = None) -> None:
         self.inputs = inputs
         self.documents = [0] * len(inputs)
         self.skipped = [Skipped()] * len(inputs)
         self.progress = progress
+        self.tokens_read = tokens_read
+        self.tokens = 0
         self._done = [0] * len(inputs)
 
     def batches(self, opts: ReadOptions) -> Iterator[DocBatch]:
@@ -280,6 +284,9 @@ class _InputTracker:
             for batch in read_file(file, index, opts):
                 self.documents[index] += batch.n_docs
                 self.skipped[index] += batch.skipped
+                self.tokens += batch.n_tokens
+                if self.tokens_read is not None:
+                    self.tokens_read(self.tokens)
                 self._advance(index, batch.fraction_done)
                 yield batch
                 kill_point("reading")
@@ -305,7 +312,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     check_output_location(out, inputs, files)
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
-    tracker = _InputTracker(files, bar.update if bar is not None else None)
+    tracker = _InputTracker(files, bar.update if bar is not None else None, _token_rate(bar))
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
     results: list[WindowResult] = []
     concat = ConcatCounts(0, 0, 0)
@@ -346,6 +353,19 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
             bar.close()
     histogram = sum((r.histogram for r in results), LengthHistogram())
     return PackResult(report, manifest, histogram)
+
+
+def _token_rate(bar: Any) -> Callable[[int], None] | None:
+    """Shows tokens per second beside the bar's bytes, rate and ETA (when the bar can show a postfix, as tqdm can)."""
+    set_postfix = getattr(bar, "set_postfix_str", None)
+    if set_postfix is None:
+        return None
+    started = time.monotonic()
+
+    def show(tokens: int) -> None:
+        set_postfix(f"{tokens / max(time.monotonic() - started, 1e-3) / 1e6:,.1f}M tokens/s", refresh=False)
+
+    return show
 
 
 def kill_point(name: str) -> None:
