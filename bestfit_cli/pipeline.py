@@ -231,7 +231,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
         gather_tokens(window, doc, start, length, local_row * ctx + placement.offset[sel], tokens, opts.eos_id)
         piece_offsets = np.zeros(last_row - first_row + 1, dtype=np.int64)
         np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
-        rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc, start)
+        rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start)
         shard = writer.write_shard(shard_name(window.index, part, fmt), fmt.encode(rows), rows.n_rows)
         if window.index:
             kill_point("writing")

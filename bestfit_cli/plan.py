@@ -145,27 +145,34 @@ class Placement:
 
 
 def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
-    """Give every piece its sequence and offset, following the plan's events. Vectorised: no per-piece loop."""
+    """Give every piece its sequence and offset, following the plan's events.
+
+    One vectorised step per event (a few thousand events, however many pieces): event ``e`` takes the next
+    ``n_pieces[e]`` pieces of the longest-first order, ``per_bin[e]`` to a sequence. No per-piece index arrays are
+    built, which keeps memory traffic near one write per piece.
+    """
     piece_lengths = np.asarray(piece_lengths)
     n = len(piece_lengths)
     if n != plan.pieces:
         raise ValueError(f"plan is for {plan.pieces} pieces, got {n}")
     index_dtype = np.int32 if max(n, plan.n_bins, plan.ctx) < 2**31 - 1 else np.int64
     order = descending_order(piece_lengths, plan.ctx)
-    event_of = np.repeat(np.arange(len(plan.size), dtype=index_dtype), plan.n_pieces)
-    event_start = np.zeros(len(plan.size), dtype=index_dtype)
-    np.cumsum(plan.n_pieces[:-1], out=event_start[1:])
-    rank: np.ndarray = np.arange(n, dtype=index_dtype)
-    rank -= event_start[event_of]
-    per_bin = plan.per_bin.astype(index_dtype)[event_of]
-    sorted_bin = plan.first_bin.astype(index_dtype)[event_of] + rank // per_bin
-    sorted_offset = plan.start_offset.astype(index_dtype)[event_of] + (rank % per_bin) * plan.size.astype(
-        index_dtype)[event_of]
-    del event_of, rank, per_bin
     bins = np.empty(n, dtype=index_dtype)
     offsets = np.empty(n, dtype=index_dtype)
-    bins[order] = sorted_bin
-    offsets[order] = sorted_offset
+    ramp = np.arange(int(plan.n_pieces.max()) if n else 0, dtype=index_dtype)
+    lo = 0
+    for size, count, first_bin, per_bin, start in zip(plan.size.tolist(), plan.n_pieces.tolist(),
+                                                      plan.first_bin.tolist(), plan.per_bin.tolist(),
+                                                      plan.start_offset.tolist(), strict=True):
+        slots = order[lo:lo + count]
+        lo += count
+        if per_bin == 1:
+            bins[slots] = ramp[:count] + first_bin
+            offsets[slots] = start
+        else:
+            seq, slot = np.divmod(ramp[:count], per_bin)
+            bins[slots] = seq + first_bin
+            offsets[slots] = slot * size + start
     return Placement(plan.n_bins, bins, offsets)
 
 
