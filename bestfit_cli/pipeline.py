@@ -37,6 +37,24 @@ GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound in
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
 
 
+def steady_heap(threshold: int = 1 << 20) -> None:
+    """Keep glibc's heap from creeping up window after window (for a process that runs ``pack``).
+
+    glibc raises its mmap threshold each time a large block is freed, so later buffers of a few MB land on the
+    heap, where freed space is rarely returned: peak memory then grows for the first dozen windows. A fixed
+    threshold keeps it flat (measured in docs/benchmarks.md). Does nothing where glibc's ``mallopt`` is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, threshold)
+    except (OSError, AttributeError):
+        pass
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -340,8 +358,10 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
             if not results or sum(tracker.documents) == 0:  # documents all dropped by --long-docs still count
                 raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents",
                                  fix="check the inputs")
-            stats = sum((r.stats for r in results), PackStats())
             skipped = sum(tracker.skipped, Skipped())
+            stats = sum((r.stats for r in results), PackStats())
+            # Skipped records keep their doc_index as empty documents; count them as skipped, not as empty.
+            stats = replace(stats, empty_documents=stats.empty_documents - skipped.count)
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
                             concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where)
             manifest = _manifest(opts, files, tracker.documents, results, report, tracker.skipped)

@@ -130,8 +130,9 @@ def drop_bad_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, opts: Re
             skipped = skipped.record(InputError(file.name, what, row=where.get("row"), line=where.get("line")))
         skipped += Skipped(len(bad_docs) - min(len(bad_docs), SKIPPED_EXAMPLES))
         ids = ids[np.repeat(keep, lengths)]
-        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-        np.cumsum(lengths[keep], out=offsets[1:])
+        # A skipped record stays in the numbering as an empty document, so doc_index keeps matching its row.
+        offsets = np.zeros(n_docs + 1, dtype=np.int64)
+        np.cumsum(np.where(keep, lengths, 0), out=offsets[1:])
     return ids.astype(TOKEN_DTYPES[opts.dtype], copy=False), offsets, keep, skipped
 
 
@@ -180,10 +181,8 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
                          fix="re-create or remove this file") from None
 
 
-def _drop_null_rows(file: InputFile, column: pa.Array, first_row: int, opts: ReadOptions
-                    ) -> tuple[pa.Array, np.ndarray, Skipped]:
-    """``--on-bad-record skip``: leave out rows that are null or hold a null token id; return the file row of each
-    kept row."""
+def _null_rows(file: InputFile, column: pa.Array, first_row: int, opts: ReadOptions) -> tuple[np.ndarray, Skipped]:
+    """``--on-bad-record skip``: the mask of rows that are null or hold a null token id, and what was skipped."""
     bad = column.is_null().to_numpy(zero_copy_only=False).copy()
     reasons = {}
     if column.values.null_count:
@@ -194,16 +193,13 @@ def _drop_null_rows(file: InputFile, column: pa.Array, first_row: int, opts: Rea
         rows = rows[~bad[rows]]
         reasons = dict.fromkeys(rows.tolist(), f"'{opts.column}' holds a null token id")
         bad[rows] = True
-    kept_rows = np.flatnonzero(~bad) + first_row
-    if not bad.any():
-        return column, kept_rows, Skipped()
-    bad_rows = np.flatnonzero(bad)
     skipped = Skipped()
+    bad_rows = np.flatnonzero(bad)
     for row in bad_rows[:SKIPPED_EXAMPLES].tolist():
         reason = reasons.get(row, f"'{opts.column}' is null")
         skipped = skipped.record(InputError(file.name, reason, row=first_row + row))
     skipped += Skipped(len(bad_rows) - min(len(bad_rows), SKIPPED_EXAMPLES))
-    return column.filter(pa.array(~bad)), kept_rows, skipped
+    return bad, skipped
 
 
 def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: pa.Array, opts: ReadOptions,
@@ -211,11 +207,13 @@ def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: 
     if pa.types.is_fixed_size_list(column.type):
         column = column.cast(pa.list_(column.type.value_type))
     if opts.skip_bad:
-        column, kept_rows, skipped = _drop_null_rows(file, column, first_row, opts)
-        offsets = column.offsets.to_numpy().astype(np.int64)
-        flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_numpy()
-        offsets -= offsets[0]
-        ids, offsets, _, more = drop_bad_ids(file, flat, offsets, opts, lambda i: {"row": int(kept_rows[i])})
+        bad, skipped = _null_rows(file, column, first_row, opts)
+        flat = pc.list_flatten(column.filter(pa.array(~bad))).to_numpy()
+        lengths = pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64)
+        lengths[bad] = 0  # a skipped row stays in the numbering as an empty document
+        offsets = np.zeros(len(column) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids, offsets, _, more = drop_bad_ids(file, flat, offsets, opts, lambda i: {"row": first_row + i})
         return DocBatch(file_index, first_row, offsets, ids, skipped=skipped + more)
     if column.null_count:
         bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
@@ -341,7 +339,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
                 if not opts.skip_bad:
                     raise
                 skipped = skipped.record(exc)
-                continue
+                ids = np.empty(0, dtype=np.int64)  # kept in the numbering as an empty document
             pending.append(ids)
             line_numbers.append(line_no)
             pending_tokens += len(ids)

@@ -77,10 +77,14 @@ def test_skip_counts_bad_jsonl_line_in_report_and_manifest(tmp_path: Path, case:
     report = json.loads(result.stdout)
     assert report["skipped_records"] == 1
     assert report["skipped_first"][0].startswith(f"{tmp_path / case}.jsonl:2 (")
-    assert report["verify"]["ok"] and report["verify"]["documents"] == 2
+    # The skipped record keeps its number: documents are counted, and numbered, as records read.
+    assert report["verify"]["ok"] and report["verify"]["documents"] == 3
+    assert report["documents"] == 2 and report["empty_documents"] == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["skipped_records"] == {"count": 1, "first": report["skipped_first"]}
-    assert manifest["inputs"][0]["skipped_records"] == 1 and manifest["documents"] == 2
+    assert manifest["inputs"][0]["skipped_records"] == 1 and manifest["documents"] == 3
+    doc_index = pq.read_table(out / manifest["shards"][0]["path"])["doc_index"].to_pylist()
+    assert sorted(d for row in doc_index for d in row) == [0, 2]
 
 
 def test_ids_beyond_the_output_dtype(tmp_path: Path) -> None:
