@@ -6,7 +6,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -20,6 +21,16 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
+class _UsageFailure(click.ClickException):
+    """A library OptionError: shown like any click error, with the usage-error exit code."""
+
+    exit_code = 2
+
+
+def _click_error(message: str, exit_code: int) -> click.ClickException:
+    return _UsageFailure(message) if exit_code == 2 else click.ClickException(message)
+
+
 class BestfitGroup(click.Group):
     """Turns the library's typed errors into click errors, once, for every command."""
 
@@ -27,9 +38,7 @@ class BestfitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BestfitError as exc:
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from None
+            raise _click_error(str(exc), exc.exit_code) from None
         except BrokenPipeError:
             # click would end a closed stdout with exit 1; main() ends it quietly with 141, as a shell pipe does.
             raise StdoutClosed() from None
@@ -86,7 +95,7 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that reads tokenized documents."""
-    decorators = [
+    decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--column", default="input_ids", show_default=True,
                      help="List-of-integers column (Parquet) or field (JSONL) holding token ids."),
         click.option("--eos-id", type=click.IntRange(min=0), default=None,
@@ -180,7 +189,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
 
     Writes fixed-length Parquet shards, stats.json and, last, manifest.json to the folder OUT.
     """
-    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions
+    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions, steady_heap
     from .pipeline import pack as run_pack
     from .report import render_report
 
@@ -194,6 +203,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")
     started = time.perf_counter()
+    steady_heap()
     result = run_pack(inputs, out, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started
     if not quiet:

@@ -7,8 +7,9 @@ table named after a command (``[pack]``, ``[stats]``) for that command only.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import OptionError
 

@@ -10,8 +10,9 @@ import fnmatch
 import glob
 import os
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import pyarrow.fs as pafs
 
@@ -52,7 +53,8 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and in-filesystem path for a local path or a URI."""
     if _is_uri(path):
         try:
-            return pafs.FileSystem.from_uri(path)
+            fs, fs_path = pafs.FileSystem.from_uri(path)
+            return fs, str(fs_path)
         except Exception as exc:  # pyarrow raises several types for unsupported schemes
             raise InputError(path, f"cannot open this location: {exc}",
                              fix="use a local path or a URI pyarrow supports, such as s3://bucket/prefix") from None

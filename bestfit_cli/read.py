@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import IO, Callable, Iterator
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,8 @@ from .fs import InputFile
 BATCH_TOKENS = 1 << 20
 PARQUET_BATCH_ROWS = 1024
 
-TOKEN_DTYPES = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64}
+TOKEN_DTYPES: dict[str, type[np.integer[Any]]] = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32,
+                                                  "int64": np.int64}
 BAD_RECORD_POLICIES = ("error", "skip")
 SKIPPED_EXAMPLES = 5  # locations of skipped records kept for the report and the manifest
 
@@ -216,9 +218,9 @@ def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: 
         ids, offsets, _, more = drop_bad_ids(file, flat, offsets, opts, lambda i: {"row": first_row + i})
         return DocBatch(file_index, first_row, offsets, ids, skipped=skipped + more)
     if column.null_count:
-        bad = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        null_row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(file.name, f"'{opts.column}' is null", fix="drop or fill rows without token ids",
-                         **label(first_row + bad))
+                         **label(first_row + null_row))
     offsets = column.offsets.to_numpy().astype(np.int64)
     flat = column.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     offsets -= offsets[0]
@@ -239,7 +241,8 @@ def _open_text(file: InputFile) -> IO[bytes]:
         return sys.stdin.buffer
     assert file.fs is not None
     try:
-        return file.fs.open_input_stream(file.fs_path, compression="detect")  # type: ignore[return-value]
+        stream: IO[bytes] = file.fs.open_input_stream(file.fs_path, compression="detect")
+        return stream
     except (pa.ArrowException, OSError) as exc:
         raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
 

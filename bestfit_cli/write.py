@@ -46,8 +46,11 @@ class PackedRows:
 
 
 class OutputFormat(Protocol):
-    name: str
-    suffix: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def suffix(self) -> str: ...
 
     def encode(self, rows: PackedRows) -> bytes: ...
 
@@ -83,10 +86,12 @@ class ParquetFormat:
         # and 5 % smaller on cl100k shards, see docs/benchmarks.md).
         pq.write_table(self.table(rows), sink, compression=self.compression, row_group_size=self.row_group_rows,
                        use_dictionary=False)
-        return sink.getvalue().to_pybytes()
+        data: bytes = sink.getvalue().to_pybytes()
+        return data
 
 
-FORMATS: dict[str, OutputFormat] = {"parquet": ParquetFormat()}
+PARQUET: OutputFormat = ParquetFormat()
+FORMATS: dict[str, OutputFormat] = {"parquet": PARQUET}
 
 
 @dataclass(frozen=True)
