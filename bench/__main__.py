@@ -1,0 +1,53 @@
+"""Run every benchmark: ``python -m bench [--only NAME ...] [--quick] [--keep]``.
+
+Generated data goes to ``bench/results/tmp`` (or ``$BESTFIT_BENCH_TMP``) and is removed at the end; results go to
+``bench/results/*.json`` and are summarised in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from . import end_to_end, planner, stats_bench, window_quality
+from .common import log, remove, scratch_dir
+from .corpus import build
+
+BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only these (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for trying the benchmarks out")
+    parser.add_argument("--keep", action="store_true", help="keep the generated corpus")
+    args = parser.parse_args()
+    chosen = set(args.only or BENCHMARKS)
+    started = time.perf_counter()
+    scratch = scratch_dir()
+    try:
+        if "planner" in chosen:
+            sizes = [1_000_000, 10_000_000] if args.quick else [1_000_000, 10_000_000, 100_000_000]
+            planner.main(sizes, reference_sizes=[1_000_000, 10_000_000], textbook_sizes=[1_000_000],
+                         ctxs=[2048, 8192])
+        if "windows" in chosen:
+            window_quality.main(scratch, [2048, 8192])
+        if chosen & {"end_to_end", "memory", "stats"}:
+            # About 1 GB of Parquet: 23 copies of the 43 MB shared corpora (1x = 2 copies, 10x = 20 copies).
+            copies = 4 if args.quick else 23
+            folders = build(scratch / "corpus", copies)
+            if "end_to_end" in chosen:
+                end_to_end.end_to_end(folders, scratch)
+            if "memory" in chosen:
+                one = folders[: max(1, copies // 10)]
+                end_to_end.memory(one, folders[: 10 * len(one)], scratch, window_tokens=1 << 24)
+            if "stats" in chosen:
+                stats_bench.main(folders)
+    finally:
+        if not args.keep:
+            remove(scratch)
+    log(f"done in {time.perf_counter() - started:.0f}s; results in bench/results/")
+
+
+if __name__ == "__main__":
+    main()

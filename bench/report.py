@@ -1,0 +1,74 @@
+"""Markdown tables of the last results (``python -m bench.report``), for docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .common import RESULTS
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def planner(data: dict[str, Any]) -> str:
+    lines = ["| documents | ctx | long docs | sequences | bestfit | bucketed BFD (Python) | speed-up | textbook BFD "
+             "(Python) | speed-up |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        ref = f"{r['reference_seconds']:.1f} s" if "reference_seconds" in r else "not run"
+        tb = f"{r['textbook_seconds']:.1f} s" if "textbook_seconds" in r else "not run"
+        speedup = f"{r['speedup']}×" if "speedup" in r else "-"
+        tb_speedup = f"{r['textbook_speedup']}×" if "textbook_speedup" in r else "-"
+        lines.append(f"| {r['documents']:,} | {r['ctx']} | {r['long_documents']:,} | {r['sequences']:,} | "
+                     f"{r['bestfit_seconds']:.2f} s | {ref} | {speedup} | {tb} | {tb_speedup} |")
+    return "\n".join(lines)
+
+
+def end_to_end(data: dict[str, Any]) -> str:
+    med = data["median_seconds"]
+    lines = ["| run | median wall time | runs | peak RSS |", "|---|---:|---|---:|"]
+    for key, label in (("copy", "pyarrow copy (read + write, zstd)"), ("pack_workers_2", "`bestfit pack --workers 2`"),
+                       ("pack_workers_1", "`bestfit pack --workers 1`")):
+        runs = ", ".join(f"{r['seconds']:.1f}" for r in data[key])
+        peak = max(r["peak_rss_mib"] for r in data[key])
+        lines.append(f"| {label} | {med[key]:.1f} s | {runs} | {peak:,} MiB |")
+    return "\n".join(lines)
+
+
+def memory(data: dict[str, Any]) -> str:
+    lines = ["| corpus | input | windows | wall time | peak RSS |", "|---|---:|---:|---:|---:|"]
+    for label, r in data["runs"].items():
+        lines.append(f"| {label} | {r['input_bytes'] / 2**20:,.0f} MiB | {r['windows']} | {r['seconds']:.1f} s | "
+                     f"{r['peak_rss_mib']:,} MiB |")
+    b = data["memory_budget"]
+    lines.append(f"| 10x with `--memory {b['budget']}` | | {b['windows']} | {b['seconds']:.1f} s | "
+                 f"{b['peak_rss_mib']:,} MiB |")
+    return "\n".join(lines)
+
+
+def window_quality(data: dict[str, Any]) -> str:
+    lines = ["| ctx | --window-tokens | windows | sequences | per-window bound | global bound | extra over global |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['ctx']} | {r['window_tokens']:,} | {r['windows']} | {r['sequences']:,} | "
+                     f"{r['windows_lower_bound']:,} | {r['sequences_lower_bound']:,} | "
+                     f"{100 * r['extra_sequences_fraction']:.4f} % |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name, render in (("planner", planner), ("end_to_end", end_to_end), ("memory", memory),
+                         ("window_quality", window_quality)):
+        data = _load(name)
+        if data is not None:
+            print(f"### {name} ({data['date']})\n\n{render(data)}\n")
+    stats = _load("stats")
+    if stats is not None and "skipped" not in stats:
+        print(f"### stats ({stats['date']})\n\nstats {stats['stats']['seconds']} s, lengths alone "
+              f"{stats['lengths_only']['seconds']} s: {stats['stats_over_lengths']}x\n")
+
+
+if __name__ == "__main__":
+    main()
