@@ -38,6 +38,11 @@ class Window:
         return np.diff(self.offsets)
 
 
+# The window buffer is reserved whole up to this many tokens; a larger --window-tokens (often given to mean "the
+# whole corpus") starts there and doubles as it fills, so no more is reserved than the corpus needs.
+RESERVE_TOKENS = 1 << 28
+
+
 class _WindowBuffer:
     """Tokens of the window being filled, copied once into a buffer of the window's size.
 
@@ -60,12 +65,22 @@ class _WindowBuffer:
         """Append documents ``lo .. hi - 1`` of ``batch``."""
         a, b = int(batch.offsets[lo]), int(batch.offsets[hi])
         if b > a:
-            if self.tokens is None:
-                self.tokens = np.empty(self.window_tokens, dtype=batch.tokens.dtype)
+            self._reserve(self.filled + b - a, batch.tokens.dtype)
+            assert self.tokens is not None
             self.tokens[self.filled:self.filled + b - a] = batch.tokens[a:b]
         self.filled += b - a
         self.lengths.append(np.diff(batch.offsets[lo:hi + 1]))
         self.n_docs += hi - lo
+
+    def _reserve(self, need: int, dtype: np.dtype) -> None:
+        capacity = 0 if self.tokens is None else len(self.tokens)
+        if need <= capacity:
+            return
+        capacity = min(self.window_tokens, max(need, 2 * capacity, min(self.window_tokens, RESERVE_TOKENS)))
+        grown = np.empty(capacity, dtype=dtype)
+        if self.tokens is not None:
+            grown[:self.filled] = self.tokens[:self.filled]
+        self.tokens = grown
 
     def take(self, index: int, first_doc: int, dtype: np.dtype) -> Window:
         offsets = np.zeros(self.n_docs + 1, dtype=np.int64)

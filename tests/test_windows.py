@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bestfit_cli import window as window_module
 from bestfit_cli.cli import cli
 from bestfit_cli.pipeline import PackOptions, pack
 from bestfit_cli.read import DocBatch
@@ -183,3 +184,15 @@ def test_memory_and_window_tokens_together_is_a_usage_error(tmp_path: Path) -> N
                                       "--memory", "lots"])
     assert result.exit_code == 2
     assert "is not a size" in result.output
+
+
+def test_a_window_far_larger_than_memory_reserves_only_what_it_fills(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    lengths = [3, 5, 0, 7, 2, 9, 4, 4, 1] * 5
+    expected = [(w.first_doc, w.offsets.tolist(), w.tokens.tolist()) for w in windows(_batches(lengths, [4]), 40)]
+    monkeypatch.setattr(window_module, "RESERVE_TOKENS", 4)  # the buffer starts small and doubles
+    grown = [(w.first_doc, w.offsets.tolist(), w.tokens.tolist()) for w in windows(_batches(lengths, [4]), 40)]
+    assert grown == expected
+    monkeypatch.undo()
+    opts = PackOptions(ctx=CTX, window_tokens=10**15)  # 4 PB of ids if it were reserved up front
+    assert pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), opts).report.stats.windows == 1
