@@ -7,6 +7,7 @@ policy and cuts documents into the pieces the planner places.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -38,9 +39,17 @@ class Window:
         return np.diff(self.offsets)
 
 
-# The window buffer is reserved whole up to this many tokens; a larger --window-tokens (often given to mean "the
-# whole corpus") starts there and doubles as it fills, so no more is reserved than the corpus needs.
-RESERVE_TOKENS = 1 << 28
+def reservable_bytes() -> int:
+    """The largest window buffer reserved whole: half the physical memory (at least 1 GiB).
+
+    A larger ``--window-tokens`` (often given to mean "the whole corpus") starts there and doubles as it fills, so
+    no more is reserved than the corpus needs, at the price of a copy per doubling.
+    """
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        physical = 0
+    return max(1 << 30, physical // 2)
 
 
 class _WindowBuffer:
@@ -76,7 +85,8 @@ class _WindowBuffer:
         capacity = 0 if self.tokens is None else len(self.tokens)
         if need <= capacity:
             return
-        capacity = min(self.window_tokens, max(need, 2 * capacity, min(self.window_tokens, RESERVE_TOKENS)))
+        first = min(self.window_tokens, reservable_bytes() // np.dtype(dtype).itemsize)
+        capacity = min(self.window_tokens, max(need, 2 * capacity, first))
         grown = np.empty(capacity, dtype=dtype)
         if self.tokens is not None:
             grown[:self.filled] = self.tokens[:self.filled]

@@ -190,7 +190,7 @@ def test_a_window_far_larger_than_memory_reserves_only_what_it_fills(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     lengths = [3, 5, 0, 7, 2, 9, 4, 4, 1] * 5
     expected = [(w.first_doc, w.offsets.tolist(), w.tokens.tolist()) for w in windows(_batches(lengths, [4]), 40)]
-    monkeypatch.setattr(window_module, "RESERVE_TOKENS", 4)  # the buffer starts small and doubles
+    monkeypatch.setattr(window_module, "reservable_bytes", lambda: 16)  # the buffer starts small and doubles
     grown = [(w.first_doc, w.offsets.tolist(), w.tokens.tolist()) for w in windows(_batches(lengths, [4]), 40)]
     assert grown == expected
     monkeypatch.undo()
