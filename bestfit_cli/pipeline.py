@@ -12,9 +12,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -275,7 +276,8 @@ def kept_lengths(window: Window, opts: PackOptions) -> np.ndarray:
     if opts.long_docs == "drop":
         return lengths[lengths <= opts.ctx]
     if opts.long_docs == "truncate":
-        return np.minimum(lengths, opts.ctx)
+        clipped: np.ndarray = np.minimum(lengths, opts.ctx)
+        return clipped
     return lengths
 
 
