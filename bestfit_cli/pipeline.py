@@ -233,9 +233,13 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
     placement = place(pieces, ctx)
     kill_point("planning")
     row_of_bin = sequence_order(placement.n_bins, opts, window.index)
-    piece_row = row_of_bin[placement.bin]
-    order = np.argsort(piece_row * ctx + placement.offset)
-    piece_row = piece_row[order]
+    # Pieces in output order (row, then offset), found from the planner's longest-first order.
+    sorted_row = row_of_bin[placement.sorted_bin]
+    by_output = np.argsort(sorted_row * ctx + placement.sorted_offset)
+    order = placement.order[by_output]
+    piece_row = sorted_row[by_output]
+    piece_offset = placement.sorted_offset[by_output]
+    del sorted_row, by_output
     fmt = FORMATS[opts.format]
 
     def write_part(part: int) -> ShardInfo:
@@ -247,7 +251,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
         doc, start, length = pieces.doc[sel], pieces.start[sel], pieces.length[sel]
         tokens = _shard_buffer((last_row - first_row) * ctx, window.tokens.dtype)
         tokens.fill(opts.resolved_pad_id)
-        gather_tokens(window, doc, start, length, local_row * ctx + placement.offset[sel], tokens, opts.eos_id)
+        gather_tokens(window, doc, start, length, local_row * ctx + piece_offset[lo:hi], tokens, opts.eos_id)
         piece_offsets = np.zeros(last_row - first_row + 1, dtype=np.int64)
         np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start)

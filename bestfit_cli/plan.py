@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -137,11 +138,30 @@ def descending_order(piece_lengths: np.ndarray, ctx: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Placement:
-    """Sequence and starting token of every piece (indexed like the pieces given to ``assign_slots``)."""
+    """Sequence and starting token of every piece.
+
+    Kept in the planner's longest-first order: piece ``order[i]`` goes to sequence ``sorted_bin[i]`` at token
+    ``sorted_offset[i]``. ``bin`` and ``offset`` give the same indexed like the pieces passed to ``assign_slots``.
+    """
 
     n_bins: int
-    bin: np.ndarray
-    offset: np.ndarray
+    order: np.ndarray
+    sorted_bin: np.ndarray
+    sorted_offset: np.ndarray
+
+    @cached_property
+    def bin(self) -> np.ndarray:
+        return _unsort(self.order, self.sorted_bin)
+
+    @cached_property
+    def offset(self) -> np.ndarray:
+        return _unsort(self.order, self.sorted_offset)
+
+
+def _unsort(order: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
@@ -161,19 +181,21 @@ def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
     offsets = np.empty(n, dtype=index_dtype)
     ramp = np.arange(int(plan.n_pieces.max()) if n else 0, dtype=index_dtype)
     lo = 0
+    # Events are contiguous runs of the longest-first order, so every write below is sequential.
     for size, count, first_bin, per_bin, start in zip(plan.size.tolist(), plan.n_pieces.tolist(),
                                                       plan.first_bin.tolist(), plan.per_bin.tolist(),
                                                       plan.start_offset.tolist(), strict=True):
-        slots = order[lo:lo + count]
-        lo += count
+        hi = lo + count
         if per_bin == 1:
-            bins[slots] = ramp[:count] + first_bin
-            offsets[slots] = start
+            np.add(ramp[:count], first_bin, out=bins[lo:hi])
+            offsets[lo:hi] = start
         else:
             seq, slot = np.divmod(ramp[:count], per_bin)
-            bins[slots] = seq + first_bin
-            offsets[slots] = slot * size + start
-    return Placement(plan.n_bins, bins, offsets)
+            np.add(seq, first_bin, out=bins[lo:hi])
+            np.multiply(slot, size, out=offsets[lo:hi])
+            offsets[lo:hi] += start
+        lo = hi
+    return Placement(plan.n_bins, order, bins, offsets)
 
 
 def plan_pieces(piece_lengths: np.ndarray, ctx: int) -> Placement:

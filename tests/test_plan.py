@@ -109,7 +109,8 @@ def test_make_pieces_matches_reference_cutting(case: tuple[int, list[int]], long
     packed = [n + 1 if eos and n else n for n in doc_lengths]
     got = make_pieces(raw, ctx, eos, long_docs)  # type: ignore[arg-type]
     expected = reference_pieces(packed, ctx, long_docs)
-    assert list(zip(got.doc.tolist(), got.start.tolist(), got.length.tolist(), strict=True)) == expected
+    # The same pieces (their order is the planner's business: first pieces, then split documents' further ones).
+    assert sorted(zip(got.doc.tolist(), got.start.tolist(), got.length.tolist(), strict=True)) == sorted(expected)
     long_ = [n for n in packed if n > ctx]
     per_doc = Counter(doc for doc, _, _ in expected)
     assert got.tokens == sum(n for _, _, n in expected)
