@@ -192,8 +192,9 @@ def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
         else:
             seq, slot = np.divmod(ramp[:count], per_bin)
             np.add(seq, first_bin, out=bins[lo:hi])
-            np.multiply(slot, size, out=offsets[lo:hi])
-            offsets[lo:hi] += start
+            window = offsets[lo:hi]
+            np.multiply(slot, size, out=window)
+            np.add(window, start, out=window)
         lo = hi
     return Placement(plan.n_bins, order, bins, offsets)
 
