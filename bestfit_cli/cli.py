@@ -166,8 +166,8 @@ def cli() -> None:
               help="Seed of the shuffle of output sequences.")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True,
               help="Shuffle output sequences (within each window).")
-@click.option("--rows-per-shard", type=click.IntRange(min=1), default=8192, show_default=True,
-              help="Sequences per output shard.")
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
+              help="Sequences per output shard.  [default: 16,777,216 tokens / ctx, e.g. 8192 at ctx 2048]")
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
               help="Pack documents in consecutive windows of this many tokens; bounds memory.  [default: 134217728]")
 @click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
@@ -182,7 +182,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
-         pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int, window_tokens: int | None,
+         pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int | None, window_tokens: int | None,
          memory: int | None, workers: int, overwrite: bool, on_bad_record: str, verify: bool, as_json: bool,
          quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
@@ -194,7 +194,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     from .report import render_report
 
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
-                       seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard, dtype=dtype,
+                       seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, memory=memory)
     if memory is not None and window_tokens is not None:

@@ -34,6 +34,7 @@ MANIFEST_FORMAT = "bestfit.packed"
 MANIFEST_VERSION = 1
 DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
 MAX_CTX = 1 << 20
+SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
 GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound index arrays
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
 
@@ -74,7 +75,7 @@ class PackOptions:
     long_docs: LongDocs = "split"
     seed: int = 0
     shuffle: bool = True
-    rows_per_shard: int = 8192
+    rows_per_shard: int = 0  # 0: SHARD_TOKENS // ctx rows, at least 1
     dtype: str = "int32"
     window_tokens: int = DEFAULT_WINDOW_TOKENS
     workers: int = 0  # 0: the number of usable cores
@@ -97,6 +98,13 @@ class PackOptions:
     def in_flight(self) -> int:
         """Windows held at once (and shards written at once): one per worker, or what ``memory`` allows."""
         return min(self.resolved_workers, MEMORY_IN_FLIGHT) if self.memory else self.resolved_workers
+
+    def resolved(self) -> PackOptions:
+        """These options with every default that depends on others filled in (what the manifest records)."""
+        opts = self
+        if not opts.rows_per_shard:
+            opts = replace(opts, rows_per_shard=max(1, SHARD_TOKENS // opts.ctx))
+        return opts.with_memory_window()
 
     def with_memory_window(self) -> PackOptions:
         """These options with ``window_tokens`` derived from the ``memory`` budget (unchanged without one)."""
@@ -121,8 +129,8 @@ class PackOptions:
             if value is not None and not 0 <= value <= info.max:
                 raise OptionError(f"{flag} {value} does not fit the token dtype {self.dtype}",
                                   fix=f"use an id in 0..{info.max}, or a wider --dtype")
-        if self.rows_per_shard < 1:
-            raise OptionError("--rows-per-shard must be at least 1")
+        if self.rows_per_shard < 0:
+            raise OptionError("--rows-per-shard must be at least 1 (or 0 for the default)")
         if self.window_tokens < 1:
             raise OptionError("--window-tokens must be at least 1")
         if self.workers < 0:
@@ -331,7 +339,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     ``progress_factory(total_bytes)`` may return a progress bar with ``update(n)`` and ``close()``.
     """
     opts.validate()
-    opts = opts.with_memory_window()
+    opts = opts.resolved()
     files = resolve_inputs(inputs)
     check_output_location(out, inputs, files)
     total_bytes = sum(f.size or 0 for f in files)

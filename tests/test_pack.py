@@ -584,3 +584,11 @@ def test_compressed_jsonl_and_glob_order(tmp_path: Path, codec: str) -> None:
     doc_ids, rebuilt = rebuild(output, pad_id=EOS)
     np.testing.assert_array_equal(doc_ids, np.arange(250))
     assert_docs_equal(rebuilt, Docs.from_lists(docs[100:180] + docs[:100] + docs[180:]).with_eos(EOS))
+
+
+@pytest.mark.parametrize(("ctx", "rows"), [(2048, 8192), (8192, 2048), (1 << 18, 64)])
+def test_default_shard_size_follows_ctx(tmp_path: Path, ctx: int, rows: int) -> None:
+    # 16M tokens a shard by default: a fixed row count would overflow a shard's 2**31 tokens at large ctx.
+    result = pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), PackOptions(ctx=ctx))
+    assert result.manifest["options"]["rows_per_shard"] == rows
+    assert all(shard["rows"] <= rows for shard in result.manifest["shards"])
