@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: install  ## pack the shipped sample and print the report
 	$(BIN)/bestfit pack samples/ demo-out/ --config configs/cl100k-2k.toml --overwrite
-	$(BIN)/bestfit stats samples/ --config configs/cl100k-2k.toml --ctx 8192
+	$(BIN)/bestfit stats samples/ --config configs/cl100k-2k.toml --ctx 2048 --ctx 8192
 
 test: install  ## the whole test suite (reads ../shared/corpora when present)
 	$(BIN)/python -m pytest -n 2 -q
