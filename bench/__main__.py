@@ -28,7 +28,7 @@ def main() -> None:
     try:
         if "planner" in chosen:
             sizes = [1_000_000, 10_000_000] if args.quick else [1_000_000, 10_000_000, 100_000_000]
-            planner.main(sizes, reference_sizes=[1_000_000, 10_000_000], textbook_sizes=[1_000_000],
+            planner.main(sizes, reference_sizes=[1_000_000, 10_000_000], textbook_sizes=[1_000_000, 10_000_000],
                          ctxs=[2048, 8192])
         if "windows" in chosen:
             window_quality.main(scratch, [2048, 8192])

@@ -15,6 +15,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .errors import InputError
@@ -23,7 +24,6 @@ from .fs import InputFile
 # Documents are handed on in batches of about this many tokens (a few MB), whatever the input's row groups.
 BATCH_TOKENS = 1 << 20
 PARQUET_BATCH_ROWS = 1024
-ROW_GROUPS_AT_ONCE = 2
 
 TOKEN_DTYPES: dict[str, type[np.integer[Any]]] = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32,
                                                   "int64": np.int64}
@@ -160,18 +160,14 @@ def _check_list_type(file: InputFile, column: str, field_type: pa.DataType, row:
                          row=row, fix="pass --column with the column that holds token ids")
 
 
-def _record_batches(pf: pq.ParquetFile, column: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """The column in record batches, decoding ``ROW_GROUPS_AT_ONCE`` row groups at a time on pyarrow's threads.
+def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """One column of a Parquet file in record batches, in row order.
 
-    Reading row groups in pairs keeps both cores decoding (a single column gives pyarrow nothing else to split),
-    while memory stays bounded by two row groups.
+    pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead, which keeps both cores busy
+    on a single column (reading row group by row group through ``ParquetFile`` measured about half as fast).
     """
-    n_groups = pf.metadata.num_row_groups
-    for first in range(0, n_groups, ROW_GROUPS_AT_ONCE):
-        groups = list(range(first, min(n_groups, first + ROW_GROUPS_AT_ONCE)))
-        table = pf.read_row_groups(groups, columns=[column], use_threads=True)
-        yield from table.to_batches(max_chunksize=batch_rows)
-        del table
+    fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs)
+    yield from fragment.to_batches(columns=[column], batch_size=batch_rows, use_threads=True)
 
 
 def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
@@ -187,7 +183,7 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
     row = 0
     try:
-        for record_batch in _record_batches(pf, opts.column, PARQUET_BATCH_ROWS):
+        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS):
             column = record_batch.column(0)
             batch = _batch_from_arrow(file, file_index, row, column, opts, label)
             row += len(column)
@@ -413,7 +409,7 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
     _check_list_type(file, opts.column, pf.schema_arrow.field(opts.column).type)
     row = 0
     try:
-        for record_batch in _record_batches(pf, opts.column, PARQUET_BATCH_ROWS * 8):
+        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS * 8):
             column = record_batch.column(0)
             if column.null_count or column.values.null_count:
                 _batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r})  # raises, naming the row
