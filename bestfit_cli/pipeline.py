@@ -27,7 +27,16 @@ from .plan import Placement, assign_slots, plan_capacities
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
-from .window import MEMORY_IN_FLIGHT, Pieces, Window, make_pieces, packed_lengths, window_tokens_for_memory, windows
+from .window import (
+    MEMORY_IN_FLIGHT,
+    Pieces,
+    Window,
+    make_pieces,
+    packed_lengths,
+    span_steps,
+    window_tokens_for_memory,
+    windows,
+)
 from .write import FORMATS, MANIFEST, STATS, PackedRows, ShardInfo, ShardWriter, shard_name
 
 MANIFEST_FORMAT = "bestfit.packed"
@@ -203,14 +212,8 @@ def gather_tokens(window: Window, doc: np.ndarray, start: np.ndarray, length: np
         out[to:to + n] = tokens[at:at + n]
     short = ~sliced
     short_dst, short_src, short_len = dst[short], src[short], copy_len[short]
-    bounds = np.zeros(len(short_len) + 1, dtype=np.int64)
-    np.cumsum(short_len, out=bounds[1:])
-    step_starts = np.searchsorted(bounds, np.arange(0, bounds[-1], GATHER_TOKENS), side="right") - 1
-    for lo, hi in zip(step_starts.tolist(), [*step_starts[1:].tolist(), len(short_len)], strict=False):
-        if lo >= hi:
-            continue
+    for lo, hi, within in span_steps(short_len, GATHER_TOKENS):
         n = short_len[lo:hi]
-        within = np.arange(int(bounds[hi] - bounds[lo]), dtype=np.int64) - np.repeat(bounds[lo:hi] - bounds[lo], n)
         out[np.repeat(short_dst[lo:hi], n) + within] = tokens[np.repeat(short_src[lo:hi], n) + within]
     if eos_id is not None:
         ends = copy_len < length

@@ -26,6 +26,7 @@ from .errors import InputError, VerifyError
 from .fs import filesystem_for, resolve_inputs
 from .pipeline import MANIFEST_FORMAT
 from .read import TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
+from .window import span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX
 
 CHECK_TOKENS = 1 << 22  # tokens compared per vectorised step, to bound index arrays
@@ -437,18 +438,12 @@ def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, stream: np.nd
     """Each piece's tokens in the shard must equal the same span of its document; reports the first that differs."""
     if not len(length):
         return
-    bounds = np.zeros(len(length) + 1, dtype=np.int64)
-    np.cumsum(length, out=bounds[1:])
-    steps = np.searchsorted(bounds, np.arange(0, bounds[-1], CHECK_TOKENS), side="right") - 1
-    for lo, hi in zip(steps.tolist(), [*steps[1:].tolist(), len(length)], strict=True):
-        if lo >= hi:
-            continue
+    for lo, hi, within in span_steps(length, CHECK_TOKENS):
         n = length[lo:hi]
-        within = np.arange(int(bounds[hi] - bounds[lo]), dtype=np.int64) - np.repeat(bounds[lo:hi] - bounds[lo], n)
         differs = out_tokens[np.repeat(out_start[lo:hi], n) + within] != stream[np.repeat(src_start[lo:hi], n) + within]
         if differs.any():
             at = int(np.flatnonzero(differs)[0])
-            piece = lo + int(np.searchsorted(bounds[lo + 1:hi + 1] - bounds[lo], at, side="right"))
+            piece = lo + int(np.searchsorted(np.cumsum(n), at, side="right"))
             result.add(Problem(f"tokens differ from the input (piece of {int(length[piece])} tokens)", shard=shard,
                                row=int(row[piece]), document=int(doc[piece])))
             return

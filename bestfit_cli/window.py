@@ -218,6 +218,25 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool, long_docs: LongDocs) -
                   clipped_documents=clipped, truncated_documents=len(extra), truncations=n_extra)
 
 
+def span_steps(lengths: np.ndarray, step_tokens: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Walk consecutive spans of ``lengths`` tokens in steps of about ``step_tokens`` tokens.
+
+    Yields ``(lo, hi, within)``: spans ``lo..hi-1`` and, for each of their tokens in order, its position inside its
+    span. ``np.repeat(span_starts[lo:hi], lengths[lo:hi]) + within`` then indexes all their tokens at once, while
+    the index arrays stay bounded by the step (about 24 bytes a token).
+    """
+    bounds = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    if bounds[-1] == 0:
+        return
+    starts = np.searchsorted(bounds, np.arange(0, bounds[-1], step_tokens), side="right") - 1
+    for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), len(lengths)], strict=True):
+        if lo < hi:
+            within = np.arange(int(bounds[hi] - bounds[lo]), dtype=np.int64)
+            within -= np.repeat(bounds[lo:hi] - bounds[lo], lengths[lo:hi])
+            yield lo, hi, within
+
+
 # ------------------------------------------------------------------------------------------------ memory budget
 
 # What ``--memory`` assumes (docs/benchmarks.md measures it): besides the windows, the interpreter, libraries and

@@ -196,3 +196,16 @@ def test_a_window_far_larger_than_memory_reserves_only_what_it_fills(tmp_path: P
     monkeypatch.undo()
     opts = PackOptions(ctx=CTX, window_tokens=10**15)  # 4 PB of ids if it were reserved up front
     assert pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), opts).report.stats.windows == 1
+
+
+@given(st.lists(st.integers(0, 40), max_size=30), st.integers(1, 50))
+def test_span_steps_cover_every_token_once_in_order(lengths: list[int], step: int) -> None:
+    spans = np.array(lengths, dtype=np.int64)
+    starts = np.cumsum(spans) - spans + 1000 * np.arange(len(spans))  # spans far apart, as in a real gather
+    got = [np.repeat(starts[lo:hi], spans[lo:hi]) + within
+           for lo, hi, within in window_module.span_steps(spans, step)]
+    expected = [np.arange(s, s + n) for s, n in zip(starts.tolist(), lengths, strict=True)]
+    flat = np.concatenate(got) if got else np.empty(0, dtype=np.int64)
+    assert np.array_equal(flat, np.concatenate(expected) if expected else np.empty(0, dtype=np.int64))
+    # Each step stays near the requested size: at most one span beyond it.
+    assert all(len(w) <= step + max(lengths) for _, _, w in window_module.span_steps(spans, step))
