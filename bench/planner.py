@@ -40,8 +40,8 @@ def bestfit_plan(lengths: np.ndarray, ctx: int) -> int:
     return placement.n_bins
 
 
-def reference_bfd(lengths: np.ndarray, ctx: int) -> int:
-    """Per-document BFD in plain Python; returns the number of sequences (every piece gets a bin and offset)."""
+def _pieces_longest_first(lengths: np.ndarray, ctx: int) -> list[int]:
+    """Documents split into ctx-sized chunks plus a remainder, one Python int a piece, longest first."""
     pieces: list[int] = []
     for length in lengths.tolist():
         full, rest = divmod(length, ctx)
@@ -49,6 +49,12 @@ def reference_bfd(lengths: np.ndarray, ctx: int) -> int:
         if rest:
             pieces.append(rest)
     pieces.sort(reverse=True)
+    return pieces
+
+
+def reference_bfd(lengths: np.ndarray, ctx: int) -> int:
+    """Per-document BFD in plain Python; returns the number of sequences (every piece gets a bin and offset)."""
+    pieces = _pieces_longest_first(lengths, ctx)
     buckets: dict[int, list[int]] = {}  # free space -> open sequences with exactly that much room
     frees: list[int] = []  # sorted free-space values that have open sequences
     fill: list[int] = []
@@ -115,13 +121,7 @@ def main(sizes: list[int], reference_sizes: list[int], textbook_sizes: list[int]
 
 def reference_bfd_sorted(lengths: np.ndarray, ctx: int) -> int:
     """The textbook per-document BFD: open sequences in one list sorted by free space, a bisect per piece."""
-    pieces: list[int] = []
-    for length in lengths.tolist():
-        full, rest = divmod(length, ctx)
-        pieces.extend([ctx] * full)
-        if rest:
-            pieces.append(rest)
-    pieces.sort(reverse=True)
+    pieces = _pieces_longest_first(lengths, ctx)
     open_seqs: list[tuple[int, int]] = []  # (free space, sequence), sorted
     fill: list[int] = []
     slot_bin = [0] * len(pieces)
