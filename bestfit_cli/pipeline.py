@@ -372,11 +372,15 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
                 for f in pending:
                     f.cancel()
                 raise
-            if not results or sum(tracker.documents) == 0:  # documents all dropped by --long-docs still count
-                raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents",
-                                 fix="check the inputs")
             skipped = sum(tracker.skipped, Skipped())
             stats = sum((r.stats for r in results), PackStats())
+            # Documents all dropped by --long-docs still count as input; nothing but empty or bad records does not.
+            if stats.documents + stats.dropped_documents == 0:
+                what = f"input holds no documents with tokens ({sum(tracker.documents):,} records read"
+                what += f", {skipped.count:,} of them skipped as bad)" if skipped.count else ")"
+                raise InputError(", ".join(f.name for f in files)[:200], what,
+                                 fix="check the inputs and --column" + (
+                                     f"; first skipped: {skipped.where[0]}" if skipped.where else ""))
             # Skipped records keep their doc_index as empty documents; count them as skipped, not as empty.
             stats = replace(stats, empty_documents=stats.empty_documents - skipped.count)
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,

@@ -262,7 +262,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in _UNITS or value <= 0:
+    if unit not in _UNITS or not 0 < value < 2**63 / _UNITS.get(unit, 1):  # also refuses inf and nan
         raise ValueError(f"{text!r} is not a size such as 4GB, 4GiB or 512MiB")
     return int(value * _UNITS[unit])
 

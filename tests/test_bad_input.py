@@ -168,6 +168,15 @@ def test_blank_jsonl_holds_no_documents(tmp_path: Path) -> None:
                  "input holds no documents")
 
 
+@pytest.mark.parametrize("lines", [['{"input_ids": []}'] * 3, ['{"ids": [1, 2]}'] * 3])
+def test_nothing_to_pack_is_an_error_even_when_skipping(tmp_path: Path, lines: list[str]) -> None:
+    # Only empty documents, or every record skipped (here: a wrong --column), must not end in an empty output.
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert_fails(invoke("pack", tmp_path / "in.jsonl", out, "--ctx", 8, "--on-bad-record", "skip"), out, 1,
+                 "in.jsonl", "input holds no documents with tokens (3 records read")
+
+
 def test_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bestfit_cli import PackOptions, pack
+from bestfit_cli import InputError, PackOptions, pack
 from bestfit_cli.cli import cli
 
 from .conftest import EOS, ROOT, SAMPLES
@@ -507,6 +507,10 @@ def test_random_corpora_round_trip(run: tuple[list[list[int]], dict[str, Any]]) 
     ctx = opts.ctx
     with tempfile.TemporaryDirectory() as tmp:
         source = write_parquet(Path(tmp) / "in.parquet", docs)
+        if not any(docs):
+            with pytest.raises(InputError, match="no documents with tokens"):
+                pack([str(source)], f"{tmp}/out", opts)
+            return
         result = pack([str(source)], f"{tmp}/out", opts)
         output = load_output(Path(tmp) / "out")
         doc_ids, rebuilt = rebuild(output, pad_id=opts.resolved_pad_id)
