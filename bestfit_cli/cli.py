@@ -174,7 +174,8 @@ def cli() -> None:
               help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Windows packed in parallel (0: one per usable core).")
-@click.option("--overwrite", is_flag=True, help="Replace the contents of a non-empty OUT.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier bestfit output in OUT (files bestfit did not write are never deleted).")
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read (bad JSON, wrong type, bad id): stop with an error, or skip and "
                    "count it in the report and manifest.")

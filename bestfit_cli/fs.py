@@ -12,11 +12,12 @@ import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import InputError, OutputError
+from .errors import InputError, OptionError, OutputError
 
 Format = Literal["parquet", "jsonl"]
 STDIN = "-"
@@ -86,22 +87,46 @@ def _is_hidden(relpath: str) -> bool:
     return any(part.startswith((".", "_")) for part in relpath.split("/") if part)
 
 
+def _file_info(arg: str, fs: pafs.FileSystem, target: str | pafs.FileSelector) -> Any:
+    """``fs.get_file_info`` with filesystem errors (permissions, name too long, I/O) as one-line input errors."""
+    try:
+        return fs.get_file_info(target)
+    except (OSError, pa.ArrowException) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(arg, f"cannot be read ({detail})", fix="check the path and its permissions") from None
+
+
 def _expand_folder(arg: str, fs: pafs.FileSystem, root: str) -> list[InputFile]:
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    infos = _file_info(arg, fs, pafs.FileSelector(root, recursive=True))
     files = []
     for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
         rel = posixpath.relpath(info.path, root)
         fmt = format_of(info.path)
-        if fmt is None or _is_hidden(rel):
+        if fmt is None or _is_hidden(rel) or info.type == pafs.FileType.Directory:
             continue
+        if info.type != pafs.FileType.File:
+            # A dangling link or a file that vanished: silently leaving it out would lose its documents.
+            raise InputError(_display(arg, info.path), "is listed in the folder but cannot be read (a broken link?)",
+                             fix="restore the file, or remove it from the folder")
         files.append(InputFile(_display(arg, info.path), fmt, fs, info.path, info.size))
+    if isinstance(fs, pafs.LocalFileSystem):
+        _refuse_dangling_links(arg, root)
     files.sort(key=lambda f: f.fs_path)
     if not files:
         raise InputError(arg, "folder holds no Parquet or JSONL files",
                          fix="point at a folder of *.parquet or *.jsonl[.gz|.zst] files")
     return files
+
+
+def _refuse_dangling_links(arg: str, root: str) -> None:
+    """pyarrow's listing leaves out links whose target is gone; their documents would vanish without a word."""
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+        for name in names:
+            path = os.path.join(folder, name)
+            if format_of(name) and not name.startswith((".", "_")) and not os.path.exists(path):
+                raise InputError(_display(arg, path), "cannot be read (a broken link?)",
+                                 fix="restore the file, or remove it from the folder")
 
 
 def _expand_glob(arg: str) -> list[str]:
@@ -124,6 +149,8 @@ def resolve_inputs(args: Sequence[str]) -> list[InputFile]:
     """
     if not args:
         raise InputError("IN", "no input given", fix="pass one or more files, folders or globs, or - for stdin")
+    if list(args).count(STDIN) > 1:
+        raise OptionError("- (stdin) is given more than once", fix="read stdin once; pass files by name")
     resolved: list[InputFile] = []
     for arg in args:
         if arg == STDIN:
@@ -142,7 +169,7 @@ def resolve_inputs(args: Sequence[str]) -> list[InputFile]:
 
 def _resolve_path(arg: str, *, explicit: bool) -> list[InputFile]:
     fs, path = filesystem_for(arg)
-    info = fs.get_file_info(path)
+    info = _file_info(arg, fs, path)
     if info.type == pafs.FileType.NotFound:
         raise InputError(arg, "does not exist", fix="check the path")
     if info.type == pafs.FileType.Directory:

@@ -130,8 +130,10 @@ class ShardWriter:
             pass
 
     def _prepare(self) -> None:
-        info = self.fs.get_file_info(self.root)
+        if not self.out.strip():
+            raise OutputError("OUT is an empty string", fix="give the folder to write to")
         try:
+            info = self.fs.get_file_info(self.root)
             if info.type == pafs.FileType.File:
                 raise OutputError(f"{self.out}: OUT is a file", fix="give a folder for OUT")
             if info.type == pafs.FileType.Directory:
@@ -139,6 +141,13 @@ class ShardWriter:
                 if existing and not self.overwrite:
                     raise OutputError(f"{self.out}: OUT is not empty",
                                       fix="pass --overwrite to replace it, or choose an empty folder")
+                foreign = sorted(posixpath.basename(e.path) for e in existing
+                                 if not _written_by_bestfit(posixpath.basename(e.path)))
+                if foreign:
+                    # --overwrite replaces an earlier output; it never deletes what bestfit did not write.
+                    raise OutputError(f"{self.out}: OUT holds files bestfit did not write ({', '.join(foreign[:3])}"
+                                      f"{', ...' if len(foreign) > 3 else ''})",
+                                      fix="choose another OUT, or remove those files yourself")
                 # The manifest goes first, so an interrupted overwrite never looks complete.
                 for entry in sorted(existing, key=lambda e: posixpath.basename(e.path) != MANIFEST):
                     if entry.type == pafs.FileType.Directory:
@@ -166,6 +175,12 @@ class ShardWriter:
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         self._write_bytes(name, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _written_by_bestfit(name: str) -> bool:
+    """Names a bestfit output folder holds: what ``--overwrite`` may delete."""
+    shard = name.startswith("part-") and name.endswith(tuple(f.suffix for f in FORMATS.values()))
+    return shard or name in (MANIFEST, STATS) or name.startswith(TMP_PREFIX)
 
 
 def shard_name(window: int, part: int, fmt: OutputFormat) -> str:

@@ -164,9 +164,31 @@ def test_non_empty_out_needs_overwrite(toy: Path, tmp_path: Path) -> None:
     assert_clean_failure(result, 1, "not empty", "--overwrite")
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    # --overwrite replaces an earlier output, but never deletes files bestfit did not write.
     result = invoke("pack", toy, out, "--ctx", 4, "--overwrite")
+    assert_clean_failure(result, 1, "OUT holds files bestfit did not write (keep.txt)", "remove those files")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert invoke("pack", toy, out, "--ctx", 4).exit_code == 0
+    first = sorted(p.name for p in out.iterdir())
+    result = invoke("pack", toy, out, "--ctx", 2, "--overwrite")
     assert result.exit_code == 0, result.stderr
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["options"]["ctx"] == 2
+    assert "manifest.json" in first and "stats.json" in first
+
+
+def test_empty_out_and_stdin_twice_are_refused(toy: Path, tmp_path: Path) -> None:
+    assert_clean_failure(invoke("pack", toy, "", "--ctx", 4, "--overwrite"), 1, "OUT is an empty string")
+    twice = CliRunner().invoke(cli, ["pack", "-", "-", str(tmp_path / "out"), "--ctx", "4"], input="{}\n")
+    assert_clean_failure(twice, 2, "- (stdin) is given more than once")
+
+
+def test_dangling_link_in_an_input_folder_is_an_error(toy: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.parquet").write_bytes(toy.read_bytes())
+    (folder / "b.parquet").symlink_to(tmp_path / "gone.parquet")
+    assert_clean_failure(invoke("pack", folder, tmp_path / "out", "--ctx", 4), 1, "b.parquet", "broken link")
 
 
 # ------------------------------------------------------------------------------------------------ usage: exit 2
