@@ -83,9 +83,10 @@ class ReadOptions:
 Reader = Callable[[InputFile, int, ReadOptions], Iterator[DocBatch]]
 
 
-def _dtype_fix(dtype: str) -> str:
-    wider = [name for name in TOKEN_DTYPES if np.iinfo(TOKEN_DTYPES[name]).max > np.iinfo(TOKEN_DTYPES[dtype]).max]
-    return f"pass --dtype {wider[0]}" if wider else "token ids must fit in int64"
+def _dtype_fix(largest_id: int) -> str:
+    """The smallest output dtype that holds ``largest_id`` (the largest id of the batch, so the hint is final)."""
+    fits = [name for name, dtype in TOKEN_DTYPES.items() if largest_id <= np.iinfo(dtype).max]
+    return f"pass --dtype {fits[0]}" if fits else "token ids must fit in int64"
 
 
 def check_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, first_row: int, opts: ReadOptions,
@@ -95,19 +96,20 @@ def check_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, first_row: 
     if ids.size == 0:
         return ids.astype(out_dtype, copy=False)
     low, high = ids.min(), ids.max()
-    bad_value = None
-    if low < 0:
-        bad_value, fix = low, "token ids must be >= 0; check the tokenizer output"
-        reason = f"negative token id {int(low)} in '{opts.column}'"
-    elif high > np.iinfo(out_dtype).max:
-        bad_value, fix = high, _dtype_fix(opts.dtype)
-        reason = f"token id {int(high)} in '{opts.column}' does not fit the output dtype {opts.dtype}"
-    if bad_value is not None:
-        position = int(np.flatnonzero(ids == bad_value)[0])
-        doc = int(np.searchsorted(offsets, position, side="right") - 1)
-        raise InputError(file.name, reason, fix=fix,
-                         **row_label(first_row + doc))
-    return ids.astype(out_dtype, copy=False)
+    if low >= 0 and high <= np.iinfo(out_dtype).max:
+        return ids.astype(out_dtype, copy=False)
+    # Name the first bad id of the batch (the earliest row), not the extreme one.
+    bad = (ids < 0) | (ids > np.iinfo(out_dtype).max) if ids.dtype.kind == "i" else ids > np.iinfo(out_dtype).max
+    position = int(np.flatnonzero(bad)[0])
+    value = int(ids[position])
+    if value < 0:
+        fix = "token ids must be >= 0; check the tokenizer output"
+        reason = f"negative token id {value} in '{opts.column}'"
+    else:
+        fix = _dtype_fix(int(high))
+        reason = f"token id {value} in '{opts.column}' does not fit the output dtype {opts.dtype}"
+    doc = int(np.searchsorted(offsets, position, side="right") - 1)
+    raise InputError(file.name, reason, fix=fix, **row_label(first_row + doc))
 
 
 def drop_bad_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, opts: ReadOptions,

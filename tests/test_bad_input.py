@@ -307,3 +307,17 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert done.stderr.splitlines() == [
         f"Error: {tmp_path / 'floats.jsonl'}:2: 'input_ids' holds float, not only integer token ids "
         "(token ids must be non-negative integers)"]
+
+
+@pytest.mark.parametrize(("ids", "dtype", "row", "value", "hint"), [
+    ([[1], [2**31 + 7], [2**33]], "int32", 1, 2**31 + 7, "pass --dtype int64"),  # uint32 would fail again
+    ([[1, 2], [70_000, 3_000_000_000]], "uint16", 1, 70_000, "pass --dtype uint32"),
+    ([[5], [70_000], [-1]], "uint16", 1, 70_000, "pass --dtype int32"),
+])
+def test_too_large_id_names_first_bad_row_and_a_dtype_that_fits(tmp_path: Path, ids: list[list[int]], dtype: str,
+                                                                row: int, value: int, hint: str) -> None:
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int64()))}), path)
+    out = tmp_path / "out"
+    assert_fails(invoke("pack", path, out, "--ctx", 8, "--dtype", dtype), out, 1,
+                 f"big.parquet row {row}: token id {value} ", hint)
