@@ -393,11 +393,20 @@ class LengthBatch:
     skipped: Skipped = Skipped()  # bad records left out (--on-bad-record skip)
 
 
-def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
-    """Document lengths of one input file, without casting or range-checking token ids where the format allows.
+def _ids_in_range(column: pa.Array, opts: ReadOptions) -> bool:
+    values = pc.list_flatten(column)
+    if not len(values):
+        return True
+    extremes = pc.min_max(values)
+    return bool(extremes["min"].as_py() >= 0 and extremes["max"].as_py() <= np.iinfo(TOKEN_DTYPES[opts.dtype]).max)
 
-    Parquet lengths come from the list offsets (``pc.list_value_length``); null rows and null ids are still
-    refused as ``read_parquet`` refuses them. JSONL must be parsed line by line anyway, and bad records skipped
+
+def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
+    """Document lengths of one input file, without casting token ids where the format allows.
+
+    Parquet lengths come from the list offsets (``pc.list_value_length``); null rows, null ids and ids out of range
+    for ``--dtype`` are refused as ``read_parquet`` refuses them (one ``min_max`` pass over the ids finds them), so
+    ``stats`` accepts exactly the inputs ``pack`` accepts. JSONL must be parsed line by line anyway, and bad records skipped
     with ``--on-bad-record skip`` need the full reader, so those go through ``read_file``.
     """
     if file.format != "parquet" or opts.skip_bad:
@@ -413,7 +422,7 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
     try:
         for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS * 8):
             column = record_batch.column(0)
-            if column.null_count or column.values.null_count:
+            if column.null_count or column.values.null_count or not _ids_in_range(column, opts):
                 _batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r})  # raises, naming the row
             lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
             row += len(lengths)

@@ -24,7 +24,7 @@ from .errors import InputError, OptionError, OutputError
 from .fs import InputFile, filesystem_for, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX
-from .read import BAD_RECORD_POLICIES, ReadOptions, Skipped, read_lengths
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, ReadOptions, Skipped, read_lengths
 from .strategies import (
     STRATEGIES,
     Strategy,
@@ -54,6 +54,7 @@ class StatsOptions:
     long_docs: LongDocs = "split"
     window_tokens: int = DEFAULT_WINDOW_TOKENS
     on_bad_record: str = "error"
+    dtype: str = "int32"  # ids that do not fit are refused (or skipped), as pack refuses them
 
     def validate(self) -> None:
         if not self.ctx:
@@ -71,6 +72,11 @@ class StatsOptions:
             raise OptionError("--window-tokens must be at least 1")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
+        if self.dtype not in TOKEN_DTYPES:
+            raise OptionError(f"--dtype {self.dtype!r} is unknown", fix=f"use one of {', '.join(TOKEN_DTYPES)}")
+        if self.eos_id is not None and self.eos_id > np.iinfo(TOKEN_DTYPES[self.dtype]).max:
+            raise OptionError(f"--eos-id {self.eos_id} does not fit the token dtype {self.dtype}",
+                              fix="use a smaller id, or a wider --dtype")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -314,9 +320,11 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
             results.append(_run(strategy, ctx, opts, hist, in_order, windows, unwindowed))
     max_length = int(hist.lengths[-1]) if hist.lengths.size else 1
     raw_hist = corpus.histogram
+    # Records skipped as bad keep their place as length-0 documents (as in pack); they are not empty documents.
+    skipped = sum(int(item.get("skipped_records", 0)) for item in corpus.inputs)
     return StatsResult(
         options=opts, eos_id=eos_id, inputs=corpus.inputs, ordered=corpus.ordered, documents=hist.documents,
-        empty_documents=int(raw_hist.counts[raw_hist.lengths == 0].sum()), input_tokens=raw_hist.tokens,
+        empty_documents=int(raw_hist.counts[raw_hist.lengths == 0].sum()) - skipped, input_tokens=raw_hist.tokens,
         tokens=hist.tokens, n_buckets=bucket_count(max_length, max(opts.ctx)), results=results)
 
 
@@ -345,7 +353,7 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
               progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
-    read_opts = ReadOptions(column=opts.column, on_bad_record=opts.on_bad_record)
+    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
     return compare(_read_with_progress(inputs, read_opts, progress_factory), opts)
 
 

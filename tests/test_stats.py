@@ -256,3 +256,23 @@ def test_json_in_a_real_pipe(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["results"][0]["strategy"] == "concat"
     assert "bestfit" in done.stderr  # the table goes to stderr when --json holds stdout
+
+
+@pytest.mark.parametrize(("ids", "dtype", "message"), [
+    ([[1, 2, 3], [4, -5, 6, 7, 8]], "int32", "row 1: negative token id -5"),
+    ([[1, 2, 3], [70_000, 1]], "uint16", "row 1: token id 70000"),
+])
+def test_stats_refuses_and_skips_the_ids_pack_refuses_and_skips(tmp_path: Path, ids: list[list[int]], dtype: str,
+                                                                message: str) -> None:
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int64()))}), path)
+    code, stdout, stderr = run_cli("stats", path, "--ctx", 8, "--dtype", dtype)
+    assert code == 1 and message in stderr and "Traceback" not in stderr
+    packed = tmp_path / "out"
+    code, _, stderr = run_cli("pack", path, packed, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip", "-q")
+    assert code == 0, stderr
+    pack_stats = json.loads((packed / "stats.json").read_text())
+    report = stats_json(path, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip", "--strategy", "bestfit")
+    assert (report["documents"], report["empty_documents"]) == (pack_stats["documents"], 0)
+    assert report["results"][0]["sequences"] == pack_stats["sequences"]
+    assert report["inputs"][0]["skipped_records"] == pack_stats["skipped_records"] == 1
