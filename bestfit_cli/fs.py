@@ -183,20 +183,36 @@ def _resolve_path(arg: str, *, explicit: bool) -> list[InputFile]:
     return [InputFile(_display(arg, path), fmt, fs, path, info.size)]
 
 
+def _local_real_path(arg: str) -> str | None:
+    """The resolved local path of a local path or ``file://`` URI (links followed); None for other stores."""
+    if arg == STDIN:
+        return None
+    if _is_uri(arg):
+        if not arg.startswith("file://"):
+            return None
+        arg = filesystem_for(arg)[1]
+    return os.path.realpath(arg)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def check_output_location(out: str, input_args: Sequence[str], inputs: Sequence[InputFile]) -> None:
-    """Refuse an OUT inside an input folder (a rerun would read its own output) or holding an input file."""
-    if _is_uri(out):
+    """Refuse an OUT inside an input folder (a rerun would read its own output) or holding an input file.
+
+    Paths are compared after resolving links and ``file://`` URIs, so no spelling of a folder gets past it.
+    """
+    out_real = _local_real_path(out)
+    if out_real is None:
         return
-    out_abs = os.path.abspath(out)
     for arg in input_args:
-        if arg == STDIN or _is_uri(arg) or not os.path.isdir(arg):
-            continue
-        root = os.path.abspath(arg)
-        if out_abs == root or out_abs.startswith(root + os.sep):
+        root = _local_real_path(arg)
+        if root is not None and os.path.isdir(root) and _inside(out_real, root):
             raise OutputError(f"{out}: OUT lies inside the input folder {arg}",
                               fix="choose an OUT outside the folders you read")
     for item in inputs:
-        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and (
-                item.fs_path == out_abs or item.fs_path.startswith(out_abs + os.sep)):
+        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and _inside(
+                os.path.realpath(item.fs_path), out_real):
             raise OutputError(f"{out}: OUT holds the input file {item.name}",
                               fix="choose a new folder for OUT")

@@ -201,6 +201,21 @@ def test_out_inside_in(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("spelling", ["link", "uri"])
+def test_out_inside_in_through_a_link_or_uri(tmp_path: Path, spelling: str) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_parquet(folder / "a.parquet", documents([5, 6]))
+    if spelling == "link":
+        (tmp_path / "alias").symlink_to(folder)
+        given = str(tmp_path / "alias")
+    else:
+        given = f"file://{folder}/"
+    out = folder / "packed"
+    assert_fails(invoke("pack", given, out, "--ctx", 8), out, 1, "OUT lies inside the input folder")
+    assert not out.exists()
+
+
 def test_out_not_writable(tmp_path: Path) -> None:
     source = write_parquet(tmp_path / "a.parquet", documents([5, 6]))
     blocker = tmp_path / "a-file"
