@@ -5,7 +5,7 @@ lists, compares that window's documents with the window's shards: every document
 ``seq_lengths``, ``doc_index`` and ``doc_offset`` (once and only once, EOS included, less what ``--long-docs``
 truncated or dropped), every row holds exactly ctx tokens with padding only after its last piece, and every shard
 matches its listed row count and sha256. Problems are collected, not raised; only an output that cannot be checked
-at all (absent, no manifest) raises ``VerifyError``.
+at all (absent, no manifest, a manifest whose fields have the wrong type or value) raises ``VerifyError``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, VerifyError
 from .fs import filesystem_for, resolve_inputs
-from .pipeline import MANIFEST_FORMAT
-from .read import TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
+from .histogram import LONG_DOC_POLICIES
+from .pipeline import MANIFEST_FORMAT, MAX_CTX
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
 from .window import span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX
 
@@ -99,13 +100,11 @@ class _Options:
     read: ReadOptions
 
     @classmethod
-    def from_manifest(cls, out: str, manifest: dict[str, Any]) -> _Options:
-        try:
-            o = manifest["options"]
-            read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
-            return cls(int(o["ctx"]), o["eos_id"], int(o["pad_id"]), o["long_docs"], read)
-        except (KeyError, TypeError, ValueError):
-            raise VerifyError(f"{out}: manifest.json lacks the packing options", fix=RERUN) from None
+    def from_manifest(cls, manifest: dict[str, Any]) -> _Options:
+        """The options of a manifest that ``_check_shape`` accepted."""
+        o = manifest["options"]
+        read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
+        return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read)
 
     def kept_lengths(self, lengths: np.ndarray) -> np.ndarray:
         """Tokens of each document that must appear in the output (EOS included)."""
@@ -127,8 +126,10 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     """Check the packed folder ``out`` against ``inputs``; raises ``VerifyError`` only when it cannot be checked."""
     fs, root = filesystem_for(out)
     manifest = _load_manifest(fs, root, out)
-    opts = _Options.from_manifest(out, manifest)
+    _check_shape(out, manifest)
+    opts = _Options.from_manifest(manifest)
     result = VerifyResult(out, max_problems=max_problems)
+    _check_shard_lists(manifest, result)
     shard_info = _check_listing(fs, root, manifest, result)
     files = resolve_inputs(inputs)
     listed_inputs = manifest.get("inputs", [])
@@ -179,6 +180,137 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
         raise VerifyError(f"{out}: manifest.json has no per-window information (written by an older bestfit)",
                           fix=RERUN)
     return manifest
+
+
+# ------------------------------------------------------------------------------------------------ manifest shape
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_name(value: Any) -> bool:
+    """A plain file name inside OUT, as pack writes them: no folder part, so nothing outside OUT is ever read."""
+    return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and value in choices
+
+
+def _either(choices: Sequence[str]) -> str:
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+class _Shape:
+    """Reads manifest fields, raising one ``VerifyError`` that names the first field of the wrong type or value."""
+
+    _absent = object()
+
+    def __init__(self, out: str) -> None:
+        self.where = posixpath.join(out, MANIFEST)
+
+    def value(self, value: Any, key: str, check: Callable[[Any], bool], wanted: str) -> Any:
+        if not check(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise VerifyError(f"{self.where} is malformed: {key} is {shown}, expected {wanted}", fix=RERUN)
+        return value
+
+    def field(self, parent: dict[str, Any], key: str, prefix: str, check: Callable[[Any], bool], wanted: str,
+              default: Any = _absent) -> Any:
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in parent:
+            if default is self._absent:
+                raise VerifyError(f"{self.where} is malformed: {name} is missing", fix=RERUN)
+            return default
+        return self.value(parent[key], name, check, wanted)
+
+    def entries(self, parent: dict[str, Any], key: str, default: Any = _absent) -> Iterator[tuple[str, Any]]:
+        """The objects of the list ``parent[key]``, each with its name for messages (``shards[3]``)."""
+        for index, entry in enumerate(self.field(parent, key, "", _is_list, "a list", default)):
+            name = f"{key}[{index}]"
+            yield name, self.value(entry, name, _is_object, "an object")
+
+
+COUNT = "an integer >= 0"
+
+
+def _check_shape(out: str, manifest: dict[str, Any]) -> None:
+    """Every field verify reads must have the type and the values pack writes, so no check can crash on it."""
+    shape = _Shape(out)
+    options = shape.field(manifest, "options", "", _is_object, "an object")
+    shape.field(options, "ctx", "options", lambda v: _is_count(v) and 1 <= v <= MAX_CTX, f"an integer in 1..{MAX_CTX}")
+    shape.field(options, "column", "options", lambda v: isinstance(v, str) and v != "", "a column name")
+    dtype = shape.field(options, "dtype", "options", _one_of(list(TOKEN_DTYPES)), _either(list(TOKEN_DTYPES)))
+    top = int(np.iinfo(TOKEN_DTYPES[dtype]).max)
+    shape.field(options, "eos_id", "options", lambda v: v is None or (_is_count(v) and v <= top),
+                f"null or an id in 0..{top} ({dtype})")
+    shape.field(options, "pad_id", "options", lambda v: _is_count(v) and v <= top, f"an id in 0..{top} ({dtype})")
+    shape.field(options, "long_docs", "options", _one_of(LONG_DOC_POLICIES), _either(LONG_DOC_POLICIES))
+    shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
+                default="error")
+    for key in ("documents", "tokens", "sequences"):
+        shape.field(manifest, key, "", _is_count, COUNT)
+    for name, shard in shape.entries(manifest, "shards"):
+        shape.field(shard, "path", name, _is_name, "a file name in OUT")
+        shape.field(shard, "rows", name, _is_count, COUNT)
+        shape.field(shard, "bytes", name, _is_count, COUNT)
+        shape.field(shard, "sha256", name, _is_sha256, "64 hex digits")
+    for name, window in shape.entries(manifest, "windows"):
+        for key in ("index", "first_doc", "documents", "sequences"):
+            shape.field(window, key, name, _is_count, COUNT)
+        for key in ("dropped_documents", "dropped_tokens", "clipped_documents"):
+            shape.field(window, key, name, _is_count, COUNT, default=0)
+        shards = shape.field(window, "shards", name, _is_list, "a list of file names")
+        for index, shard_name in enumerate(shards):
+            shape.value(shard_name, f"{name}.shards[{index}]", _is_name, "a file name in OUT")
+    for name, listed in shape.entries(manifest, "inputs", default=[]):
+        shape.field(listed, "path", name, lambda v: isinstance(v, str), "a path")
+        shape.field(listed, "documents", name, _is_count, COUNT)
+        shape.field(listed, "skipped_records", name, _is_count, COUNT, default=0)
+    skipped = shape.field(manifest, "skipped_records", "", _is_object, "an object", default={})
+    shape.field(skipped, "first", "skipped_records", lambda v: _is_list(v) and all(isinstance(w, str) for w in v),
+                "a list of locations", default=[])
+
+
+def _check_shard_lists(manifest: dict[str, Any], result: VerifyResult) -> None:
+    """``shards``, which trainers read, must list exactly the windows' shards, each once, in window order."""
+    listed = [shard["path"] for shard in manifest["shards"]]
+    owner: dict[str, int] = {}
+    for window in manifest["windows"]:
+        for name in window["shards"]:
+            if name in owner:
+                result.add(Problem(f"listed by window {owner[name]} and again by window {window['index']}",
+                                   shard=name))
+            owner.setdefault(name, window["index"])
+    seen: set[str] = set()
+    for name in listed:
+        if name in seen:
+            result.add(Problem("listed twice in manifest.json's shards (a trainer would read its rows twice)",
+                               shard=name))
+        elif name not in owner:
+            result.add(Problem("listed in manifest.json's shards but in no window (a trainer would read its rows "
+                               "as extra data)", shard=name))
+        seen.add(name)
+    for name, window_index in owner.items():
+        if name not in seen:
+            result.add(Problem(f"shard of window {window_index} is not listed in manifest.json's shards (a trainer "
+                               "would never read it)", shard=name))
+    if len(listed) == len(owner) == len(seen) and seen == set(owner) and listed != list(owner):
+        result.add(Problem("manifest.json's shards are not in the order of its windows"))
 
 
 def _check_listing(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], result: VerifyResult
@@ -349,9 +481,7 @@ def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] 
             data = stream.read()
     except (FileNotFoundError, OSError, pa.ArrowException):
         return None  # reported by the listing check
-    if info is None:
-        result.add(Problem("shard of a window is not listed in manifest.json's shards", shard=name))
-    elif info.get("bytes") != len(data) or info.get("sha256") != hashlib.sha256(data).hexdigest():
+    if info is not None and (info["bytes"] != len(data) or info["sha256"] != hashlib.sha256(data).hexdigest()):
         result.add(Problem("size or sha256 differs from manifest.json (the file changed after packing)", shard=name))
     try:
         table = pq.read_table(pa.BufferReader(data))

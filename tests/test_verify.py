@@ -350,3 +350,104 @@ def test_verify_json_on_failure_still_prints_the_result(damaged: tuple[Path, Pat
     assert not data["ok"] and data["problems"][0] == {
         "message": "shard listed in manifest.json is missing", "shard": name, "row": None, "document": None}
     assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {out}: verification failed with ")
+
+
+# ------------------------------------------------------------------------------------------------ shards vs windows
+
+
+def test_shard_listed_but_in_no_window(damaged: tuple[Path, Path]) -> None:
+    """Trainers read ``shards``: a copy listed there with its true size and sha256 would be read twice."""
+    source, out = damaged
+    name = first_shard(out)
+    shutil.copy(out / name, out / "part-00099-0000.parquet")
+    manifest = manifest_of(out)
+    manifest["shards"].append(dict(manifest["shards"][0], path="part-00099-0000.parquet"))
+    save_manifest(out, manifest)
+    assert problems(source, out) == ["part-00099-0000.parquet: listed in manifest.json's shards but in no window "
+                                     "(a trainer would read its rows as extra data)"]
+
+
+def test_shard_listed_twice(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    manifest["shards"].append(manifest["shards"][0])
+    save_manifest(out, manifest)
+    assert problems(source, out) == [f"{first_shard(out)}: listed twice in manifest.json's shards (a trainer would "
+                                     "read its rows twice)"]
+
+
+def test_window_shard_missing_from_shards(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    name = manifest["shards"].pop()["path"]
+    save_manifest(out, manifest)
+    window = manifest["windows"][-1]["index"]
+    assert (f"{name}: shard of window {window} is not listed in manifest.json's shards (a trainer would never read "
+            "it)") in problems(source, out)
+
+
+def test_shard_in_two_windows(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    name = manifest["windows"][0]["shards"][0]
+    manifest["windows"][1]["shards"].append(name)
+    save_manifest(out, manifest)
+    assert f"{name}: listed by window 0 and again by window 1" in problems(source, out)
+
+
+def test_shards_out_of_window_order(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    manifest["shards"].reverse()
+    save_manifest(out, manifest)
+    assert problems(source, out) == ["manifest.json's shards are not in the order of its windows"]
+
+
+# ------------------------------------------------------------------------------------------------ malformed manifest
+
+
+def set_key(manifest: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key such as ``options.dtype`` or ``windows[0].documents``."""
+    *parents, last = key.replace("[0]", ".0").split(".")
+    target: Any = manifest
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    target[last] = value
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("options.dtype", "float", 'options.dtype is "float", expected uint16, int32, uint32 or int64'),
+    ("shards", None, "shards is null, expected a list"),
+    ("windows[0].documents", "x", 'windows[0].documents is "x", expected an integer >= 0'),
+    ("options.long_docs", "zzz", 'options.long_docs is "zzz", expected split, truncate or drop'),
+    ("options.ctx", 0, "options.ctx is 0, expected an integer in 1..1048576"),
+    ("options.ctx", True, "options.ctx is true, expected an integer in 1..1048576"),
+    ("options.pad_id", 2**31, "options.pad_id is 2147483648, expected an id in 0..2147483647 (int32)"),
+    ("options.on_bad_record", "ignore", 'options.on_bad_record is "ignore", expected error or skip'),
+    ("windows", {}, "windows is {}, expected a list"),
+    ("windows[0].shards", ["../stats.json"], 'windows[0].shards[0] is "../stats.json", expected a file name in OUT'),
+    ("shards[0].sha256", "abc", 'shards[0].sha256 is "abc", expected 64 hex digits'),
+    ("documents", "850", 'documents is "850", expected an integer >= 0'),
+    ("inputs[0].documents", None, "inputs[0].documents is null, expected an integer >= 0"),
+    ("skipped_records", [], "skipped_records is [], expected an object"),
+])
+def test_malformed_manifest_is_one_line(damaged: tuple[Path, Path], key: str, value: Any, expected: str) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    set_key(manifest, key, value)
+    save_manifest(out, manifest)
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {out}/manifest.json is malformed: {expected} (rerun the same bestfit pack "
+                             "command with --overwrite)\n")
+
+
+def test_missing_manifest_field_is_named(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    del manifest["options"]["eos_id"]
+    save_manifest(out, manifest)
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {out}/manifest.json is malformed: options.eos_id is missing (rerun the same "
+                             "bestfit pack command with --overwrite)\n")
