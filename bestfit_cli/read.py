@@ -15,7 +15,6 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .errors import InputError
@@ -168,6 +167,8 @@ def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[p
     pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead, which keeps both cores busy
     on a single column (reading row group by row group through ``ParquetFile`` measured about half as fast).
     """
+    import pyarrow.dataset as pads  # heavy: loaded by the first Parquet read, not by every `bestfit --help`
+
     fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs)
     yield from fragment.to_batches(columns=[column], batch_size=batch_rows, use_threads=True)
 
