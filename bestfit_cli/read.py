@@ -407,8 +407,8 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
     Parquet lengths come from the list offsets (``pc.list_value_length``); null rows, null ids and ids out of range
     for ``--dtype`` are refused as ``read_parquet`` refuses them (one ``min_max`` pass over the ids finds them), so
-    ``stats`` accepts exactly the inputs ``pack`` accepts. JSONL must be parsed line by line anyway, and bad records skipped
-    with ``--on-bad-record skip`` need the full reader, so those go through ``read_file``.
+    ``stats`` accepts exactly the inputs ``pack`` accepts. JSONL must be parsed line by line anyway, and bad records
+    skipped with ``--on-bad-record skip`` need the full reader, so those go through ``read_file``.
     """
     if file.format != "parquet" or opts.skip_bad:
         for batch in read_file(file, file_index, opts):
