@@ -3,13 +3,15 @@
 ``PackedRows`` is what a window's plan becomes once tokens are gathered. An ``OutputFormat`` turns rows into the
 bytes of one shard (Parquet here; other formats plug in beside it). ``ShardWriter`` owns the output folder: each
 shard is written to a temporary name and renamed into place, and ``manifest.json`` is written last, so a folder
-without a manifest is never a finished output.
+without a manifest is never a finished output. On a local disk each file is fsynced before its rename and the folder
+before and after the manifest's, so that holds after a power loss too; an object store's put is atomic already.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -115,6 +117,9 @@ class ShardWriter:
     def __init__(self, out: str, *, overwrite: bool = False) -> None:
         self.out = out
         self.fs, self.root = filesystem_for(out)
+        # Only a local disk has a page cache to flush; pyarrow's object stores (S3, GCS) make a put durable and
+        # atomic on their own, and have no folders to sync.
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.tmp = posixpath.join(self.root, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         self.overwrite = overwrite
 
@@ -154,17 +159,33 @@ class ShardWriter:
                         self.fs.delete_dir(entry.path)
                     else:
                         self.fs.delete_file(entry.path)
+                self._sync(self.root)  # the old manifest is gone for good before any new shard appears
             self.fs.create_dir(self.tmp, recursive=True)
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"{self.out}: cannot write here ({_describe(exc)})",
                               fix="choose a folder you can write to") from None
+
+    def _sync(self, path: str) -> None:
+        """Flush a local file's bytes, or a local folder's entries (its renames), to the disk."""
+        if not self.local:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _write_bytes(self, name: str, data: bytes) -> None:
         tmp_path = posixpath.join(self.tmp, name)
         try:
             with self.fs.open_output_stream(tmp_path) as stream:
                 stream.write(data)
+            self._sync(tmp_path)  # the bytes reach the disk before the name does
+            if name == MANIFEST:
+                self._sync(self.root)  # every shard's rename is on disk before the manifest can be
             self.fs.move(tmp_path, posixpath.join(self.root, name))
+            if name == MANIFEST:
+                self._sync(self.root)
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})",
                               fix="free disk space or choose another OUT, then rerun with --overwrite") from None

@@ -209,3 +209,50 @@ def test_closed_stdout_ends_quietly_with_141(tmp_path: Path, command: str) -> No
     err = process.stderr.read()
     assert process.wait(timeout=120) == 141
     assert err == b""
+
+
+# ------------------------------------------------------------------------------------------------ power loss
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name the file behind a descriptor")
+def test_shards_reach_the_disk_before_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file is fsynced before its rename, and OUT before and after the manifest's rename, so a power loss can
+    never leave a manifest whose shards are not on the disk."""
+    from bestfit_cli import PackOptions, pack
+
+    source = write_corpus(tmp_path / "in.parquet", 300, seed=3)
+    out = tmp_path / "out"
+    synced: list[tuple[str, bool, set[str]]] = []  # what was synced, whether the manifest was in place, shards in OUT
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (out / "manifest.json").exists(),
+                       {p.name for p in out.glob("part-*")}))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    manifest = pack([str(source)], str(out), PackOptions(ctx=256, window_tokens=20_000, rows_per_shard=16,
+                                                         workers=2)).manifest
+    shards = {s["path"] for s in manifest["shards"]}
+    assert len(shards) > 4
+    for name in [*shards, "stats.json", "manifest.json"]:
+        syncs = [(manifest_there, present) for path, manifest_there, present in synced
+                 if Path(path).name == name and Path(path).parent.name.startswith(".bestfit-tmp-")]
+        assert syncs, f"{name} was never fsynced"
+        assert name not in syncs[0][1] and not syncs[0][0], f"{name} was renamed into place before its fsync"
+    folder = [(manifest_there, present) for path, manifest_there, present in synced if path == str(out)]
+    assert (False, shards) in folder, "OUT was not synced between the last shard's rename and the manifest's"
+    assert synced[-1][:2] == (str(out), True), "OUT was not synced after the manifest's rename"
+
+
+def test_json_larger_than_the_pipe_into_a_reader_that_stops_exits_141() -> None:
+    # About 900 KB of JSON, far more than a pipe holds: the reader takes one byte and closes. bestfit must notice
+    # (exit 141, nothing on stderr) rather than report success for output that was cut short.
+    ctx_flags = [flag for ctx in range(100, 3100, 100) for flag in ("--ctx", str(ctx))]
+    process = subprocess.Popen([*BESTFIT, "stats", str(SAMPLES), *ctx_flags, "--json", "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(1) == b"{"
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
