@@ -248,6 +248,7 @@ SHARD_COPIES = 3
 WINDOW_OVERHEAD = 1.25
 MEMORY_IN_FLIGHT = 2  # windows held at once under --memory: one packing while the next is read
 MIN_WINDOW_TOKENS = 1 << 20
+PIECE_BYTES = 64  # planner and gather arrays per piece (document, start, length, order, sequence, offset, sort keys)
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
           "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
@@ -270,15 +271,17 @@ def parse_size(text: str) -> int:
 def window_tokens_for_memory(budget: int, ctx: int, rows_per_shard: int, itemsize: int) -> int:
     """The largest window whose run stays within ``budget`` bytes.
 
-    ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + WINDOW_OVERHEAD * window_bytes)``,
-    solved for the window. It depends only on these arguments, never on ``--workers``, so the output does not.
+    ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + window_tokens * token_bytes)`` with
+    ``token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES / ctx`` (a window of ``n`` tokens has at least
+    ``n / ctx`` pieces, each with its planner arrays: negligible at ctx 2048, most of the cost at ctx 8), solved for
+    the window. It depends only on these arguments, never on ``--workers``, so the output does not.
     """
     shard_bytes = rows_per_shard * ctx * itemsize
+    token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES / ctx
     room = budget - BASE_BYTES - MEMORY_IN_FLIGHT * SHARD_COPIES * shard_bytes
-    window_tokens = int(room / (MEMORY_IN_FLIGHT * WINDOW_OVERHEAD * itemsize)) if room > 0 else 0
+    window_tokens = int(room / (MEMORY_IN_FLIGHT * token_bytes)) if room > 0 else 0
     if window_tokens < MIN_WINDOW_TOKENS:
-        need = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes
-                                                + WINDOW_OVERHEAD * MIN_WINDOW_TOKENS * itemsize)
+        need = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + token_bytes * MIN_WINDOW_TOKENS)
         raise ValueError(f"a budget of {budget / 2**20:,.0f} MiB leaves no room for a window of "
                          f"{MIN_WINDOW_TOKENS:,} tokens; it needs at least {need / 2**20:,.0f} MiB at ctx {ctx} "
                          f"and {rows_per_shard} rows per shard")

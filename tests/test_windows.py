@@ -20,6 +20,7 @@ from bestfit_cli.window import (
     BASE_BYTES,
     MEMORY_IN_FLIGHT,
     SHARD_COPIES,
+    PIECE_BYTES,
     WINDOW_OVERHEAD,
     parse_size,
     window_tokens_for_memory,
@@ -153,8 +154,10 @@ def test_the_memory_window_fills_the_budget_and_no_more() -> None:
     budget = 4 << 30
     window = window_tokens_for_memory(budget, 2048, 8192, 4)
     shards = MEMORY_IN_FLIGHT * SHARD_COPIES * 8192 * 2048 * 4
-    used = BASE_BYTES + shards + MEMORY_IN_FLIGHT * WINDOW_OVERHEAD * window * 4
+    used = BASE_BYTES + shards + MEMORY_IN_FLIGHT * (WINDOW_OVERHEAD * 4 + PIECE_BYTES / 2048) * window
     assert budget - 16 < used <= budget
+    # At a tiny ctx every few tokens are a piece with its own planner arrays: the window must shrink for them.
+    assert window_tokens_for_memory(budget, 8, 8192, 4) < window / 2
     assert window_tokens_for_memory(2 * budget, 2048, 8192, 4) > 2 * window  # the constant is paid once
     assert window_tokens_for_memory(budget, 2048, 8192, 2) > window  # uint16 ids: twice the tokens
     with pytest.raises(ValueError, match="needs at least"):
