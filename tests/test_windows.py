@@ -19,8 +19,8 @@ from bestfit_cli.read import DocBatch
 from bestfit_cli.window import (
     BASE_BYTES,
     MEMORY_IN_FLIGHT,
-    SHARD_COPIES,
     PIECE_BYTES,
+    SHARD_COPIES,
     WINDOW_OVERHEAD,
     parse_size,
     window_tokens_for_memory,
