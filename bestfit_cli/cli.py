@@ -43,48 +43,24 @@ class BestfitGroup(click.Group):
             # click would end a closed stdout with exit 1; main() ends it quietly with 141, as a shell pipe does.
             raise StdoutClosed() from None
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        from .config import name_env_vars
+
+        super().add_command(cmd, name)
+        name_env_vars(cmd, name or cmd.name or "")
+
 
 class StdoutClosed(Exception):
     """stdout was closed by the reader (``| head``): not an error of the run."""
 
 
-def _known_config_keys() -> set[str]:
-    keys: set[str] = set()
-    for command in cli.commands.values():
-        keys.update(p.name for p in command.params if p.name and p.name != "config")
-    return keys
-
-
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from .config import load_config
+    from .config import apply_config
 
-    try:
-        defaults = load_config(value, ctx.info_name or "", _known_config_keys(), cli.commands)
-    except BestfitError as exc:
-        raise click.BadParameter(str(exc)) from None
-    own = {p.name: p for p in ctx.command.params}
-    # A scalar in the file is one value of a repeatable option (ctx = 2048 for `stats --ctx`).
-    defaults = {k: [v] if own[k].multiple and not isinstance(v, list) else v
-                for k, v in defaults.items() if k in own}
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    _check_config_types(ctx, value)
+    apply_config(ctx, value, cli.commands)  # an OptionError reaches BestfitGroup.invoke: one line, exit 2
     return value
-
-
-def _check_config_types(ctx: click.Context, path: str) -> None:
-    """A config value of the wrong type is a usage error naming the key, never a traceback from inside click."""
-    params = {p.name: p for p in ctx.command.params}
-    for key, value in (ctx.default_map or {}).items():
-        param = params.get(key)
-        if param is None:
-            continue
-        try:
-            param.type_cast_value(ctx, value)
-        except (click.BadParameter, TypeError, ValueError):
-            raise click.BadParameter(f"config file {path}: {key} = {value!r} is not a valid {param.type.name}",
-                                     param_hint="'--config'") from None
 
 
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,22 +69,28 @@ def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="TOML file of option defaults (flags and BESTFIT_* variables override it).")(f)
 
 
-def input_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by every command that reads tokenized documents."""
+def input_options(f: Callable[..., Any] | None = None, *, long_docs: bool = True) -> Callable[..., Any]:
+    """Options shared by every command that reads tokenized documents; ``long_docs=False`` for a command that has
+    no ctx to cut documents at (``histogram``)."""
     decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--column", default="input_ids", show_default=True,
                      help="List-of-integers column (Parquet) or field (JSONL) holding token ids."),
         click.option("--eos-id", type=click.IntRange(min=0), default=None,
                      help="Append this token to every non-empty document (it counts in the length)."),
-        click.option("--long-docs", type=click.Choice(LONG_DOC_POLICIES), default="split", show_default=True,
-                     help="Documents longer than ctx: split into ctx-sized chunks, truncate to ctx, or drop."),
+        *([click.option("--long-docs", type=click.Choice(LONG_DOC_POLICIES), default="split", show_default=True,
+                        help="Documents longer than ctx: split into ctx-sized chunks, truncate to ctx, or drop.")]
+          if long_docs else []),
         click.option("--dtype", type=click.Choice(list(TOKEN_DTYPES)), default="int32", show_default=True,
                      help="Integer type of token ids in the output."),
         config_option,
     ]
-    for decorator in reversed(decorators):
-        f = decorator(f)
-    return f
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply(f) if f is not None else apply
 
 
 def _parse_memory(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
@@ -145,7 +127,7 @@ def _emit_json(payload: dict[str, Any]) -> None:
 
 
 @click.group(cls=BestfitGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                                  "auto_envvar_prefix": "BESTFIT", "max_content_width": 100})
+                                                  "max_content_width": 100})
 @click.version_option(__version__, prog_name="bestfit")
 def cli() -> None:
     """Best-fit packing of tokenized corpora into fixed-length training sequences.
@@ -194,12 +176,19 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     from .pipeline import pack as run_pack
     from .report import render_report
 
+    if memory is not None and window_tokens is not None:
+        from .config import stronger_option
+
+        # A flag beats a BESTFIT_* variable, which beats the config file; both in one place is an error.
+        if stronger_option(click.get_current_context(), "memory", "window_tokens",
+                           fix="--memory sets the window") == "memory":
+            window_tokens = None
+        else:
+            memory = None
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, memory=memory)
-    if memory is not None and window_tokens is not None:
-        raise click.UsageError("give --memory or --window-tokens, not both (--memory sets the window)")
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")
@@ -315,15 +304,16 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
 @click.option("-o", "--output", default="-", show_default=True,
               help="Where to write the histogram JSON (- for stdout).")
-@input_options
+@input_options(long_docs=False)
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
-def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, long_docs: str, dtype: str,
+def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, dtype: str,
               on_bad_record: str, quiet: bool) -> None:
     """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
 
-    Lengths are counted as read, before EOS; --eos-id is recorded and used by stats unless it gets its own.
+    Lengths are counted as read, before EOS and uncut: --ctx and --long-docs are given to stats. --eos-id is
+    recorded and used by stats unless it gets its own.
     Histograms of separate shards merge when given to stats together.
     """
     from .stats import measure_histogram, save_json
