@@ -19,6 +19,7 @@ from .strategies import STRATEGIES
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+PIPE_CHUNK = 1 << 16
 
 
 class _UsageFailure(click.ClickException):
@@ -123,7 +124,14 @@ def _print_table(renderable: Any) -> None:
 
 
 def _emit_json(payload: dict[str, Any]) -> None:
-    click.echo(json.dumps(payload, indent=2))
+    """One JSON document on stdout, in pipe-sized writes: a reader that stops early (``| head``) then surfaces as
+    BrokenPipeError (exit 141) instead of one large write being cut short without a word."""
+    data = (json.dumps(payload, indent=2) + "\n").encode()
+    stdout = sys.stdout.buffer
+    sys.stdout.flush()
+    for start in range(0, len(data), PIPE_CHUNK):
+        stdout.write(data[start:start + PIPE_CHUNK])
+        stdout.flush()
 
 
 @click.group(cls=BestfitGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -279,7 +287,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
 
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
                         long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
-                        on_bad_record=on_bad_record)
+                        on_bad_record=on_bad_record, dtype=dtype)
     started = time.perf_counter()
     result = run_stats(inputs, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started

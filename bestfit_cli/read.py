@@ -250,14 +250,18 @@ def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: 
 # --------------------------------------------------------------------------------------------- JSONL
 
 
-def _open_text(file: InputFile) -> IO[bytes]:
+def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
+    """The file's decompressed bytes, and how many bytes of the file itself have been read (for progress)."""
     if file.is_stdin:
-        return sys.stdin.buffer
+        return sys.stdin.buffer, lambda: 0
     assert file.fs is not None
     try:
-        stream: IO[bytes] = file.fs.open_input_stream(file.fs_path, compression="detect")
-        return stream
-    except (pa.ArrowException, OSError) as exc:
+        raw = file.fs.open_input_file(file.fs_path)  # random access: its position gives progress
+        codec = pa.Codec.detect(file.fs_path) if file.format_compressed else None
+        stream: IO[bytes] = pa.CompressedInputStream(raw, codec.name) if codec is not None else raw
+        size = file.size or 0
+        return stream, lambda: size if raw.closed else raw.tell()
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
 
 
@@ -312,13 +316,11 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.nd
 
 
 def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
-    stream = _open_text(file)
+    stream, file_position = _open_text(file)
     line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
     pending: list[np.ndarray] = []
     pending_tokens = 0
     row = 0
-    bytes_read = 0
-    compressed = file.format_compressed
     skipped = Skipped()
 
     def flush() -> DocBatch:
@@ -333,7 +335,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         def label(r: int) -> dict[str, int]:
             return {"line": lines[r - batch_start]}
 
-        done = min(bytes_read / file.size, 1.0) if file.size and not compressed else 0.0
+        done = min(file_position() / file.size, 1.0) if file.size else 0.0
         if opts.skip_bad:
             kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
             batch = DocBatch(file_index, row, offsets, kept, done, skipped + more)
@@ -347,7 +349,6 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
 
     try:
         for line_no, raw in enumerate(_lines(stream), start=1):
-            bytes_read += len(raw) + 1
             if not raw.strip():
                 continue
             try:
