@@ -10,8 +10,11 @@ Lengths are kept as read (before EOS), so a saved histogram can be evaluated wit
 
 from __future__ import annotations
 
+import errno
 import json
+import posixpath
 import re
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -382,15 +385,29 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
 
 
 def save_json(document: dict[str, Any], out: str) -> None:
-    """Write a JSON document to ``out`` (local path or URI): to a temporary name first, then renamed."""
+    """Write a JSON document to ``out`` (local path or URI): to a temporary name beside it, then renamed.
+
+    The temporary name is unique, so two runs writing the same file never share one, and it is removed whenever the
+    write fails (full disk, Ctrl-C), so a failure leaves ``out`` as it was and nothing beside it.
+    """
     fs, path = filesystem_for(out)
-    temp = f"{path}.bestfit-tmp"
+    folder, name = posixpath.split(path)
+    temp = posixpath.join(folder, f"{name}.{uuid.uuid4().hex[:12]}.bestfit-tmp")
     try:
         with fs.open_output_stream(temp) as stream:
             stream.write(json.dumps(document).encode() + b"\n")
         fs.move(temp, path)
-    except (pa.ArrowException, OSError) as exc:
-        raise OutputError(f"{out}: cannot write ({exc})", fix="check the path and its permissions") from None
+    except BaseException as exc:
+        try:
+            fs.delete_file(temp)
+        except (pa.ArrowException, OSError):
+            pass  # never created, or already renamed
+        if not isinstance(exc, (pa.ArrowException, OSError)):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        raise OutputError(f"{out}: cannot write ({reason})", fix="free disk space, or choose another path" if full
+                          else "check the path and its permissions") from None
 
 
 # ------------------------------------------------------------------------------------------------ table

@@ -3,6 +3,7 @@ looks complete, and a rerun with --overwrite gives exactly the output of an unin
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -256,3 +258,89 @@ def test_json_larger_than_the_pipe_into_a_reader_that_stops_exits_141() -> None:
     process.stdout.close()
     assert process.wait(timeout=120) == 141
     assert process.stderr.read() == b""
+
+
+# ------------------------------------------------------------------------------------------------ histogram -o
+
+
+def test_histogram_on_a_full_disk_leaves_nothing_behind(small_disk: Path) -> None:
+    with (small_disk / "filler").open("wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass  # the disk is full
+    done = subprocess.run([*BESTFIT, "histogram", str(SAMPLES), "-o", str(small_disk / "h.json"), "-q"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"Error: {small_disk / 'h.json'}: cannot write (") and "No space left" in lines[0]
+    assert lines[0].endswith("(free disk space, or choose another path)")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+class FlakyFs:
+    """The local filesystem, recording the temporary names written and failing the rename when told to."""
+
+    def __init__(self, fail_with: BaseException | None = None) -> None:
+        self.fs = pafs.LocalFileSystem()
+        self.fail_with = fail_with
+        self.written: list[str] = []
+
+    def open_output_stream(self, path: str) -> pa.NativeFile:
+        self.written.append(path)
+        return self.fs.open_output_stream(path)
+
+    def move(self, src: str, dest: str) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.fs.move(src, dest)
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+
+def use_fs(monkeypatch: pytest.MonkeyPatch, fs: FlakyFs) -> None:
+    import bestfit_cli.stats
+
+    monkeypatch.setattr(bestfit_cli.stats, "filesystem_for", lambda out: (fs, os.path.abspath(out)))
+
+
+def test_save_json_uses_a_new_temporary_name_each_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bestfit_cli.stats import save_json
+
+    fs = FlakyFs()
+    use_fs(monkeypatch, fs)
+    save_json({"run": 1}, str(tmp_path / "h.json"))
+    save_json({"run": 2}, str(tmp_path / "h.json"))
+    assert len(set(fs.written)) == 2, fs.written  # two runs at once would not write the same file
+    assert all(Path(p).parent == tmp_path for p in fs.written)  # same folder, so the rename stays on one disk
+    assert [p.name for p in tmp_path.iterdir()] == ["h.json"]
+    assert (tmp_path / "h.json").read_text() == '{"run": 2}\n'
+
+
+@pytest.mark.parametrize(("failure", "fix"), [
+    (OSError(errno.ENOSPC, "No space left on device"), "free disk space, or choose another path"),
+    (OSError(errno.EACCES, "Permission denied"), "check the path and its permissions"),
+])
+def test_save_json_failure_is_one_line_and_removes_its_temporary_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: OSError, fix: str) -> None:
+    from bestfit_cli.errors import OutputError
+    from bestfit_cli.stats import save_json
+
+    use_fs(monkeypatch, FlakyFs(fail_with=failure))
+    with pytest.raises(OutputError) as raised:
+        save_json({"run": 1}, str(tmp_path / "h.json"))
+    assert str(raised.value) == f"{tmp_path / 'h.json'}: cannot write ({failure}) ({fix})"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_json_interrupted_removes_its_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bestfit_cli.stats import save_json
+
+    use_fs(monkeypatch, FlakyFs(fail_with=KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        save_json({"run": 1}, str(tmp_path / "h.json"))
+    assert list(tmp_path.iterdir()) == []
