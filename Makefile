@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install  ## pack the shipped sample and print the report
-	$(BIN)/bestfit pack samples/ demo-out/ --config configs/cl100k-2k.toml --overwrite
+	$(BIN)/bestfit pack samples/ demo-out/ --config configs/cl100k-2k.toml --overwrite --verify
 	$(BIN)/bestfit stats samples/ --config configs/cl100k-2k.toml --ctx 2048 --ctx 8192
 
 test: install  ## the whole test suite (reads ../shared/corpora when present)

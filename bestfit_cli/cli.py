@@ -206,7 +206,8 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     seconds = time.perf_counter() - started
     if not quiet:
         _print_table(render_report(result.report))
-        click.echo(f"wrote {result.report.stats.sequences:,} sequences in {len(result.manifest['shards'])} shards "
+        n_shards = len(result.manifest["shards"])
+        click.echo(f"wrote {result.report.stats.sequences:,} sequences in {n_shards} shard{'s' * (n_shards != 1)} "
                    f"to {out} in {seconds:.1f}s", err=True)
     checked = _run_verify(inputs, out) if verify else None
     if checked is not None and not quiet:
@@ -288,6 +289,10 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
                         long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
                         on_bad_record=on_bad_record, dtype=dtype)
+    if plot:
+        from .plot import check_plot_target
+
+        check_plot_target(plot)  # before the read pass, not after it
     started = time.perf_counter()
     result = run_stats(inputs, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started

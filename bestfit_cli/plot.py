@@ -6,6 +6,8 @@ The figure of ``bestfit stats --plot``, after the paper's Figure 4. matplotlib i
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import PurePath
 
 from .errors import BestfitError, OptionError
@@ -16,18 +18,24 @@ _STYLE = {"concat": ("#d62728", "o"), "bestfit": ("#1f77b4", "s"), "ffd": ("#2ca
           "nextfit": ("#9467bd", "v"), "truncate": ("#7f7f7f", "x")}
 
 
+def check_plot_target(path: str) -> None:
+    """Fail before any reading when the figure could not be written: wrong type, no matplotlib, no folder."""
+    if PurePath(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise OptionError(f"--plot {path}: unknown image type", fix="name the file *.png or *.svg")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise BestfitError("--plot needs matplotlib", fix="pip install 'bestfit-cli[plot]'")
+    folder = os.path.dirname(os.path.abspath(path))
+    if "://" not in path and not os.path.isdir(folder):
+        raise OptionError(f"--plot {path}: the folder {folder} does not exist", fix="create it, or choose another path")
+
+
 def plot_truncations(result: StatsResult, path: str) -> None:
     """Write the figure to ``path`` (``.png`` or ``.svg``)."""
-    suffix = PurePath(path).suffix.lower()
-    if suffix not in PLOT_SUFFIXES:
-        raise OptionError(f"--plot {path}: unknown image type", fix="name the file *.png or *.svg")
-    try:
-        import matplotlib
+    check_plot_target(path)
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BestfitError("--plot needs matplotlib", fix="pip install 'bestfit-cli[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     ctxs = sorted(set(result.options.ctx))
     fig, axes = plt.subplots(1, len(ctxs), figsize=(5.5 * len(ctxs), 4.2), squeeze=False, sharey=True)

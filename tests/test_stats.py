@@ -276,3 +276,10 @@ def test_stats_refuses_and_skips_the_ids_pack_refuses_and_skips(tmp_path: Path, 
     assert (report["documents"], report["empty_documents"]) == (pack_stats["documents"], 0)
     assert report["results"][0]["sequences"] == pack_stats["sequences"]
     assert report["inputs"][0]["skipped_records"] == pack_stats["skipped_records"] == 1
+
+
+def test_plot_path_is_checked_before_reading(tmp_path: Path) -> None:
+    # The input does not exist either: the plot's folder is the first thing reported, before any reading.
+    code, stdout, stderr = run_cli("stats", tmp_path / "nope.parquet", "--ctx", 8, "--plot", tmp_path / "no" / "x.png")
+    assert code == 2 and stdout == ""
+    assert "does not exist" in stderr and "x.png" in stderr and "nope.parquet" not in stderr
