@@ -332,7 +332,7 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
     from .stats import measure_histogram, save_json
 
     document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
-                                 on_bad_record=on_bad_record)
+                                 on_bad_record=on_bad_record, dtype=dtype)
     if output == "-":
         click.echo(json.dumps(document))
     else:

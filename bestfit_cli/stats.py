@@ -375,12 +375,16 @@ def _read_with_progress(inputs: Sequence[str], opts: ReadOptions,
 
 
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
-                      progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error"
-                      ) -> dict[str, Any]:
-    """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options."""
-    corpus = _read_with_progress(inputs, ReadOptions(column=column, on_bad_record=on_bad_record), progress_factory)
+                      progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error",
+                      dtype: str = "int32") -> dict[str, Any]:
+    """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options.
+
+    Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
+    """
+    read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record)
+    corpus = _read_with_progress(inputs, read_opts, progress_factory)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
-            "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record},
+            "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
 
 

@@ -283,3 +283,15 @@ def test_plot_path_is_checked_before_reading(tmp_path: Path) -> None:
     code, stdout, stderr = run_cli("stats", tmp_path / "nope.parquet", "--ctx", 8, "--plot", tmp_path / "no" / "x.png")
     assert code == 2 and stdout == ""
     assert "does not exist" in stderr and "x.png" in stderr and "nope.parquet" not in stderr
+
+
+def test_histogram_checks_ids_against_dtype_as_pack_does(tmp_path: Path) -> None:
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([[1, 2], [70_000]], type=pa.list_(pa.int64()))}), path)
+    code, _, stderr = run_cli("histogram", path, "-o", tmp_path / "h.json", "--dtype", "uint16")
+    assert code == 1 and "row 1: token id 70000" in stderr and not (tmp_path / "h.json").exists()
+    code, _, stderr = run_cli("histogram", path, "-o", tmp_path / "h.json", "--dtype", "uint16",
+                              "--on-bad-record", "skip")
+    assert code == 0, stderr
+    saved = json.loads((tmp_path / "h.json").read_text())
+    assert saved["options"]["dtype"] == "uint16" and saved["inputs"][0]["skipped_records"] == 1
