@@ -36,12 +36,22 @@ class Skipped:
 
     count: int = 0
     where: tuple[str, ...] = ()
+    positions: tuple[int, ...] = ()  # the row or line of each entry of ``where``, to merge within one batch
 
     def __add__(self, other: Skipped) -> Skipped:
-        return Skipped(self.count + other.count, (self.where + other.where)[:SKIPPED_EXAMPLES])
+        """Records of a later batch or file: appended after these."""
+        return Skipped(self.count + other.count, (self.where + other.where)[:SKIPPED_EXAMPLES],
+                       (self.positions + other.positions)[:SKIPPED_EXAMPLES])
+
+    def merged(self, other: Skipped) -> Skipped:
+        """Records found by another check of the same batch: the first few kept in row (or line) order."""
+        pairs = sorted(zip(self.positions + other.positions, self.where + other.where, strict=True))
+        return Skipped(self.count + other.count, tuple(w for _, w in pairs[:SKIPPED_EXAMPLES]),
+                       tuple(p for p, _ in pairs[:SKIPPED_EXAMPLES]))
 
     def record(self, error: InputError) -> Skipped:
-        return self + Skipped(1, (f"{error.where} ({error.reason})",))
+        position = error.line if error.line is not None else error.row if error.row is not None else 0
+        return self + Skipped(1, (f"{error.where} ({error.reason})",), (position,))
 
 
 @dataclass(frozen=True)
@@ -230,7 +240,7 @@ def _batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: 
         offsets = np.zeros(len(column) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         ids, offsets, _, more = drop_bad_ids(file, flat, offsets, opts, lambda i: {"row": first_row + i})
-        return DocBatch(file_index, first_row, offsets, ids, skipped=skipped + more)
+        return DocBatch(file_index, first_row, offsets, ids, skipped=skipped.merged(more))
     if column.null_count:
         null_row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputError(file.name, f"'{opts.column}' is null", fix="drop or fill rows without token ids",
@@ -338,7 +348,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         done = min(file_position() / file.size, 1.0) if file.size else 0.0
         if opts.skip_bad:
             kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
-            batch = DocBatch(file_index, row, offsets, kept, done, skipped + more)
+            batch = DocBatch(file_index, row, offsets, kept, done, skipped.merged(more))
             skipped = Skipped()
         else:
             batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)

@@ -336,3 +336,20 @@ def test_too_large_id_names_first_bad_row_and_a_dtype_that_fits(tmp_path: Path, 
     out = tmp_path / "out"
     assert_fails(invoke("pack", path, out, "--ctx", 8, "--dtype", dtype), out, 1,
                  f"big.parquet row {row}: token id {value} ", hint)
+
+
+def test_skip_lists_the_first_bad_records_in_row_order(tmp_path: Path) -> None:
+    # Null rows and bad ids are found by separate checks; the report must still name the first five by row.
+    rows: list[list[int | None] | None] = [[1, 2] for _ in range(20)]
+    rows[2] = None
+    rows[18] = [1, None]
+    for bad in (*range(5, 12), 15):
+        rows[bad] = [3, -1]
+    path = tmp_path / "order.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(rows, type=pa.list_(pa.int64()))}), path)
+    result = invoke("pack", path, tmp_path / "out", "--ctx", 8, "--on-bad-record", "skip", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["skipped_records"] == 10
+    assert [entry.split(" (")[0] for entry in report["skipped_first"]] == [
+        f"{path} row {row}" for row in (2, 5, 6, 7, 8)]
