@@ -24,7 +24,7 @@ from .errors import InputError, OptionError
 from .fs import InputFile, check_output_location, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
 from .window import (
@@ -305,27 +305,27 @@ class _InputTracker:
     def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None,
                  tokens_read: Callable[[int], None] | None = None) -> None:
         self.inputs = inputs
-        self.documents = [0] * len(inputs)
-        self.skipped = [Skipped()] * len(inputs)
+        self.counts = InputCounts.for_files(len(inputs))
+        self.documents, self.skipped = self.counts.documents, self.counts.skipped
         self.progress = progress
         self.tokens_read = tokens_read
         self.tokens = 0
         self._done = [0] * len(inputs)
 
     def batches(self, opts: ReadOptions) -> Iterator[DocBatch]:
-        for index, file in enumerate(self.inputs):
-            if file.size == 0:
-                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
-            for batch in read_file(file, index, opts):
-                self.documents[index] += batch.n_docs
-                self.skipped[index] += batch.skipped
-                self.tokens += batch.n_tokens
-                if self.tokens_read is not None:
-                    self.tokens_read(self.tokens)
-                self._advance(index, batch.fraction_done)
-                yield batch
-                kill_point("reading")
-            self._advance(index, 1.0)
+        reading = 0
+        for batch in read_inputs(self.inputs, opts, self.counts):
+            for finished in range(reading, batch.file_index):  # files before this batch's are read whole
+                self._advance(finished, 1.0)
+            reading = batch.file_index
+            self.tokens += batch.n_tokens
+            if self.tokens_read is not None:
+                self.tokens_read(self.tokens)
+            self._advance(reading, batch.fraction_done)
+            yield batch
+            kill_point("reading")
+        for finished in range(reading, len(self.inputs)):
+            self._advance(finished, 1.0)
 
     def _advance(self, index: int, fraction: float) -> None:
         size = self.inputs[index].size or 0

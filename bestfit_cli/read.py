@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
@@ -384,6 +384,30 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
 
 
 READERS: dict[str, Reader] = {"parquet": read_parquet, "jsonl": read_jsonl}
+
+
+@dataclass
+class InputCounts:
+    """Records read and bad records skipped, per input file, tallied as ``read_inputs`` hands batches on."""
+
+    documents: list[int]
+    skipped: list[Skipped]
+
+    @classmethod
+    def for_files(cls, n_files: int) -> InputCounts:
+        return cls([0] * n_files, [Skipped()] * n_files)
+
+
+def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts) -> Iterator[DocBatch]:
+    """Batches of every input file, in input order (what ``pack`` and ``verify`` both read); an empty file is an
+    error, since it is almost always an interrupted copy."""
+    for index, file in enumerate(files):
+        if file.size == 0:
+            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+        for batch in read_file(file, index, opts):
+            counts.documents[index] += batch.n_docs
+            counts.skipped[index] += batch.skipped
+            yield batch
 
 
 def read_file(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:

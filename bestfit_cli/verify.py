@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import InputError, VerifyError
+from .errors import VerifyError
 from .fs import filesystem_for, resolve_inputs
 from .histogram import LONG_DOC_POLICIES
 from .pipeline import MANIFEST_FORMAT, MAX_CTX
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, read_file
+from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .window import span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX
 
@@ -362,21 +362,11 @@ class _InputDocs:
 
     def __init__(self, files: Sequence[Any], opts: ReadOptions) -> None:
         self.files = files
-        self.documents = [0] * len(files)
-        self.skipped = [Skipped()] * len(files)
+        counts = InputCounts.for_files(len(files))
+        self.documents, self.skipped = counts.documents, counts.skipped
         self.position = 0
-        self._batches = self._read(opts)
+        self._batches = (batch for batch in read_inputs(files, opts, counts) if batch.n_docs)
         self._held: DocBatch | None = None
-
-    def _read(self, opts: ReadOptions) -> Iterator[DocBatch]:
-        for index, file in enumerate(self.files):
-            if file.size == 0:
-                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
-            for batch in read_file(file, index, opts):
-                self.documents[index] += batch.n_docs
-                self.skipped[index] += batch.skipped
-                if batch.n_docs:
-                    yield batch
 
     def take(self, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
         """Lengths and concatenated tokens of the next ``n_docs`` documents (fewer when the inputs end)."""
