@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, OptionError
+from .formats import FORMATS, PackedRows
 from .fs import InputFile, check_output_location, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
@@ -37,7 +38,7 @@ from .window import (
     window_tokens_for_memory,
     windows,
 )
-from .write import FORMATS, MANIFEST, STATS, PackedRows, ShardInfo, ShardWriter, shard_name
+from .write import MANIFEST, STATS, ShardInfo, ShardWriter, shard_name
 
 MANIFEST_FORMAT = "bestfit.packed"
 MANIFEST_VERSION = 1

@@ -1,7 +1,7 @@
 """Write: packed rows to fixed-length shards, atomically, with the manifest last.
 
-``PackedRows`` is what a window's plan becomes once tokens are gathered. An ``OutputFormat`` turns rows into the
-bytes of one shard (Parquet here; other formats plug in beside it). ``ShardWriter`` owns the output folder: each
+``PackedRows`` is what a window's plan becomes once tokens are gathered. An ``OutputFormat`` (``formats/``, one
+module per format) turns rows into the bytes of one shard. ``ShardWriter`` owns the output folder: each
 shard is written to a temporary name and renamed into place, and ``manifest.json`` is written last, so a folder
 without a manifest is never a finished output. On a local disk each file is fsynced before its rename and the folder
 before and after the manifest's, so that holds after a power loss too; an object store's put is atomic already.
@@ -16,84 +16,18 @@ import posixpath
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .errors import OutputError
+from .formats import FORMATS, OutputFormat
 from .fs import filesystem_for
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 TMP_PREFIX = ".bestfit-tmp-"
-
-
-@dataclass(frozen=True)
-class PackedRows:
-    """``n_rows`` sequences of ``ctx`` tokens; row ``r`` holds pieces ``piece_offsets[r]:piece_offsets[r+1]``."""
-
-    ctx: int
-    tokens: np.ndarray  # n_rows * ctx
-    piece_offsets: np.ndarray  # n_rows + 1
-    seq_lengths: np.ndarray
-    doc_index: np.ndarray
-    doc_offset: np.ndarray
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.piece_offsets) - 1
-
-
-class OutputFormat(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def suffix(self) -> str: ...
-
-    def encode(self, rows: PackedRows) -> bytes: ...
-
-
-def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
-
-
-@dataclass(frozen=True)
-class ParquetFormat:
-    """The documented output: ``input_ids``, ``seq_lengths``, ``doc_index``, ``doc_offset`` (docs/format.md)."""
-
-    compression: str = "zstd"
-    row_group_rows: int = 1024
-    name: str = "parquet"
-    suffix: str = ".parquet"
-
-    def table(self, rows: PackedRows) -> pa.Table:
-        token_offsets = np.arange(rows.n_rows + 1, dtype=np.int64) * rows.ctx
-        if token_offsets[-1] >= 2**31:
-            raise OutputError("a shard would hold 2**31 tokens or more", fix="lower --rows-per-shard")
-        token_type = pa.from_numpy_dtype(rows.tokens.dtype)
-        return pa.table({
-            "input_ids": _list_array(token_offsets, rows.tokens, token_type),
-            "seq_lengths": _list_array(rows.piece_offsets, rows.seq_lengths.astype(np.int32), pa.int32()),
-            "doc_index": _list_array(rows.piece_offsets, rows.doc_index.astype(np.int64), pa.int64()),
-            "doc_offset": _list_array(rows.piece_offsets, rows.doc_offset.astype(np.int64), pa.int64()),
-        })
-
-    def encode(self, rows: PackedRows) -> bytes:
-        sink = pa.BufferOutputStream()
-        # No dictionary pages: token ids have too many distinct values for them to pay (measured: a third faster
-        # and 5 % smaller on cl100k shards, see docs/benchmarks.md).
-        pq.write_table(self.table(rows), sink, compression=self.compression, row_group_size=self.row_group_rows,
-                       use_dictionary=False)
-        data: bytes = sink.getvalue().to_pybytes()
-        return data
-
-
-PARQUET: OutputFormat = ParquetFormat()
-FORMATS: dict[str, OutputFormat] = {"parquet": PARQUET}
 
 
 @dataclass(frozen=True)
