@@ -1,4 +1,5 @@
-# Everything runs inside .venv, created from this project's own pyproject.toml on first use.
+# Everything runs inside .venv, created from this project's own pyproject.toml on first use, with the training
+# stack (the `train` extra: CPU torch, transformers, trl, datasets, megatron-core) so the training tests run too.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 demo: install  ## pack the shipped sample and print the report
