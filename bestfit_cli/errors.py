@@ -47,3 +47,45 @@ class OutputError(BestfitError):
 
 class VerifyError(BestfitError):
     """Packed output does not match its inputs or manifest."""
+
+
+def check_field_types(options: object) -> None:
+    """Refuse option values of the wrong type in a dataclass of options, as the CLI's parser would.
+
+    The library is called from Python too: ``ctx=16.5``, ``eos_id=True`` or ``seed="1"`` must be the same one-line
+    usage error as on the command line, not a numpy error later or a silently rounded value. Handles ``int``,
+    ``bool``, ``str``, ``Literal[...]``, ``X | None`` and ``tuple[str, ...]`` fields; others are left to ``validate``.
+    """
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):  # type: ignore[arg-type]
+        value = getattr(options, f.name)
+        wanted = hints.get(f.name)
+        args = typing.get_args(wanted)
+        flag = "--" + f.name.replace("_", "-")
+        if typing.get_origin(wanted) in (typing.Union, types.UnionType) and type(None) in args:
+            if value is None:
+                continue
+            rest = [a for a in args if a is not type(None)]
+            wanted = rest[0] if len(rest) == 1 else None
+        if typing.get_origin(wanted) is tuple:  # a repeatable option: each value as one of that type
+            if not isinstance(value, tuple):
+                raise OptionError(f"{flag} {value!r} is not a tuple", fix=f"give {flag} a tuple of values")
+            for item in value:
+                _check_one(flag, item, typing.get_args(wanted)[0])
+        else:
+            _check_one(flag, value, wanted)
+
+
+def _check_one(flag: str, value: object, wanted: object) -> None:
+    import typing
+
+    if wanted is int and type(value) is not int:  # bool is an int subclass: refused too
+        raise OptionError(f"{flag} {value!r} is not an integer", fix=f"give {flag} a whole number")
+    if wanted is bool and type(value) is not bool:
+        raise OptionError(f"{flag} {value!r} is not true or false", fix=f"give {flag} True or False")
+    if (wanted is str or typing.get_origin(wanted) is typing.Literal) and not isinstance(value, str):
+        raise OptionError(f"{flag} {value!r} is not a string", fix=f"give {flag} a name such as the CLI takes")

@@ -141,12 +141,23 @@ def _expand_glob(arg: str) -> list[str]:
     return sorted(glob.glob(arg, recursive=True))
 
 
-def resolve_inputs(args: Sequence[str]) -> list[InputFile]:
+InputArgs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def input_args(args: InputArgs) -> list[str]:
+    """Input arguments as a list of strings: one path given from Python is one input, not one per character."""
+    if isinstance(args, (str, os.PathLike)):
+        return [os.fspath(args)]
+    return [os.fspath(arg) for arg in args]
+
+
+def resolve_inputs(args: InputArgs) -> list[InputFile]:
     """Expand input arguments into files, in the documented order.
 
     Arguments keep their order; a folder contributes its files in sorted path order (searched recursively,
     hidden and ``_``-prefixed entries skipped); a glob contributes its matches sorted; ``-`` is JSONL on stdin.
     """
+    args = input_args(args)
     if not args:
         raise InputError("IN", "no input given", fix="pass one or more files, folders or globs, or - for stdin")
     if list(args).count(STDIN) > 1:
@@ -198,7 +209,7 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_output_location(out: str, input_args: Sequence[str], inputs: Sequence[InputFile]) -> None:
+def check_output_location(out: str, given: InputArgs, inputs: Sequence[InputFile]) -> None:
     """Refuse an OUT inside an input folder (a rerun would read its own output) or holding an input file.
 
     Paths are compared after resolving links and ``file://`` URIs, so no spelling of a folder gets past it.
@@ -206,7 +217,7 @@ def check_output_location(out: str, input_args: Sequence[str], inputs: Sequence[
     out_real = _local_real_path(out)
     if out_real is None:
         return
-    for arg in input_args:
+    for arg in input_args(given):
         root = _local_real_path(arg)
         if root is not None and os.path.isdir(root) and _inside(out_real, root):
             raise OutputError(f"{out}: OUT lies inside the input folder {arg}",

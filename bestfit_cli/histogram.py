@@ -62,12 +62,31 @@ class LengthHistogram:
     def from_json(cls, data: dict[str, Any]) -> LengthHistogram:
         if data.get("schema") != HISTOGRAM_SCHEMA:
             raise ValueError(f"not a bestfit length histogram (schema {data.get('schema')!r})")
-        lengths = np.asarray(data["lengths"], dtype=np.int64)
-        counts = np.asarray(data["counts"], dtype=np.int64)
-        if lengths.shape != counts.shape or np.any(np.diff(lengths) <= 0) or np.any(counts < 0) or np.any(
-                lengths < 0):
-            raise ValueError("histogram lengths must be increasing and counts non-negative")
-        return cls(lengths, counts)
+        lengths = _integers(data, "lengths")
+        counts = _integers(data, "counts")
+        if lengths.shape != counts.shape:
+            raise ValueError(f"'lengths' has {len(lengths)} entries and 'counts' {len(counts)}")
+        if np.any(np.diff(lengths) <= 0) or np.any(lengths < 0):
+            raise ValueError("'lengths' must be non-negative and strictly increasing")
+        if np.any(counts < 0):
+            raise ValueError("'counts' must be non-negative")
+        hist = cls(lengths, counts)
+        # The totals are redundant; a file whose totals disagree with its counts was edited or damaged.
+        for key, value in (("documents", hist.documents), ("tokens", hist.tokens)):
+            if key in data and (type(data[key]) is not int or data[key] != value):
+                raise ValueError(f"'{key}' is {data[key]!r} but the counts add up to {value}")
+        return hist
+
+
+def _integers(data: dict[str, Any], key: str) -> np.ndarray:
+    """A JSON list of integers as int64; floats, booleans, strings and nesting are refused, not rounded."""
+    values = data[key]
+    if not isinstance(values, list) or any(type(v) is not int for v in values):
+        raise ValueError(f"'{key}' must be a list of integers")
+    try:
+        return np.asarray(values, dtype=np.int64).reshape(-1)
+    except OverflowError:
+        raise ValueError(f"'{key}' holds a value beyond int64") from None
 
 
 def piece_counts(hist: LengthHistogram, ctx: int, long_docs: LongDocs = "split") -> np.ndarray:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import InputError, OptionError
+from .errors import InputError, OptionError, check_field_types
 from .formats import FORMATS, PackedRows
-from .fs import InputFile, check_output_location, resolve_inputs
+from .fs import InputArgs, InputFile, check_output_location, input_args, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
@@ -128,6 +128,7 @@ class PackOptions:
         return replace(self, window_tokens=window_tokens)
 
     def validate(self) -> None:
+        check_field_types(self)
         if not 1 <= self.ctx <= MAX_CTX:
             raise OptionError(f"--ctx {self.ctx} is out of range", fix=f"choose a sequence length in 1..{MAX_CTX}")
         if self.long_docs not in LONG_DOC_POLICIES:
@@ -336,7 +337,7 @@ class _InputTracker:
             self._done[index] = done
 
 
-def pack(inputs: Sequence[str], out: str, opts: PackOptions,
+def pack(inputs: InputArgs, out: str, opts: PackOptions,
          progress_factory: Callable[[int], Any] | None = None) -> PackResult:
     """Pack token documents from ``inputs`` into fixed-length sequences in the folder ``out``.
 
@@ -344,6 +345,7 @@ def pack(inputs: Sequence[str], out: str, opts: PackOptions,
     """
     opts.validate()
     opts = opts.resolved()
+    inputs = input_args(inputs)
     files = resolve_inputs(inputs)
     check_output_location(out, inputs, files)
     total_bytes = sum(f.size or 0 for f in files)

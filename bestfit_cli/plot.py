@@ -66,7 +66,8 @@ def plot_truncations(result: StatsResult, path: str) -> None:
         ax.axvline(ctx, color="black", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_yscale("symlog", linthresh=0.1)
-        ax.set_xlabel("document length (tokens, EOS included)")
+        ax.set_xlabel("document length (tokens, EOS included)" if result.eos_id is not None
+                      else "document length (tokens)")
         ax.set_title(f"ctx {ctx:,}")
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("truncations per document")

@@ -99,7 +99,7 @@ def render_report(report: Report, title: str = "bestfit pack") -> Any:
     table.add_column("best-fit", justify="right")
     table.add_column("concat", justify="right")
     table.add_row("documents", f"{s.documents:,}", f"{s.documents:,}")
-    table.add_row("tokens (incl. EOS)", f"{s.tokens:,}", f"{s.tokens:,}")
+    table.add_row("tokens (incl. EOS)" if s.eos_tokens else "tokens", f"{s.tokens:,}", f"{s.tokens:,}")
     table.add_row("sequences", f"{s.sequences:,}", f"{report.concat_sequences:,}")
     table.add_row("  lower bound", f"{data['sequences_lower_bound']:,}", f"{data['sequences_lower_bound']:,}")
     concat_padding = report.concat_sequences * report.ctx - s.tokens
@@ -108,6 +108,9 @@ def render_report(report: Report, title: str = "bestfit pack") -> Any:
     table.add_row("truncated documents", f"{s.truncated_documents:,} ({_pct(s.truncated_documents, s.documents)})",
                   f"{report.concat_truncated_documents:,} ({_pct(report.concat_truncated_documents, s.documents)})")
     table.add_row("truncations", f"{s.truncations:,}", f"{report.concat_truncations:,}")
+    if s.clipped_documents:
+        # A clipped document did not end where it was cut, so it gets no EOS (docs/usage.md, --long-docs).
+        table.add_row("clipped to ctx (no EOS)", f"{s.clipped_documents:,} docs", "")
     if s.dropped_documents or s.dropped_tokens or s.empty_documents:
         table.add_row("dropped", f"{s.dropped_documents:,} docs, {s.dropped_tokens:,} tokens", "")
         table.add_row("empty documents skipped", f"{s.empty_documents:,}", "")

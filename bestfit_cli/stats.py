@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
-from .errors import InputError, OptionError, OutputError
+from .errors import InputError, OptionError, OutputError, check_field_types
 from .fs import InputFile, filesystem_for, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX
@@ -60,6 +60,7 @@ class StatsOptions:
     dtype: str = "int32"  # ids that do not fit are refused (or skipped), as pack refuses them
 
     def validate(self) -> None:
+        check_field_types(self)
         if not self.ctx:
             raise OptionError("no --ctx given", fix="pass --ctx N (repeat it for several lengths)")
         for ctx in self.ctx:
@@ -292,10 +293,11 @@ def bucket_rows(r: StrategyCounts, n_buckets: int) -> list[dict[str, Any]]:
 
 
 def resolve_eos(opts: StatsOptions, corpus: CorpusLengths) -> int | None:
-    """``--eos-id`` if given, else what the saved histograms recorded; token files record none."""
+    """``--eos-id`` if given, else what the saved histograms recorded (token files record nothing, so they do not
+    disagree with a histogram)."""
     if opts.eos_id is not None:
         return opts.eos_id
-    recorded = {item.get("eos_id") for item in corpus.inputs}
+    recorded = {item.get("eos_id") for item in corpus.inputs if item.get("format") == "histogram"}
     if len(recorded) > 1:
         raise OptionError("the inputs were measured with different --eos-id settings",
                           fix="pass --eos-id ID to choose one for all of them")
@@ -308,6 +310,10 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
     eos_id = resolve_eos(opts, corpus)
     eos = eos_id is not None
     hist = _packed_histogram(corpus.histogram, eos)
+    if hist.documents == 0:  # as pack refuses it: nothing to pack is not a comparison
+        names = ", ".join(str(item["path"]) for item in corpus.inputs)[:200]
+        raise InputError(names, f"input holds no documents with tokens ({corpus.histogram.documents:,} records read)",
+                         fix="check the inputs and --column")
     if corpus.in_order is not None:
         raw = corpus.in_order
         in_order = _packed(raw, eos)
@@ -381,6 +387,11 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
 
     Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
     """
+    if dtype not in TOKEN_DTYPES:
+        raise OptionError(f"--dtype {dtype!r} is unknown", fix=f"use one of {', '.join(TOKEN_DTYPES)}")
+    if eos_id is not None and eos_id > np.iinfo(TOKEN_DTYPES[dtype]).max:
+        raise OptionError(f"--eos-id {eos_id} does not fit the token dtype {dtype}",
+                          fix="use a smaller id, or a wider --dtype")  # the words pack and stats use
     read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record)
     corpus = _read_with_progress(inputs, read_opts, progress_factory)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
@@ -428,7 +439,22 @@ def _delta(r: StrategyCounts, base: StrategyCounts | None, key: str) -> str:
     value, reference = getattr(r, key), getattr(base, key)
     if reference == 0:
         return "" if value == 0 else " [dim]new[/]"
-    return f" [dim]{100 * (value - reference) / reference:+.0f}%[/]"
+    return f" [dim]{percent_change(value, reference)}[/]"
+
+
+def percent_change(value: float, reference: float) -> str:
+    """``value`` against ``reference`` in percent, with as many digits as it takes for a change never to look like
+    none: ``-0.3%``, ``+0.0041%``, ``+12%``."""
+    change = 100 * (value - reference) / reference
+    if change == 0:
+        return "0%"
+    if abs(change) >= 10:
+        return f"{change:+.0f}%"
+    if abs(change) >= 1:
+        return f"{change:+.1f}%"
+    if abs(change) >= 1e-4:
+        return f"{change:+.2g}%"
+    return f"{'+' if change > 0 else '-'}<0.0001%"
 
 
 def _size(n: int) -> str:
