@@ -105,6 +105,27 @@ def _parse_memory(_ctx: click.Context, _param: click.Parameter, value: str | Non
         raise click.BadParameter(str(exc)) from None
 
 
+def _one_ctx(_ctx: click.Context, _param: click.Parameter, value: tuple[int, ...]) -> int:
+    """pack takes one --ctx; a second one is a usage error rather than silently replacing the first."""
+    if len(value) > 1:
+        raise click.BadParameter(f"given {len(value)} times ({', '.join(map(str, value))}); pack takes one "
+                                 "sequence length (bestfit stats compares several)")
+    return value[0]
+
+
+def _memory_or_window(memory: int | None, window_tokens: int | None) -> tuple[int | None, int | None]:
+    """--memory and --window-tokens both set the window: a flag beats a BESTFIT_* variable, which beats the config
+    file; both from one place is an error."""
+    if memory is None or window_tokens is None:
+        return memory, window_tokens
+    from .config import stronger_option
+
+    if stronger_option(click.get_current_context(), "memory", "window_tokens",
+                       fix="--memory sets the window") == "memory":
+        return memory, None
+    return None, window_tokens
+
+
 def _progress(quiet: bool) -> Callable[[int], Any] | None:
     if quiet or not sys.stderr.isatty():
         return None
@@ -148,7 +169,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IN...")
 @click.argument("out", metavar="OUT")
-@click.option("--ctx", type=int, required=True, help="Sequence length in tokens.")
+@click.option("--ctx", type=int, multiple=True, required=True, callback=_one_ctx, help="Sequence length in tokens.")
 @input_options
 @click.option("--pad-id", type=click.IntRange(min=0), default=None,
               help="Padding token id.  [default: the EOS id if given, else 0]")
@@ -184,15 +205,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     from .pipeline import pack as run_pack
     from .report import render_report
 
-    if memory is not None and window_tokens is not None:
-        from .config import stronger_option
-
-        # A flag beats a BESTFIT_* variable, which beats the config file; both in one place is an error.
-        if stronger_option(click.get_current_context(), "memory", "window_tokens",
-                           fix="--memory sets the window") == "memory":
-            window_tokens = None
-        else:
-            memory = None
+    memory, window_tokens = _memory_or_window(memory, window_tokens)
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
@@ -269,6 +282,10 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
 @input_options
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
               help="Window size pack would use, so bestfit matches it.  [default: 134217728]")
+@click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
+              help="pack's memory budget: bestfit then plans the windows pack would (it sets --window-tokens).")
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
+              help="pack's --rows-per-shard; with --memory it changes pack's window, so bestfit follows it.")
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
@@ -276,8 +293,8 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
               help="Write truncations per document against document length to FILE.png or FILE.svg.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
-          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, on_bad_record: str,
-          as_json: bool, plot: str | None, quiet: bool) -> None:
+          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, memory: int | None,
+          rows_per_shard: int | None, on_bad_record: str, as_json: bool, plot: str | None, quiet: bool) -> None:
     """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
 
     IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
@@ -286,9 +303,11 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     from .pipeline import DEFAULT_WINDOW_TOKENS
     from .stats import StatsOptions, render_stats, run_stats
 
+    memory, window_tokens = _memory_or_window(memory, window_tokens)
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
                         long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
-                        on_bad_record=on_bad_record, dtype=dtype)
+                        on_bad_record=on_bad_record, dtype=dtype, memory=memory,
+                        rows_per_shard=rows_per_shard or 0)
     if plot:
         from .plot import check_plot_target
 

@@ -35,6 +35,7 @@ from .window import (
     make_pieces,
     packed_lengths,
     span_steps,
+    window_documents_for,
     window_tokens_for_memory,
     windows,
 )
@@ -88,6 +89,7 @@ class PackOptions:
     rows_per_shard: int = 0  # 0: SHARD_TOKENS // ctx rows, at least 1
     dtype: str = "int32"
     window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_documents: int = 0  # 0: window.window_documents_for(window_tokens), which bounds per-document memory
     workers: int = 0  # 0: the number of usable cores
     memory: int | None = None  # bytes; sets window_tokens (window.window_tokens_for_memory) and caps windows in flight
     format: str = "parquet"
@@ -114,7 +116,10 @@ class PackOptions:
         opts = self
         if not opts.rows_per_shard:
             opts = replace(opts, rows_per_shard=max(1, SHARD_TOKENS // opts.ctx))
-        return opts.with_memory_window()
+        opts = opts.with_memory_window()
+        if not opts.window_documents:
+            opts = replace(opts, window_documents=window_documents_for(opts.window_tokens))
+        return opts
 
     def with_memory_window(self) -> PackOptions:
         """These options with ``window_tokens`` derived from the ``memory`` budget (unchanged without one)."""
@@ -142,8 +147,13 @@ class PackOptions:
                                   fix=f"use an id in 0..{info.max}, or a wider --dtype")
         if self.rows_per_shard < 0:
             raise OptionError("--rows-per-shard must be at least 1 (or 0 for the default)")
-        if self.window_tokens < 1:
-            raise OptionError("--window-tokens must be at least 1")
+        if self.window_tokens < self.ctx:
+            raise OptionError(f"--window-tokens {self.window_tokens:,} is smaller than --ctx {self.ctx:,}, so every "
+                              "window would fill less than one sequence (windows never share one)",
+                              fix="give --window-tokens of at least ctx (5000 x ctx keeps the extra sequences "
+                                  "under 0.01 %), or --memory")
+        if self.window_documents < 0:
+            raise OptionError("window_documents must be 0 (derived from the window) or more")
         if self.workers < 0:
             raise OptionError("--workers must be 0 (all cores) or more")
         if self.format not in FORMATS:
@@ -363,7 +373,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit-shard") as shard_pool:
             pending: list[Future[WindowResult]] = []
             try:
-                for window in windows(tracker.batches(read_opts), opts.window_tokens):
+                for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents):
                     concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
                     pending.append(pool.submit(pack_window, window, opts, writer, shard_pool))
                     del window

@@ -26,7 +26,7 @@ from . import __version__
 from .errors import InputError, OptionError, OutputError, check_field_types
 from .fs import InputFile, filesystem_for, resolve_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
-from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX
+from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, ReadOptions, Skipped, read_lengths
 from .strategies import (
     STRATEGIES,
@@ -40,6 +40,7 @@ from .strategies import (
     nextfit,
     truncate,
 )
+from .window import window_bounds
 
 STATS_SCHEMA = "bestfit.compare/1"
 _HISTOGRAM_PREFIX = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"bestfit\.histogram/')
@@ -58,6 +59,15 @@ class StatsOptions:
     window_tokens: int = DEFAULT_WINDOW_TOKENS
     on_bad_record: str = "error"
     dtype: str = "int32"  # ids that do not fit are refused (or skipped), as pack refuses them
+    memory: int | None = None  # pack's --memory: sets pack's windows, so bestfit here plans the same ones
+    rows_per_shard: int = 0  # pack's --rows-per-shard: with memory, it changes pack's window
+    window_documents: int = 0
+
+    def pack_windows(self, ctx: int) -> tuple[int, int]:
+        """``(window_tokens, window_documents)`` of ``pack`` with these options at ``ctx``: the same definition."""
+        opts = PackOptions(ctx=ctx, dtype=self.dtype, window_tokens=self.window_tokens, memory=self.memory,
+                           rows_per_shard=self.rows_per_shard, window_documents=self.window_documents).resolved()
+        return opts.window_tokens, opts.window_documents
 
     def validate(self) -> None:
         check_field_types(self)
@@ -72,8 +82,10 @@ class StatsOptions:
                               fix=f"use any of {', '.join(STRATEGIES)}")
         if self.long_docs not in LONG_DOC_POLICIES:
             raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
-        if self.window_tokens < 1:
-            raise OptionError("--window-tokens must be at least 1")
+        for ctx in self.ctx:  # what pack refuses at this ctx (a window smaller than ctx, a budget too small)
+            PackOptions(ctx=ctx, window_tokens=self.window_tokens, memory=self.memory,
+                        rows_per_shard=self.rows_per_shard, window_documents=self.window_documents).validate()
+            self.pack_windows(ctx)
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
         if self.dtype not in TOKEN_DTYPES:
@@ -196,23 +208,6 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
 # ------------------------------------------------------------------------------------------------ comparing
 
 
-def window_bounds(raw_lengths: np.ndarray, window_tokens: int) -> list[tuple[int, int]]:
-    """Document ranges of ``pack``'s windows (``window.windows``), computed from the lengths alone.
-
-    A window takes documents while their tokens (before EOS) stay within ``window_tokens``; a document longer
-    than that is a window of its own.
-    """
-    bounds = np.zeros(len(raw_lengths) + 1, dtype=np.int64)
-    np.cumsum(raw_lengths, out=bounds[1:])
-    windows, start = [], 0
-    while start < len(raw_lengths):
-        end = int(np.searchsorted(bounds, bounds[start] + window_tokens, side="right")) - 1
-        end = max(end, start + 1)
-        windows.append((start, end))
-        start = end
-    return windows
-
-
 def _packed(raw_lengths: np.ndarray, eos: bool) -> np.ndarray:
     """Non-empty documents' lengths as packed: EOS appended when there is one."""
     nonempty = raw_lengths[raw_lengths > 0]
@@ -314,17 +309,24 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
         names = ", ".join(str(item["path"]) for item in corpus.inputs)[:200]
         raise InputError(names, f"input holds no documents with tokens ({corpus.histogram.documents:,} records read)",
                          fix="check the inputs and --column")
-    if corpus.in_order is not None:
-        raw = corpus.in_order
-        in_order = _packed(raw, eos)
-        windows = [LengthHistogram.from_lengths(_packed(raw[a:b], eos)) for a, b in window_bounds(
-            raw, opts.window_tokens)]
-    else:
-        in_order, windows = None, [hist]
-    # pack plans windows of consecutive documents; a histogram has no order, so bestfit plans it as one window.
-    unwindowed = in_order is None and corpus.histogram.tokens > opts.window_tokens
+    raw = corpus.in_order
+    in_order = _packed(raw, eos) if raw is not None else None
+    planned: dict[tuple[int, int], list[LengthHistogram]] = {}
     results = []
     for ctx in sorted(set(opts.ctx)):
+        # pack's windows at this ctx (with --memory they depend on it); a histogram has no order, so bestfit
+        # plans it as one window, flagged when pack would have cut it into several.
+        window_tokens, window_documents = opts.pack_windows(ctx)
+        if raw is None:
+            windows = [hist]
+        else:
+            key = (window_tokens, window_documents)
+            if key not in planned:
+                planned[key] = [LengthHistogram.from_lengths(_packed(raw[a:b], eos))
+                                for a, b in window_bounds(raw, window_tokens, window_documents)]
+            windows = planned[key]
+        unwindowed = raw is None and (corpus.histogram.tokens > window_tokens
+                                      or corpus.histogram.documents > window_documents)
         for strategy in dict.fromkeys(opts.strategies):  # each once, in the order given
             results.append(_run(strategy, ctx, opts, hist, in_order, windows, unwindowed))
     max_length = int(hist.lengths[-1]) if hist.lengths.size else 1

@@ -101,15 +101,19 @@ class _WindowBuffer:
         return Window(index, first_doc, offsets, tokens)
 
 
-def windows(batches: Iterable[DocBatch], window_tokens: int) -> Iterator[Window]:
-    """Group consecutive documents into windows of at most ``window_tokens`` tokens.
+def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: int | None = None
+            ) -> Iterator[Window]:
+    """Group consecutive documents into windows of at most ``window_tokens`` tokens and ``window_documents``
+    documents (no document limit when it is None).
 
-    A window ends before the first document that would take it past ``window_tokens``; a document longer than
-    that is a window of its own. Window boundaries depend only on the documents' lengths and ``window_tokens``,
-    never on how the input was batched, so the output does not either.
+    A window ends before the first document that would take it past either limit; a document longer than
+    ``window_tokens`` is a window of its own. Window boundaries depend only on the documents' lengths and the two
+    limits, never on how the input was batched, so the output does not either (``stats.window_bounds`` computes
+    the same boundaries from the lengths alone).
     """
-    if window_tokens < 1:
-        raise ValueError("window_tokens must be >= 1")
+    if window_tokens < 1 or (window_documents is not None and window_documents < 1):
+        raise ValueError("window_tokens and window_documents must be >= 1")
+    max_docs = window_documents if window_documents is not None else -1
     buffer = _WindowBuffer(window_tokens)
     index = first_doc = 0
     dtype = np.dtype(np.int64)
@@ -117,9 +121,11 @@ def windows(batches: Iterable[DocBatch], window_tokens: int) -> Iterator[Window]
         dtype = batch.tokens.dtype
         pos = 0
         while pos < batch.n_docs:
-            # Documents pos .. pos + fit - 1 still fit in the window being filled.
+            # Documents pos .. pos + fit - 1 still fit in the window being filled (tokens and documents).
             ends = batch.offsets[pos + 1:] - batch.offsets[pos]
             fit = int(np.searchsorted(ends, buffer.room(), side="right"))
+            if max_docs > 0:
+                fit = min(fit, max_docs - buffer.n_docs)
             if fit:
                 buffer.add(batch, pos, pos + fit)
                 pos += fit
@@ -136,6 +142,22 @@ def windows(batches: Iterable[DocBatch], window_tokens: int) -> Iterator[Window]
             del window
     if buffer.n_docs:
         yield buffer.take(index, first_doc, dtype)
+
+
+def window_bounds(raw_lengths: np.ndarray, window_tokens: int, window_documents: int | None = None
+                  ) -> list[tuple[int, int]]:
+    """Document ranges ``[start, end)`` of the windows ``windows`` makes, computed from the lengths alone."""
+    bounds = np.zeros(len(raw_lengths) + 1, dtype=np.int64)
+    np.cumsum(raw_lengths, out=bounds[1:])
+    ranges, start = [], 0
+    while start < len(raw_lengths):
+        end = int(np.searchsorted(bounds, bounds[start] + window_tokens, side="right")) - 1
+        if window_documents is not None:
+            end = min(end, start + window_documents)
+        end = max(end, start + 1)
+        ranges.append((start, end))
+        start = end
+    return ranges
 
 
 @dataclass(frozen=True)
@@ -241,14 +263,28 @@ def span_steps(lengths: np.ndarray, step_tokens: int) -> Iterator[tuple[int, int
 
 # What ``--memory`` assumes (docs/benchmarks.md measures it): besides the windows, the interpreter, libraries and
 # reader take about BASE_BYTES; each shard being written holds its gathered tokens plus its encoded bytes (about
-# SHARD_COPIES times the shard's token bytes); each window in flight costs its token bytes plus the planner's
-# per-piece arrays (WINDOW_OVERHEAD).
+# SHARD_COPIES times the shard's token bytes); each window in flight costs its token bytes (WINDOW_OVERHEAD times
+# them) plus PIECE_BYTES for each of its pieces. A window of T tokens and D documents has at most D + T / ctx
+# pieces (every document is one piece, and only documents longer than ctx give more, one per ctx tokens), and the
+# window closes at DOCUMENT_TOKENS tokens a document on average, so D <= T / DOCUMENT_TOKENS: its memory is bounded
+# whatever the length distribution, down to one-token documents.
 BASE_BYTES = 256 << 20
 SHARD_COPIES = 3
 WINDOW_OVERHEAD = 1.25
 MEMORY_IN_FLIGHT = 2  # windows held at once under --memory: one packing while the next is read
 MIN_WINDOW_TOKENS = 1 << 20
-PIECE_BYTES = 64  # planner and gather arrays per piece (document, start, length, order, sequence, offset, sort keys)
+# Arrays per piece, from reading to the written shard: the window's offsets and lengths, the pieces (document,
+# start, length), the plan (order, sequence, offset), the output order and its sort keys, the gather indices and
+# the shard's seq_lengths, doc_index and doc_offset columns (measured: about 170 bytes for one-token documents).
+PIECE_BYTES = 192
+DOCUMENT_TOKENS = 256  # a window holds at most one document per this many tokens of --window-tokens ...
+MIN_WINDOW_DOCUMENTS = 1 << 16  # ... or this many documents (12 MiB of per-piece arrays), whichever is more
+
+
+def window_documents_for(window_tokens: int) -> int:
+    """The most documents a window of ``window_tokens`` tokens holds: what bounds its per-document arrays."""
+    return max(MIN_WINDOW_DOCUMENTS, window_tokens // DOCUMENT_TOKENS)
+
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
           "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
@@ -269,19 +305,22 @@ def parse_size(text: str) -> int:
 
 
 def window_tokens_for_memory(budget: int, ctx: int, rows_per_shard: int, itemsize: int) -> int:
-    """The largest window whose run stays within ``budget`` bytes.
+    """The largest window whose run stays within ``budget`` bytes for any document lengths.
 
-    ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + window_tokens * token_bytes)`` with
-    ``token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES / ctx`` (a window of ``n`` tokens has at least
-    ``n / ctx`` pieces, each with its planner arrays: negligible at ctx 2048, most of the cost at ctx 8), solved for
-    the window. It depends only on these arguments, never on ``--workers``, so the output does not.
+    ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + MIN_WINDOW_DOCUMENTS * PIECE_BYTES
+    + window_tokens * token_bytes)`` with ``token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES * (1 /
+    DOCUMENT_TOKENS + 1 / ctx)``: a window of ``n`` tokens holds at most ``MIN_WINDOW_DOCUMENTS + n /
+    DOCUMENT_TOKENS`` documents (``window_documents_for``) and ``n / ctx`` further pieces of long documents, each
+    with its per-piece arrays. Solved for the window. It depends only on these arguments, never on ``--workers``,
+    so the output does not.
     """
     shard_bytes = rows_per_shard * ctx * itemsize
-    token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES / ctx
-    room = budget - BASE_BYTES - MEMORY_IN_FLIGHT * SHARD_COPIES * shard_bytes
+    token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES * (1 / DOCUMENT_TOKENS + 1 / ctx)
+    fixed = SHARD_COPIES * shard_bytes + MIN_WINDOW_DOCUMENTS * PIECE_BYTES
+    room = budget - BASE_BYTES - MEMORY_IN_FLIGHT * fixed
     window_tokens = int(room / (MEMORY_IN_FLIGHT * token_bytes)) if room > 0 else 0
     if window_tokens < MIN_WINDOW_TOKENS:
-        need = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + token_bytes * MIN_WINDOW_TOKENS)
+        need = BASE_BYTES + MEMORY_IN_FLIGHT * (fixed + token_bytes * MIN_WINDOW_TOKENS)
         raise ValueError(f"a budget of {budget / 2**20:,.0f} MiB leaves no room for a window of "
                          f"{MIN_WINDOW_TOKENS:,} tokens; it needs at least {need / 2**20:,.0f} MiB at ctx {ctx} "
                          f"and {rows_per_shard} rows per shard")

@@ -59,7 +59,7 @@ def cases(draw: st.DrawFn) -> tuple[PackOptions, list[InputFileSpec]]:
         pad_id=draw(st.one_of(st.none(), st.integers(0, 1000))),
         long_docs=draw(st.sampled_from(LONG_DOC_POLICIES)), seed=draw(st.integers(0, 2**16)),
         shuffle=draw(st.booleans()), rows_per_shard=draw(st.integers(1, 8)),
-        dtype=draw(st.sampled_from(sorted(TOKEN_DTYPES))), window_tokens=draw(st.integers(1, 6 * ctx)),
+        dtype=draw(st.sampled_from(sorted(TOKEN_DTYPES))), window_tokens=draw(st.integers(ctx, 6 * ctx)),
         workers=draw(st.integers(1, 2)), on_bad_record="skip" if skip else "error")
     return opts, files
 

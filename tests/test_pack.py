@@ -493,7 +493,7 @@ def small_runs(draw: st.DrawFn) -> tuple[list[list[int]], dict[str, Any]]:
     opts = {"ctx": ctx, "eos_id": draw(st.sampled_from([None, 1000, 0])),
             "pad_id": draw(st.sampled_from([None, 1001])),
             "long_docs": draw(st.sampled_from(["split", "truncate", "drop"])),
-            "window_tokens": draw(st.sampled_from([1, 7, 50, 1 << 27])),
+            "window_tokens": draw(st.sampled_from([ctx, 7 * ctx, 50 * ctx, 1 << 27])),
             "rows_per_shard": draw(st.integers(1, 6)), "shuffle": draw(st.booleans()),
             "seed": draw(st.integers(0, 5)), "workers": draw(st.sampled_from([1, 2]))}
     return docs, opts

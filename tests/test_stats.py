@@ -112,6 +112,25 @@ def test_bestfit_and_concat_equal_what_pack_reports(tmp_path: Path, ctx: int, lo
         assert packed["windows"] > 1
 
 
+def test_a_presets_memory_budget_gives_stats_the_windows_pack_plans(tmp_path: Path) -> None:
+    """One-token documents, so pack's windows under --memory close on their document limit: stats must follow."""
+    n_docs = 200_000
+    source = tmp_path / "short.parquet"
+    offsets = pa.array(np.arange(n_docs + 1, dtype=np.int32))
+    pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.ones(n_docs, np.int32)))}),
+                   source)
+    preset = tmp_path / "preset.toml"
+    preset.write_text(f'ctx = 1000\neos_id = {EOS}\nmemory = "800MiB"\nrows_per_shard = 4096\n')
+    code, _, stderr = run_cli("pack", source, tmp_path / "out", "--config", preset, "--quiet", "--no-shuffle")
+    assert code == 0, stderr
+    packed = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert packed["windows"] > 1
+    best = by_key(stats_json(source, "--config", preset, "--strategy", "bestfit"))[1000, "bestfit"]
+    assert best["sequences"] == packed["sequences"]
+    default = by_key(stats_json(source, "--ctx", 1000, "--eos-id", EOS, "--strategy", "bestfit"))[1000, "bestfit"]
+    assert default["sequences"] < packed["sequences"]  # one window: what stats said before it read `memory`
+
+
 # ------------------------------------------------------------------------------------------------ histograms
 
 

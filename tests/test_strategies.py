@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from bestfit_cli.histogram import LengthHistogram
 from bestfit_cli.read import DocBatch
-from bestfit_cli.stats import window_bounds
 from bestfit_cli.strategies import (
     bestfit,
     bucket_count,
@@ -24,7 +23,7 @@ from bestfit_cli.strategies import (
     nextfit,
     truncate,
 )
-from bestfit_cli.window import windows
+from bestfit_cli.window import window_bounds, windows
 
 from .reference import reference_documents, reference_pieces
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -18,11 +19,15 @@ from bestfit_cli.pipeline import PackOptions, pack
 from bestfit_cli.read import DocBatch
 from bestfit_cli.window import (
     BASE_BYTES,
+    DOCUMENT_TOKENS,
     MEMORY_IN_FLIGHT,
+    MIN_WINDOW_DOCUMENTS,
     PIECE_BYTES,
     SHARD_COPIES,
     WINDOW_OVERHEAD,
     parse_size,
+    window_bounds,
+    window_documents_for,
     window_tokens_for_memory,
     windows,
 )
@@ -66,6 +71,29 @@ def test_windows_are_lossless_bounded_and_independent_of_batching(lengths: list[
     assert [(w.first_doc, w.offsets.tolist()) for w in again] == [(w.first_doc, w.offsets.tolist()) for w in result]
 
 
+@given(lengths=st.lists(st.integers(0, 20), min_size=1, max_size=80),
+       cuts=st.lists(st.integers(0, 80), max_size=6), other_cuts=st.lists(st.integers(0, 80), max_size=6),
+       window_tokens=st.integers(1, 300), window_documents=st.integers(1, 12))
+def test_a_window_closes_on_its_documents_too_a_pure_function_of_the_lengths(
+        lengths: list[int], cuts: list[int], other_cuts: list[int], window_tokens: int, window_documents: int) -> None:
+    result = list(windows(_batches(lengths, cuts), window_tokens, window_documents))
+    assert np.concatenate([w.lengths for w in result]).tolist() == lengths
+    for i, w in enumerate(result):
+        assert 1 <= w.n_docs <= window_documents
+        assert w.n_tokens <= window_tokens or w.n_docs == 1
+        if i + 1 < len(result):  # it closed because the next document would break one of the two limits
+            assert w.n_docs == window_documents or w.n_tokens + int(result[i + 1].lengths[0]) > window_tokens
+    again = list(windows(_batches(lengths, other_cuts), window_tokens, window_documents))
+    assert [w.offsets.tolist() for w in again] == [w.offsets.tolist() for w in result]
+    expected = [(w.first_doc, w.first_doc + w.n_docs) for w in result]
+    assert window_bounds(np.array(lengths), window_tokens, window_documents) == expected  # what stats plans
+
+
+def test_short_documents_fill_windows_by_count_not_by_tokens() -> None:
+    result = list(windows(_batches([1] * 10, [3, 7]), 1000, 4))
+    assert [w.n_docs for w in result] == [4, 4, 2]
+
+
 def test_a_document_longer_than_the_window_is_a_window_of_its_own() -> None:
     result = list(windows(_batches([3, 50, 2, 2], []), 10))
     assert [w.lengths.tolist() for w in result] == [[3], [50], [2, 2]]
@@ -99,8 +127,9 @@ def _pack(out: Path, window_tokens: int, workers: int) -> Path:
     return out
 
 
-# Windows smaller than one document (300), a few documents (5,000), many (200,000), and the whole sample.
-@pytest.mark.parametrize("window_tokens", [300, 5_000, 200_000, 1 << 27])
+# Windows of one sequence (512, smaller than most documents), a few documents (5,000), many (200,000), and the
+# whole sample.
+@pytest.mark.parametrize("window_tokens", [CTX, 5_000, 200_000, 1 << 27])
 def test_windowed_output_is_lossless_and_the_same_for_any_worker_count(tmp_path: Path, window_tokens: int) -> None:
     one = _pack(tmp_path / "w1", window_tokens, workers=1)
     two = _pack(tmp_path / "w2", window_tokens, workers=2)
@@ -123,7 +152,7 @@ def test_windowed_output_is_lossless_and_the_same_for_any_worker_count(tmp_path:
     assert stats["sequences"] >= stats["windows_lower_bound"]
     if window_tokens == 1 << 27:
         assert stats["windows"] == 1
-    if window_tokens == 300:
+    if window_tokens == CTX:
         assert stats["windows"] >= len(documents) // 2
 
 
@@ -153,8 +182,9 @@ def test_sizes_parse_in_decimal_and_binary_units() -> None:
 def test_the_memory_window_fills_the_budget_and_no_more() -> None:
     budget = 4 << 30
     window = window_tokens_for_memory(budget, 2048, 8192, 4)
-    shards = MEMORY_IN_FLIGHT * SHARD_COPIES * 8192 * 2048 * 4
-    used = BASE_BYTES + shards + MEMORY_IN_FLIGHT * (WINDOW_OVERHEAD * 4 + PIECE_BYTES / 2048) * window
+    fixed = MEMORY_IN_FLIGHT * (SHARD_COPIES * 8192 * 2048 * 4 + MIN_WINDOW_DOCUMENTS * PIECE_BYTES)
+    token_bytes = WINDOW_OVERHEAD * 4 + PIECE_BYTES * (1 / DOCUMENT_TOKENS + 1 / 2048)
+    used = BASE_BYTES + fixed + MEMORY_IN_FLIGHT * token_bytes * window
     assert budget - 16 < used <= budget
     # At a tiny ctx every few tokens are a piece with its own planner arrays: the window must shrink for them.
     assert window_tokens_for_memory(budget, 8, 8192, 4) < window / 2
@@ -212,3 +242,41 @@ def test_span_steps_cover_every_token_once_in_order(lengths: list[int], step: in
     assert np.array_equal(flat, np.concatenate(expected) if expected else np.empty(0, dtype=np.int64))
     # Each step stays near the requested size: at most one span beyond it.
     assert all(len(w) <= step + max(lengths) for _, _, w in window_module.span_steps(spans, step))
+
+
+def test_the_document_limit_follows_the_window_and_is_recorded(tmp_path: Path) -> None:
+    assert window_documents_for(1 << 27) == (1 << 27) // DOCUMENT_TOKENS
+    assert window_documents_for(1000) == MIN_WINDOW_DOCUMENTS
+    out = tmp_path / "out"
+    pack([str(SAMPLES / "code.parquet")], str(out), PackOptions(ctx=CTX, memory=1 << 30))
+    options = json.loads((out / "manifest.json").read_text())["options"]
+    assert options["window_documents"] == window_documents_for(options["window_tokens"])
+
+
+def test_one_token_documents_are_packed_in_windows_of_the_document_limit(tmp_path: Path) -> None:
+    n_docs = 2 * MIN_WINDOW_DOCUMENTS + 5
+    offsets = pa.array(np.arange(n_docs + 1, dtype=np.int32))
+    source = tmp_path / "short.parquet"
+    pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.ones(n_docs, np.int32)))}),
+                   source)
+    out = tmp_path / "out"
+    # A window of 1M tokens would hold every document at once; the document limit cuts it into three.
+    pack([str(source)], str(out), PackOptions(ctx=CTX, eos_id=EOS, window_tokens=1 << 20))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [w["documents"] for w in manifest["windows"]] == [MIN_WINDOW_DOCUMENTS, MIN_WINDOW_DOCUMENTS, 5]
+
+
+def test_a_window_smaller_than_ctx_is_refused(tmp_path: Path) -> None:
+    for command in (["pack", str(SAMPLES), str(tmp_path / "out")], ["stats", str(SAMPLES)]):
+        result = CliRunner().invoke(cli, [*command, "--ctx", "2048", "--window-tokens", "1000"])
+        assert result.exit_code == 2, result.output
+        assert "--window-tokens 1,000 is smaller than --ctx 2,048" in result.stderr
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pack_refuses_a_second_ctx(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["pack", str(SAMPLES), str(tmp_path / "out"), "--ctx", "2048", "--ctx", "4096"])
+    assert result.exit_code == 2
+    assert "given 2 times (2048, 4096)" in result.stderr
+    assert not (tmp_path / "out").exists()
