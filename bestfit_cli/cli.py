@@ -138,6 +138,13 @@ def _progress(quiet: bool) -> Callable[[int], Any] | None:
     return factory
 
 
+def _notes(lines: list[str | None] | list[str]) -> None:
+    """Notes of a run (inputs left out, ...) on stderr, one a line, even with --quiet: they say what was not read."""
+    for line in lines:
+        if line:
+            click.echo(f"note: {line}", err=True)
+
+
 def _print_table(renderable: Any) -> None:
     from rich.console import Console
 
@@ -217,6 +224,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     steady_heap()
     result = run_pack(inputs, out, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started
+    _notes(result.notes)
     if not quiet:
         _print_table(render_report(result.report))
         n_shards = len(result.manifest["shards"])
@@ -315,6 +323,9 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     started = time.perf_counter()
     result = run_stats(inputs, opts, progress_factory=_progress(quiet))
     seconds = time.perf_counter() - started
+    from .fs import left_out_note
+
+    _notes([left_out_note(result.left_out)])
     if plot:
         from .plot import plot_truncations
 
@@ -348,10 +359,12 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
     recorded and used by stats unless it gets its own.
     Histograms of separate shards merge when given to stats together.
     """
+    from .fs import LeftOut, left_out_note
     from .stats import measure_histogram, save_json
 
     document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
-                                 on_bad_record=on_bad_record, dtype=dtype)
+                                 on_bad_record=on_bad_record, dtype=dtype, output=output)
+    _notes([left_out_note([LeftOut.from_json(e) for e in document["inputs_left_out"]])])
     if output == "-":
         click.echo(json.dumps(document))
     else:

@@ -6,10 +6,11 @@ plus a path on it, so readers and writers never touch ``open()`` or ``os`` direc
 
 from __future__ import annotations
 
-import fnmatch
-import glob
+import functools
 import os
 import posixpath
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +37,7 @@ class InputFile:
     fs: pafs.FileSystem | None = None
     fs_path: str = ""
     size: int | None = None
+    mtime_ns: int | None = None
 
     @property
     def is_stdin(self) -> bool:
@@ -83,10 +85,6 @@ def _display(arg: str, fs_path: str) -> str:
     return os.path.relpath(fs_path) if not os.path.isabs(arg) else fs_path
 
 
-def _is_hidden(relpath: str) -> bool:
-    return any(part.startswith((".", "_")) for part in relpath.split("/") if part)
-
-
 def _file_info(arg: str, fs: pafs.FileSystem, target: str | pafs.FileSelector) -> Any:
     """``fs.get_file_info`` with filesystem errors (permissions, name too long, I/O) as one-line input errors."""
     try:
@@ -96,49 +94,290 @@ def _file_info(arg: str, fs: pafs.FileSystem, target: str | pafs.FileSelector) -
         raise InputError(arg, f"cannot be read ({detail})", fix="check the path and its permissions") from None
 
 
-def _expand_folder(arg: str, fs: pafs.FileSystem, root: str) -> list[InputFile]:
-    infos = _file_info(arg, fs, pafs.FileSelector(root, recursive=True))
-    files = []
-    for info in infos:
-        rel = posixpath.relpath(info.path, root)
-        fmt = format_of(info.path)
-        if fmt is None or _is_hidden(rel) or info.type == pafs.FileType.Directory:
-            continue
-        if info.type != pafs.FileType.File:
-            # A dangling link or a file that vanished: silently leaving it out would lose its documents.
-            raise InputError(_display(arg, info.path), "is listed in the folder but cannot be read (a broken link?)",
-                             fix="restore the file, or remove it from the folder")
-        files.append(InputFile(_display(arg, info.path), fmt, fs, info.path, info.size))
+# ------------------------------------------------------------------------------------------------ what is left out
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An entry a folder scan or glob found but does not read, or an input already read: ``why`` is one of
+    ``LEFT_OUT_REASONS``; ``same_as`` names the input it repeats (``read already``) or the folder a link leads back
+    to (``link loop``)."""
+
+    path: str
+    why: str
+    same_as: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.why, **({"same_as": self.same_as} if self.same_as else {})}
+
+    @property
+    def notable(self) -> bool:
+        """Whether it could hold documents, so the one-line note names it: a folder, a file reached twice, or a
+        name with an input suffix in it (``_part.parquet``, ``a.jsonl.xz``); a ``README.md`` or ``_SUCCESS`` is
+        only listed in the manifest."""
+        name = self.path.lower().rstrip("/").rsplit("/", 1)[-1]
+        return self.why in (READ_ALREADY, LINK_LOOP) or self.path.endswith("/") or any(
+            suffix in name for suffix in (*_PARQUET_SUFFIXES, *_JSONL_SUFFIXES))
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> LeftOut:
+        return cls(data["path"], data["reason"], data.get("same_as", ""))
+
+    def __str__(self) -> str:
+        if self.same_as == self.path:
+            return f"{self.path} (given twice)"
+        return f"{self.path} = {self.same_as}" if self.same_as else self.path
+
+
+HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP = "hidden", "not Parquet or JSONL by its name", "read already", "link loop"
+LEFT_OUT_REASONS = (HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP)
+_NOTE_EXAMPLES = 3
+
+
+def left_out_note(left_out: Sequence[LeftOut]) -> str | None:
+    """One line naming what a scan left out that could hold documents (``LeftOut.notable``; the first few of each
+    kind), or None when there is none."""
+    left_out = [e for e in left_out if e.notable]
+    if not left_out:
+        return None
+    parts = []
+    for why in LEFT_OUT_REASONS:
+        entries = [e for e in left_out if e.why == why]
+        if entries:
+            shown = ", ".join(str(e) for e in entries[:_NOTE_EXAMPLES])
+            more = f", +{len(entries) - _NOTE_EXAMPLES:,} more" if len(entries) > _NOTE_EXAMPLES else ""
+            parts.append(f"{len(entries):,} {why} ({shown}{more})")
+    return f"inputs left out: {'; '.join(parts)} (rules: docs/usage.md#inputs-and-document-numbering)"
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """What the input arguments resolve to: the files to read, in document-numbering order, and what was left out."""
+
+    files: tuple[InputFile, ...]
+    left_out: tuple[LeftOut, ...] = ()
+
+    def note(self) -> str | None:
+        """One line naming what was left out (the first few of each kind), or None when nothing was."""
+        return left_out_note(self.left_out)
+
+    def left_out_json(self) -> list[dict[str, str]]:
+        return [e.to_json() for e in self.left_out]
+
+
+# ------------------------------------------------------------------------------------------------ globs
+
+
+_WILDCARDS = "*?["
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(ch in text for ch in _WILDCARDS)
+
+
+@functools.lru_cache(maxsize=256)
+def _component_regex(part: str, hidden_ok: bool) -> re.Pattern[str]:
+    """One path component of a glob: ``*`` any characters, ``?`` one, ``[...]`` (``[!...]``) one of (not of) a set.
+    Unless ``hidden_ok``, a component that does not start with a literal character never matches a name starting
+    with ``.`` or ``_``, as a shell's ``*`` never matches a dot file."""
+    out = [] if hidden_ok or part[:1] not in _WILDCARDS else ["(?![._])"]
+    i = 0
+    while i < len(part):
+        ch = part[i]
+        close = _bracket_end(part, i) if ch == "[" else -1
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif close > 0:
+            body = part[i + 1:close]
+            negate = body[:1] in ("!", "^")
+            body = re.escape(body[1:] if negate else body).replace("\\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = close
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _bracket_end(part: str, start: int) -> int:
+    """Where the set opened at ``part[start]`` closes, or -1 when it does not (a lone ``[`` is literal)."""
+    j = start + 1
+    if part[j:j + 1] in ("!", "^"):
+        j += 1
+    if part[j:j + 1] == "]":
+        j += 1
+    return part.find("]", j)
+
+
+def _matches(parts: Sequence[str], pattern: Sequence[str], hidden_ok: bool, folder: bool = False) -> bool:
+    """Whether the path ``parts`` matches the glob components ``pattern`` (``**`` is any number of folders); with
+    ``folder``, whether something below the folder ``parts`` could match."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        if _matches(parts, pattern[1:], hidden_ok, folder):
+            return True
+        return bool(parts) and (hidden_ok or not _hidden(parts[0])) and _matches(parts[1:], pattern, hidden_ok,
+                                                                                  folder)
+    if not parts:
+        return folder
+    return bool(_component_regex(pattern[0], hidden_ok).fullmatch(parts[0])) and _matches(
+        parts[1:], pattern[1:], hidden_ok, folder)
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    """What a folder scan or a glob takes below its literal folder. A glob that matches a folder takes the folder
+    as a scan would (``data/*`` reads ``data/sub/``), so every pattern ends in an implied ``**``."""
+
+    parts: tuple[str, ...]
+    whole_folder: bool  # a folder scan: every file below, so a folder reached twice is read once
+
+    @classmethod
+    def of(cls, parts: Sequence[str], whole_folder: bool = False) -> _Pattern:
+        return cls((*parts, "**"), whole_folder)
+
+    def takes(self, rel: str, hidden_ok: bool = False) -> bool:
+        return _matches(rel.split("/"), self.parts, hidden_ok)
+
+    def enters(self, rel: str, hidden_ok: bool = False) -> bool:
+        return _matches(rel.split("/"), self.parts, hidden_ok, folder=True)
+
+
+FOLDER_SCAN = _Pattern.of([], whole_folder=True)
+
+
+# ------------------------------------------------------------------------------------------------ listing
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A file a listing found: its path on ``fs``, its path below the listed folder, and what identifies it."""
+
+    fs_path: str
+    rel: str
+    size: int | None
+    mtime_ns: int | None
+    identity: tuple[Any, ...]
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+class _Lister:
+    """Walks one folder for a folder scan or a glob, collecting the files taken and the entries left out."""
+
+    def __init__(self, arg: str, fs: pafs.FileSystem, root: str, pattern: _Pattern) -> None:
+        self.arg, self.fs, self.root, self.pattern = arg, fs, root, pattern
+        self.files: list[_Entry] = []
+        self.left_out: list[LeftOut] = []
+
+    def display(self, fs_path: str) -> str:
+        return _display(self.arg, fs_path)
+
+    def consider(self, rel: str, entry: _Entry | None) -> bool:
+        """Whether a file is taken (``entry``) or a folder entered (None); a name the hidden rule alone refuses is
+        noted, as is a file taken whose name is no input format."""
+        path = posixpath.join(self.root, rel)
+        taken = self.pattern.takes(rel) if entry is not None else self.pattern.enters(rel)
+        if taken and entry is not None and format_of(rel) is None:
+            self.left_out.append(LeftOut(self.display(path), NOT_INPUT))
+            return False
+        if not taken and (self.pattern.takes(rel, hidden_ok=True) if entry is not None
+                          else self.pattern.enters(rel, hidden_ok=True) and _hidden(posixpath.basename(rel))):
+            self.left_out.append(LeftOut(self.display(path) + ("/" if entry is None else ""), HIDDEN))
+        return taken
+
+    def walk_local(self) -> None:
+        """Follows links to folders, but never a link back into a folder being walked (a loop), and, in a folder
+        scan, never a folder twice (two links to one folder)."""
+        seen_folders: dict[tuple[int, int], str] = {}
+        stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [("", ())]
+        # Depth first, in sorted order; each stack entry carries the identities of the folders above it.
+        while stack:
+            rel, ancestors = stack.pop()
+            folder = posixpath.join(self.root, rel) if rel else self.root
+            try:
+                st = os.stat(folder)
+                names = sorted(os.listdir(folder))
+            except OSError as exc:
+                raise InputError(self.display(folder), f"cannot be read ({exc.strerror or exc})",
+                                 fix="check the path and its permissions") from None
+            key = (st.st_dev, st.st_ino)
+            if key in ancestors:
+                self.left_out.append(LeftOut(self.display(folder) + "/", LINK_LOOP,
+                                             self.display(seen_folders.get(key, folder))))
+                continue
+            if self.pattern.whole_folder and key in seen_folders:
+                self.left_out.append(LeftOut(self.display(folder) + "/", READ_ALREADY, seen_folders[key] + "/"))
+                continue
+            seen_folders.setdefault(key, self.display(folder))
+            below = []
+            for name in names:
+                child_rel = f"{rel}/{name}" if rel else name
+                path = posixpath.join(folder, name)
+                try:
+                    child = os.stat(path)
+                except OSError:
+                    if format_of(name) and self.pattern.takes(child_rel):
+                        # A dangling link or a file that vanished: leaving it out would lose its documents.
+                        raise InputError(self.display(path), "cannot be read (a broken link?)",
+                                         fix="restore the file, or remove it from the folder") from None
+                    continue
+                if stat.S_ISDIR(child.st_mode):
+                    if self.consider(child_rel, None):
+                        below.append((child_rel, (*ancestors, key)))
+                    continue
+                entry = _Entry(path, child_rel, child.st_size, child.st_mtime_ns, ("local", child.st_dev, child.st_ino))
+                if self.consider(child_rel, entry):
+                    if not stat.S_ISREG(child.st_mode):
+                        raise InputError(self.display(path), "is not a regular file (a pipe or a device?)",
+                                         fix="copy its contents to a file, or remove it from the folder")
+                    self.files.append(entry)
+            stack.extend(reversed(below))
+
+    def walk_store(self) -> None:
+        """An object store has no links: one recursive listing, filtered by the same rules."""
+        infos = _file_info(self.arg, self.fs, pafs.FileSelector(self.root, recursive=True))
+        pruned: list[str] = []
+        for info in sorted(infos, key=lambda i: i.path):
+            rel = posixpath.relpath(info.path, self.root)
+            if any(rel.startswith(p + "/") for p in pruned):
+                continue
+            is_dir = info.type == pafs.FileType.Directory
+            entry = None if is_dir else _Entry(info.path, rel, info.size, info.mtime_ns,
+                                               (self.fs.type_name, info.path))
+            if not self.consider(rel, entry):
+                if is_dir:
+                    pruned.append(rel)
+                continue
+            if entry is not None:
+                self.files.append(entry)
+
+
+def _list(arg: str, fs: pafs.FileSystem, root: str, pattern: _Pattern) -> _Lister:
+    lister = _Lister(arg, fs, root, pattern)
     if isinstance(fs, pafs.LocalFileSystem):
-        _refuse_dangling_links(arg, root)
-    files.sort(key=lambda f: f.fs_path)
-    if not files:
-        raise InputError(arg, "folder holds no Parquet or JSONL files",
-                         fix="point at a folder of *.parquet or *.jsonl[.gz|.zst] files")
-    return files
+        lister.walk_local()
+    else:
+        lister.walk_store()
+    lister.files.sort(key=lambda e: e.fs_path)
+    return lister
 
 
-def _refuse_dangling_links(arg: str, root: str) -> None:
-    """pyarrow's listing leaves out links whose target is gone; their documents would vanish without a word."""
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-        for name in names:
-            path = os.path.join(folder, name)
-            if format_of(name) and not name.startswith((".", "_")) and not os.path.exists(path):
-                raise InputError(_display(arg, path), "cannot be read (a broken link?)",
-                                 fix="restore the file, or remove it from the folder")
+def _split_glob(arg: str) -> tuple[str, list[str]]:
+    """A glob's literal folder (as an argument: a path or URI) and its components from the first wildcard on."""
+    scheme, sep, path = arg.rpartition("://") if _is_uri(arg) else ("", "", arg)
+    parts = path.split("/")
+    first = next(i for i, part in enumerate(parts) if _has_wildcard(part))
+    base = "/".join(parts[:first]) or ("/" if path.startswith("/") else ".")
+    return f"{scheme}{sep}{base}", [p for p in parts[first:] if p]
 
 
-def _expand_glob(arg: str) -> list[str]:
-    if _is_uri(arg):
-        fs, pattern = filesystem_for(arg)
-        base = pattern
-        while any(ch in base for ch in "*?["):
-            base = posixpath.dirname(base)
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        scheme = arg.split("://", 1)[0]
-        return sorted(f"{scheme}://{i.path}" for i in infos if fnmatch.fnmatch(i.path, pattern))
-    return sorted(glob.glob(arg, recursive=True))
+# ------------------------------------------------------------------------------------------------ resolving
 
 
 InputArgs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -151,47 +390,93 @@ def input_args(args: InputArgs) -> list[str]:
     return [os.fspath(arg) for arg in args]
 
 
-def resolve_inputs(args: InputArgs) -> list[InputFile]:
-    """Expand input arguments into files, in the documented order.
+def scan_inputs(args: InputArgs) -> InputScan:
+    """Expand input arguments into files, in the documented order (docs/usage.md#inputs-and-document-numbering).
 
-    Arguments keep their order; a folder contributes its files in sorted path order (searched recursively,
-    hidden and ``_``-prefixed entries skipped); a glob contributes its matches sorted; ``-`` is JSONL on stdin.
+    Arguments keep their order; a folder contributes its files in sorted path order (searched recursively); a
+    glob its matches, sorted; ``-`` is JSONL on stdin. An existing path is always taken literally, even when it
+    holds ``*``, ``?`` or ``[``. Folder scans and globs follow one rule: no wildcard matches a name starting with
+    ``.`` or ``_`` (spell it out to read it), and only Parquet and JSONL names are read; what either leaves out is
+    listed. A file reached twice (named twice, inside a folder also given, through two links) is read once, at its
+    first place in the numbering; a link back into a folder being walked is never followed.
     """
     args = input_args(args)
     if not args:
         raise InputError("IN", "no input given", fix="pass one or more files, folders or globs, or - for stdin")
     if list(args).count(STDIN) > 1:
         raise OptionError("- (stdin) is given more than once", fix="read stdin once; pass files by name")
-    resolved: list[InputFile] = []
+    files: list[InputFile] = []
+    left_out: list[LeftOut] = []
+    first_seen: dict[tuple[Any, ...], str] = {}
     for arg in args:
         if arg == STDIN:
-            resolved.append(InputFile(STDIN, "jsonl"))
+            files.append(InputFile(STDIN, "jsonl"))
             continue
-        if any(ch in arg for ch in "*?["):
-            matches = _expand_glob(arg)
-            if not matches:
-                raise InputError(arg, "glob matches no files", fix="check the pattern, or quote it for your shell")
-            for match in matches:
-                resolved.extend(_resolve_path(match, explicit=False))
-            continue
-        resolved.extend(_resolve_path(arg, explicit=True))
-    return resolved
+        found, skipped = _resolve_arg(arg)
+        left_out.extend(skipped)
+        for entry, item in found:
+            if entry.identity in first_seen:
+                left_out.append(LeftOut(item.name, READ_ALREADY, first_seen[entry.identity]))
+                continue
+            first_seen[entry.identity] = item.name
+            files.append(item)
+    return InputScan(tuple(files), tuple(dict.fromkeys(left_out)))  # an entry two arguments both reach, once
 
 
-def _resolve_path(arg: str, *, explicit: bool) -> list[InputFile]:
+def resolve_inputs(args: InputArgs) -> list[InputFile]:
+    """The files of ``scan_inputs(args)`` alone."""
+    return list(scan_inputs(args).files)
+
+
+def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut]]:
     fs, path = filesystem_for(arg)
     info = _file_info(arg, fs, path)
+    if info.type == pafs.FileType.NotFound and _has_wildcard(arg):
+        return _resolve_glob(arg)
     if info.type == pafs.FileType.NotFound:
         raise InputError(arg, "does not exist", fix="check the path")
     if info.type == pafs.FileType.Directory:
-        return _expand_folder(arg, fs, path)
+        lister = _list(arg, fs, path, FOLDER_SCAN)
+        if not lister.files and not any(e.why == READ_ALREADY for e in lister.left_out):
+            raise InputError(arg, "folder holds no Parquet or JSONL files" + _left_out_hint(lister.left_out),
+                             fix="point at a folder of *.parquet or *.jsonl[.gz|.zst] files")
+        return _input_files(lister), lister.left_out
     fmt = format_of(path)
     if fmt is None:
-        if not explicit:
-            return []
         raise InputError(arg, "is neither Parquet nor JSONL by its name",
                          fix="name Parquet files *.parquet and JSON Lines files *.jsonl (optionally .gz or .zst)")
-    return [InputFile(_display(arg, path), fmt, fs, path, info.size)]
+    entry = _Entry(path, posixpath.basename(path), info.size, info.mtime_ns, _identity(fs, path))
+    return [(entry, InputFile(_display(arg, path), fmt, fs, path, info.size, info.mtime_ns))], []
+
+
+def _resolve_glob(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut]]:
+    base, parts = _split_glob(arg)
+    fs, root = filesystem_for(base)
+    info = _file_info(arg, fs, root)
+    lister = _list(base, fs, root, _Pattern.of(parts)) if info.type == pafs.FileType.Directory else None
+    if lister is None or not lister.files:
+        raise InputError(arg, "glob matches no files" + _left_out_hint(lister.left_out if lister else []),
+                         fix="check the pattern, or quote it for your shell")
+    return _input_files(lister), lister.left_out
+
+
+def _input_files(lister: _Lister) -> list[tuple[_Entry, InputFile]]:
+    return [(e, InputFile(lister.display(e.fs_path), format_of(e.fs_path) or "jsonl", lister.fs, e.fs_path, e.size,
+                          e.mtime_ns)) for e in lister.files]
+
+
+def _identity(fs: pafs.FileSystem, path: str) -> tuple[Any, ...]:
+    """What makes two spellings of a path the same file: device and inode on a local disk (links and hard links
+    alike), the path on an object store."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        st = os.stat(path)
+        return ("local", st.st_dev, st.st_ino)
+    return (fs.type_name, path)
+
+
+def _left_out_hint(left_out: Sequence[LeftOut]) -> str:
+    note = left_out_note(left_out)
+    return f"; {note}" if note else ""
 
 
 def _local_real_path(arg: str) -> str | None:
@@ -227,3 +512,23 @@ def check_output_location(out: str, given: InputArgs, inputs: Sequence[InputFile
                 os.path.realpath(item.fs_path), out_real):
             raise OutputError(f"{out}: OUT holds the input file {item.name}",
                               fix="choose a new folder for OUT")
+
+
+def check_output_file(out: str, given: InputArgs, inputs: Sequence[InputFile], *, what: str) -> None:
+    """Refuse an output file that is one of the inputs, or lies inside an input folder (a rerun would read it back).
+
+    Paths are compared after resolving links and ``file://`` URIs, as for ``check_output_location``.
+    """
+    out_real = _local_real_path(out)
+    if out_real is None:
+        return
+    for item in inputs:
+        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and os.path.realpath(
+                item.fs_path) == out_real:
+            raise OutputError(f"{what} {out}: is the input file {item.name}; writing it would destroy that input",
+                              fix=f"give {what} a new file name")
+    for arg in input_args(given):
+        root = _local_real_path(arg)
+        if root is not None and os.path.isdir(root) and _inside(out_real, root):
+            raise OutputError(f"{what} {out}: lies inside the input folder {arg} (a rerun would read it as an input)",
+                              fix=f"give {what} a path outside the folders you read")

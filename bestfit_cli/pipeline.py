@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .errors import InputError, OptionError, check_field_types
 from .formats import FORMATS, PackedRows
-from .fs import InputArgs, InputFile, check_output_location, input_args, resolve_inputs
+from .fs import InputArgs, InputFile, InputScan, check_output_location, input_args, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
@@ -191,6 +191,7 @@ class PackResult:
     report: Report
     manifest: dict[str, Any]
     histogram: LengthHistogram = field(default_factory=LengthHistogram)
+    notes: list[str] = field(default_factory=list)  # one line each, for stderr (inputs left out)
 
 
 # ------------------------------------------------------------------------------------------------ one window
@@ -356,7 +357,8 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     opts.validate()
     opts = opts.resolved()
     inputs = input_args(inputs)
-    files = resolve_inputs(inputs)
+    scan = scan_inputs(inputs)
+    files = list(scan.files)
     check_output_location(out, inputs, files)
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
@@ -398,7 +400,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             stats = replace(stats, empty_documents=stats.empty_documents - skipped.count)
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
                             concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where)
-            manifest = _manifest(opts, files, tracker.documents, results, report, tracker.skipped)
+            manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped)
             writer.write_json(STATS, report.to_json())
             kill_point("manifest")
             writer.write_json(MANIFEST, manifest)
@@ -406,7 +408,8 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
         if bar is not None:
             bar.close()
     histogram = sum((r.histogram for r in results), LengthHistogram())
-    return PackResult(report, manifest, histogram)
+    note = scan.note()
+    return PackResult(report, manifest, histogram, [note] if note else [])
 
 
 def _token_rate(bar: Any) -> Callable[[int], None] | None:
@@ -436,8 +439,9 @@ def _window_json(result: WindowResult) -> dict[str, Any]:
             "clipped_documents": s.clipped_documents, "shards": [shard.path for shard in result.shards]}
 
 
-def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int], results: list[WindowResult],
+def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results: list[WindowResult],
               report: Report, skipped: Sequence[Skipped]) -> dict[str, Any]:
+    files = scan.files
     shards = [s.to_json() for r in results for s in r.shards]
     return {
         "format": MANIFEST_FORMAT,
@@ -447,6 +451,7 @@ def _manifest(opts: PackOptions, files: Sequence[InputFile], documents: list[int
         "columns": ["input_ids", "seq_lengths", "doc_index", "doc_offset"],
         "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count}
                    for f, n, k in zip(files, documents, skipped, strict=True)],
+        "inputs_left_out": scan.left_out_json(),
         "documents": sum(documents),
         "sequences": report.stats.sequences,
         "tokens": report.stats.tokens,

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from . import __version__
 from .errors import InputError, OptionError, OutputError, check_field_types
-from .fs import InputFile, filesystem_for, resolve_inputs
+from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, ReadOptions, Skipped, read_lengths
@@ -113,6 +114,7 @@ class CorpusLengths:
     histogram: LengthHistogram
     in_order: np.ndarray | None
     inputs: list[dict[str, Any]] = field(default_factory=list)  # path, format, documents (eos_id for histograms)
+    left_out: tuple[LeftOut, ...] = ()  # what the folder scans and globs left out (fs.scan_inputs)
 
     @property
     def ordered(self) -> bool:
@@ -233,6 +235,7 @@ class StatsResult:
     tokens: int  # tokens with EOS, before any long-document policy
     n_buckets: int
     results: list[StrategyCounts]
+    left_out: tuple[LeftOut, ...] = ()
 
     def get(self, ctx: int, strategy: str) -> StrategyCounts | None:
         return next((r for r in self.results if r.ctx == ctx and r.strategy == strategy), None)
@@ -242,6 +245,7 @@ class StatsResult:
             "schema_version": STATS_SCHEMA,
             "bestfit_version": __version__,
             "inputs": self.inputs,
+            "inputs_left_out": [e.to_json() for e in self.left_out],
             "options": {**self.options.to_json(), "eos_id": self.eos_id},
             "order": "input" if self.ordered else "unknown",
             "documents": self.documents,
@@ -336,7 +340,8 @@ def compare(corpus: CorpusLengths, opts: StatsOptions) -> StatsResult:
     return StatsResult(
         options=opts, eos_id=eos_id, inputs=corpus.inputs, ordered=corpus.ordered, documents=hist.documents,
         empty_documents=int(raw_hist.counts[raw_hist.lengths == 0].sum()) - skipped, input_tokens=raw_hist.tokens,
-        tokens=hist.tokens, n_buckets=bucket_count(max_length, max(opts.ctx)), results=results)
+        tokens=hist.tokens, n_buckets=bucket_count(max_length, max(opts.ctx)), results=results,
+        left_out=corpus.left_out)
 
 
 WINDOWLESS_METHOD = ("document order unknown (histogram input): one plan over the whole corpus, while pack plans "
@@ -365,15 +370,16 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
-    return compare(_read_with_progress(inputs, read_opts, progress_factory), opts)
+    return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory), opts)
 
 
-def _read_with_progress(inputs: Sequence[str], opts: ReadOptions,
+def _read_with_progress(scan: InputScan, opts: ReadOptions,
                         progress_factory: Callable[[int], Any] | None) -> CorpusLengths:
-    files = resolve_inputs(inputs)
+    files = list(scan.files)
     bar = progress_factory(sum(f.size or 0 for f in files)) if progress_factory else None
     try:
-        return read_corpus_lengths(files, opts, bar.update if bar is not None else None)
+        return replace(read_corpus_lengths(files, opts, bar.update if bar is not None else None),
+                       left_out=scan.left_out)
     finally:
         if bar is not None:
             bar.close()
@@ -384,10 +390,11 @@ def _read_with_progress(inputs: Sequence[str], opts: ReadOptions,
 
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
                       progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error",
-                      dtype: str = "int32") -> dict[str, Any]:
+                      dtype: str = "int32", output: str | None = None) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options.
 
     Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
+    ``output``, where the document will be saved, is checked before anything is read (``check_histogram_output``).
     """
     if dtype not in TOKEN_DTYPES:
         raise OptionError(f"--dtype {dtype!r} is unknown", fix=f"use one of {', '.join(TOKEN_DTYPES)}")
@@ -395,10 +402,37 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
         raise OptionError(f"--eos-id {eos_id} does not fit the token dtype {dtype}",
                           fix="use a smaller id, or a wider --dtype")  # the words pack and stats use
     read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record)
-    corpus = _read_with_progress(inputs, read_opts, progress_factory)
+    scan = scan_inputs(inputs)
+    if output is not None:
+        check_histogram_output(output, inputs, scan)
+    corpus = _read_with_progress(scan, read_opts, progress_factory)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
+            "inputs_left_out": [e.to_json() for e in corpus.left_out],
             "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
+
+
+def check_histogram_output(output: str, inputs: Sequence[str], scan: InputScan) -> None:
+    """Refuse an ``-o`` that would destroy an input or be read back as one, or that replaces a file bestfit did not
+    write: an input file itself, a path inside an input folder, an existing file that is not a bestfit histogram, or
+    a name that is a glob (``-o shard-0*.parquet``: the shell hands the first shard to ``-o``)."""
+    if output == "-":
+        return
+    check_output_file(output, inputs, scan.files, what="-o")
+    fs, path = filesystem_for(output)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound and any(ch in output for ch in "*?["):
+        raise OutputError(f"-o {output}: looks like a glob; -o takes one file name",
+                          fix="give -o the name of the histogram to write, such as -o hist.json")
+    if info.type == pafs.FileType.File:
+        try:
+            with fs.open_input_stream(path) as stream:
+                head = bytes(stream.read(_PEEK_BYTES))
+        except (pa.ArrowException, OSError):
+            head = b""
+        if not _HISTOGRAM_PREFIX.match(head):
+            raise OutputError(f"-o {output}: exists and is not a bestfit histogram, so it is not replaced",
+                              fix="give -o a new file name (a glob after -o hands its first match to -o)")
 
 
 def save_json(document: dict[str, Any], out: str) -> None:

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import VerifyError
-from .fs import filesystem_for, resolve_inputs
+from .fs import filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
 from .pipeline import MANIFEST_FORMAT, MAX_CTX
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
@@ -131,7 +131,11 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     result = VerifyResult(out, max_problems=max_problems)
     _check_shard_lists(manifest, result)
     shard_info = _check_listing(fs, root, manifest, result)
-    files = resolve_inputs(inputs)
+    scan = scan_inputs(inputs)
+    files = list(scan.files)
+    note = scan.note()
+    if note:
+        result.notes.append(note)
     listed_inputs = manifest.get("inputs", [])
     if len(files) != len(listed_inputs):
         result.add(Problem(f"{len(files)} input file(s) given, the manifest lists {len(listed_inputs)}"))
