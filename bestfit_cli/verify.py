@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 from .errors import VerifyError
 from .fs import filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
-from .pipeline import MANIFEST_FORMAT, MAX_CTX
+from .pipeline import LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MAX_CTX
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
-from .window import span_steps
+from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX
 
-CHECK_TOKENS = 1 << 22  # tokens compared per vectorised step, to bound index arrays
+CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
 RERUN = "rerun the same bestfit pack command with --overwrite"
 
 
@@ -145,12 +145,14 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
             result.add(Problem(f"window {window['index']} starts at document {window['first_doc']}, "
                                f"expected {reader.position}"))
             break
-        lengths, tokens = reader.take(int(window["documents"]))
-        if len(lengths) < window["documents"]:
+        # The window's input tokens are at most its packed tokens plus those --long-docs removed.
+        docs = reader.take(window["documents"], window.get("tokens", 0) + window.get("dropped_tokens", 0))
+        if docs.n_docs < window["documents"]:
             result.add(Problem(f"the inputs end after {reader.position:,} documents; the manifest lists "
                                f"{manifest['documents']:,}", document=reader.position))
             break
-        _check_window(fs, root, window, lengths, tokens, opts, shard_info, result)
+        _check_window(fs, root, window, docs, opts, shard_info, result)
+        del docs
         if result.problem_count >= max_problems:
             result.notes.append(f"stopped after window {window['index']}: {result.problem_count} problems found")
             return result
@@ -276,7 +278,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     for name, window in shape.entries(manifest, "windows"):
         for key in ("index", "first_doc", "documents", "sequences"):
             shape.field(window, key, name, _is_count, COUNT)
-        for key in ("dropped_documents", "dropped_tokens", "clipped_documents"):
+        for key in ("tokens", "dropped_documents", "dropped_tokens", "clipped_documents"):
             shape.field(window, key, name, _is_count, COUNT, default=0)
         shards = shape.field(window, "shards", name, _is_list, "a list of file names")
         for index, shard_name in enumerate(shards):
@@ -372,27 +374,31 @@ class _InputDocs:
         self._batches = (batch for batch in read_inputs(files, opts, counts) if batch.n_docs)
         self._held: DocBatch | None = None
 
-    def take(self, n_docs: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lengths and concatenated tokens of the next ``n_docs`` documents (fewer when the inputs end)."""
-        lengths: list[np.ndarray] = []
-        tokens: list[np.ndarray] = []
+    def take(self, n_docs: int, expected_tokens: int) -> Window:
+        """The next ``n_docs`` documents (fewer when the inputs end), their tokens copied once into one buffer as
+        ``pack`` builds a window, so a window costs verify what it cost pack. ``expected_tokens`` (what the
+        manifest implies) is reserved first; more is found room for."""
+        buffer = WindowBuffer(UNBOUNDED_TOKENS, expected_tokens)
+        first_doc = self.position
+        dtype = np.dtype(np.int64)
         need = n_docs
         while need:
             batch = self._held if self._held is not None else next(self._batches, None)
             self._held = None
             if batch is None:
                 break
-            if batch.n_docs > need:
-                cut = int(batch.offsets[need])
-                self._held = DocBatch(batch.file_index, batch.first_row + need, batch.offsets[need:] - cut,
+            dtype = batch.tokens.dtype
+            take = min(need, batch.n_docs)
+            buffer.add(batch, 0, take)
+            if batch.n_docs > take:
+                cut = int(batch.offsets[take])
+                self._held = DocBatch(batch.file_index, batch.first_row + take, batch.offsets[take:] - cut,
                                       batch.tokens[cut:])
-                batch = DocBatch(batch.file_index, batch.first_row, batch.offsets[: need + 1], batch.tokens[:cut])
-            lengths.append(batch.lengths)
-            tokens.append(batch.tokens)
-            need -= batch.n_docs
-        got = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-        self.position += len(got)
-        return got, (np.concatenate(tokens) if tokens else np.zeros(0, dtype=np.int64))
+            need -= take
+            del batch
+        window = buffer.take(0, first_doc, dtype)
+        self.position += window.n_docs
+        return window
 
     def remaining(self) -> int:
         """Documents left after the last window (read to the end, to count them)."""
@@ -413,33 +419,16 @@ class _Pieces:
     length: list[np.ndarray] = field(default_factory=list)
 
 
-def _expected_stream(lengths: np.ndarray, tokens: np.ndarray, opts: _Options) -> tuple[np.ndarray, np.ndarray]:
-    """Each document as packing sees it (EOS appended to non-empty ones), concatenated, and where each starts."""
-    packed = opts.packed_lengths(lengths)
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(packed, out=starts[1:])
-    if opts.eos_id is None:
-        return tokens, starts
-    stream = np.empty(int(starts[-1]), dtype=tokens.dtype)
-    eos_before = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1] > 0, out=eos_before[1:])
-    stream[np.arange(len(tokens), dtype=np.int64) + np.repeat(eos_before, lengths)] = tokens
-    nonempty = lengths > 0
-    stream[starts[:-1][nonempty] + lengths[nonempty]] = opts.eos_id
-    return stream, starts
-
-
-def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], lengths: np.ndarray, tokens: np.ndarray,
-                  opts: _Options, shard_info: dict[str, dict[str, Any]], result: VerifyResult) -> None:
+def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], docs: Window, opts: _Options,
+                  shard_info: dict[str, dict[str, Any]], result: VerifyResult) -> None:
     first_doc = int(window["first_doc"])
+    lengths = docs.lengths
     kept = opts.kept_lengths(lengths)
     _check_dropped(window, lengths, kept, opts, result)
-    stream, starts = _expected_stream(lengths, tokens, opts)
     pieces = _Pieces()
     sequences = tokens_found = 0
     for name in window["shards"]:
-        found = _check_shard(fs, root, name, shard_info.get(name), first_doc, kept, stream, starts, opts, pieces,
-                             result)
+        found = _check_shard(fs, root, name, shard_info.get(name), first_doc, kept, docs, opts, pieces, result)
         if found is not None:
             sequences += found[0]
             tokens_found += found[1]
@@ -500,8 +489,8 @@ def _list_parts(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, first_doc: int,
-                 kept: np.ndarray, stream: np.ndarray, starts: np.ndarray, opts: _Options, pieces: _Pieces,
-                 result: VerifyResult) -> tuple[int, int] | None:
+                 kept: np.ndarray, docs: Window, opts: _Options, pieces: _Pieces, result: VerifyResult
+                 ) -> tuple[int, int] | None:
     """Check one shard's rows and pieces against the window's documents; returns (rows, tokens) or None."""
     table = _read_shard(fs, root, name, info, result)
     if table is None:
@@ -550,33 +539,71 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
         result.add(Problem(reason, shard=name, row=int(row[i]), document=int(doc[i])))
         keep = fits
         doc, offset, length, row, position, local = (a[keep] for a in (doc, offset, length, row, position, local))
-    _compare_tokens(row_tokens, row * ctx + position, stream, starts[local] + offset, length, doc, row, name, result)
+    _compare_tokens(row_tokens, row * ctx + position, docs, local, offset, length, opts.eos_id,
+                    _PieceNames(doc, row, name), result)
     pieces.doc.append(local)
     pieces.offset.append(offset)
     pieces.length.append(length)
     return n_rows, int(length.sum())
 
 
-def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, stream: np.ndarray, src_start: np.ndarray,
-                    length: np.ndarray, doc: np.ndarray, row: np.ndarray, shard: str, result: VerifyResult) -> None:
-    """Each piece's tokens in the shard must equal the same span of its document; reports the first that differs."""
+@dataclass(frozen=True)
+class _PieceNames:
+    """What a problem with piece ``i`` names: its document, row and shard."""
+
+    doc: np.ndarray
+    row: np.ndarray
+    shard: str
+
+
+def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, docs: Window, local: np.ndarray,
+                    offset: np.ndarray, length: np.ndarray, eos_id: int | None, names: _PieceNames,
+                    result: VerifyResult) -> None:
+    """Each piece's tokens in the shard must equal the same span of its document as packed (EOS appended);
+    reports the first piece that differs.
+
+    Read straight from the window's tokens, as ``pipeline.gather_tokens`` copied them: no expanded copy of the
+    window. Pieces of ``LOOP_PIECE_TOKENS`` or more are compared slice by slice, the many short ones in steps of
+    ``CHECK_TOKENS`` tokens, so index arrays stay bounded by the step, not the window.
+    """
     if not len(length):
         return
-    for lo, hi, within in span_steps(length, CHECK_TOKENS):
-        n = length[lo:hi]
-        differs = out_tokens[np.repeat(out_start[lo:hi], n) + within] != stream[np.repeat(src_start[lo:hi], n) + within]
+    doc_start = docs.offsets[local]
+    copy_len = np.clip(docs.offsets[local + 1] - doc_start - offset, 0, length)  # the piece's input tokens
+    src = doc_start + offset
+    tokens = docs.tokens
+    bad: list[int] = []
+    if eos_id is not None:  # a piece that reaches past its document's tokens ends with its EOS
+        ends = np.flatnonzero(copy_len < length)
+        wrong = out_tokens[out_start[ends] + length[ends] - 1] != eos_id
+        if wrong.any():
+            bad.append(int(ends[np.argmax(wrong)]))
+    sliced = np.flatnonzero(copy_len >= LOOP_PIECE_TOKENS)
+    for i, to, at, n in zip(sliced.tolist(), out_start[sliced].tolist(), src[sliced].tolist(),
+                            copy_len[sliced].tolist(), strict=True):
+        if not np.array_equal(out_tokens[to:to + n], tokens[at:at + n]):
+            bad.append(i)
+            break
+    short = np.flatnonzero(copy_len < LOOP_PIECE_TOKENS)
+    short_out, short_src, short_len = out_start[short], src[short], copy_len[short]
+    for lo, hi, within in span_steps(short_len, CHECK_TOKENS):
+        n = short_len[lo:hi]
+        differs = out_tokens[np.repeat(short_out[lo:hi], n) + within] != tokens[np.repeat(short_src[lo:hi], n) + within]
         if differs.any():
             at = int(np.flatnonzero(differs)[0])
-            piece = lo + int(np.searchsorted(np.cumsum(n), at, side="right"))
-            result.add(Problem(f"tokens differ from the input (piece of {int(length[piece])} tokens)", shard=shard,
-                               row=int(row[piece]), document=int(doc[piece])))
-            return
+            bad.append(int(short[lo + int(np.searchsorted(np.cumsum(n), at, side="right"))]))
+            break
+    if bad:
+        piece = min(bad)
+        result.add(Problem(f"tokens differ from the input (piece of {int(length[piece])} tokens)",
+                           shard=names.shard, row=int(names.row[piece]), document=int(names.doc[piece])))
 
 
 def _check_coverage(first_doc: int, kept: np.ndarray, pieces: _Pieces, result: VerifyResult) -> None:
     """The pieces of each document must tile its kept tokens exactly: from 0, no gap, no overlap, to the end."""
     if pieces.doc:
         doc, offset, length = (np.concatenate(p) for p in (pieces.doc, pieces.offset, pieces.length))
+        pieces.doc, pieces.offset, pieces.length = [], [], []  # one copy of the window's pieces, not two
     else:
         doc = offset = length = np.zeros(0, dtype=np.int64)
     order = np.lexsort((offset, doc))

@@ -52,7 +52,10 @@ def reservable_bytes() -> int:
     return max(1 << 30, physical // 2)
 
 
-class _WindowBuffer:
+UNBOUNDED_TOKENS = 1 << 62  # a WindowBuffer limit for a window whose size is given by its document count
+
+
+class WindowBuffer:
     """Tokens of the window being filled, copied once into a buffer of the window's size.
 
     Copying each batch straight into place (instead of joining a list of batches at the end) keeps the peak at one
@@ -60,8 +63,9 @@ class _WindowBuffer:
     it holds.
     """
 
-    def __init__(self, window_tokens: int) -> None:
+    def __init__(self, window_tokens: int, expected_tokens: int | None = None) -> None:
         self.window_tokens = window_tokens
+        self.expected_tokens = expected_tokens  # reserved first when known; the buffer still grows past it
         self.tokens: np.ndarray | None = None
         self.filled = 0
         self.lengths: list[np.ndarray] = []
@@ -85,7 +89,8 @@ class _WindowBuffer:
         capacity = 0 if self.tokens is None else len(self.tokens)
         if need <= capacity:
             return
-        first = min(self.window_tokens, reservable_bytes() // np.dtype(dtype).itemsize)
+        first = min(self.window_tokens, reservable_bytes() // np.dtype(dtype).itemsize,
+                    self.expected_tokens if self.expected_tokens is not None else self.window_tokens)
         capacity = min(self.window_tokens, max(need, 2 * capacity, first))
         grown = np.empty(capacity, dtype=dtype)
         if self.tokens is not None:
@@ -114,7 +119,7 @@ def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: i
     if window_tokens < 1 or (window_documents is not None and window_documents < 1):
         raise ValueError("window_tokens and window_documents must be >= 1")
     max_docs = window_documents if window_documents is not None else -1
-    buffer = _WindowBuffer(window_tokens)
+    buffer = WindowBuffer(window_tokens)
     index = first_doc = 0
     dtype = np.dtype(np.int64)
     for batch in batches:

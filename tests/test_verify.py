@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -218,6 +220,31 @@ def test_changed_token_names_document_shard_and_row(damaged: tuple[Path, Path]) 
         f"Error: {out}: verification failed with 1 problem(s); first: {name} row {row}, document {doc}: tokens differ "
         f"from the input (piece of {table['seq_lengths'][row][0]} tokens) (rerun the same bestfit pack command with "
         "--overwrite)")
+
+
+@pytest.mark.parametrize("where", ["long piece", "short piece", "EOS"])
+def test_a_changed_token_is_found_in_long_and_short_pieces_and_in_the_eos(damaged: tuple[Path, Path],
+                                                                           where: str) -> None:
+    """verify compares long pieces slice by slice, short ones in vectorised steps, and EOS tokens on their own."""
+    source, out = damaged
+    wanted = {"long piece": lambda n: n >= 60, "short piece": lambda n: 2 <= n <= 20, "EOS": lambda n: n >= 1}[where]
+    for shard in manifest_of(out)["shards"]:
+        rows = pq.read_table(out / shard["path"]).to_pydict()
+        found = [(row, at, n) for row, lengths in enumerate(rows["seq_lengths"])
+                 for at, n in zip(np.cumsum([0, *lengths[:-1]]).tolist(), lengths, strict=True) if wanted(n)
+                 and (where != "EOS" or rows["input_ids"][row][at + n - 1] == EOS)]
+        if found:
+            name, (row, at, n) = shard["path"], found[0]
+            break
+    position = {"long piece": at + 30, "short piece": at, "EOS": at + n - 1}[where]
+
+    def change(edited: dict[str, list[Any]]) -> None:
+        edited["input_ids"][row][position] -= 1
+
+    rewrite_shard(out, name, change)
+    found_problems = problems(source, out)
+    assert len(found_problems) == 1 and found_problems[0].startswith(f"{name} row {row}, document ")
+    assert f"tokens differ from the input (piece of {n} tokens)" in found_problems[0]
 
 
 def test_lost_piece_is_a_missing_document(damaged: tuple[Path, Path]) -> None:
@@ -451,3 +478,24 @@ def test_missing_manifest_field_is_named(damaged: tuple[Path, Path]) -> None:
     assert result.exit_code == 1
     assert result.stderr == (f"Error: {out}/manifest.json is malformed: options.eos_id is missing (rerun the same "
                              "bestfit pack command with --overwrite)\n")
+
+
+def test_verify_holds_about_one_copy_of_the_window(tmp_path: Path) -> None:
+    """numpy arrays alive at once (tracemalloc): the window's tokens once, plus bounded steps; not the copies and
+    window-sized index arrays that cost six times the window before."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 1000, 4000)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = rng.integers(0, 50_000, int(offsets[-1]), dtype=np.int32)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(tokens))}), source)
+    pack([str(source)], str(tmp_path / "out"), PackOptions(ctx=512, eos_id=50_001, rows_per_shard=64))
+    tracemalloc.start()
+    try:
+        result = verify([str(source)], str(tmp_path / "out"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.ok, result.problems
+    assert peak < 1.5 * tokens.nbytes

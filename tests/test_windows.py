@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,22 @@ def test_pack_refuses_a_second_ctx(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "given 2 times (2048, 4096)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_pack_of_one_token_documents_allocates_per_window_not_per_corpus(tmp_path: Path) -> None:
+    """numpy arrays alive at once (tracemalloc) stay within the per-piece allowance of the windows in flight,
+    where one window of every document would need the corpus' worth."""
+    n_docs = 600_000
+    source = tmp_path / "short.parquet"
+    offsets = pa.array(np.arange(n_docs + 1, dtype=np.int32))
+    pq.write_table(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(np.ones(n_docs, np.int32)))}),
+                   source)
+    opts = PackOptions(ctx=CTX, eos_id=EOS, window_tokens=1 << 20, workers=2)
+    tracemalloc.start()
+    try:
+        pack([str(source)], str(tmp_path / "out"), opts)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    allowance = opts.in_flight * MIN_WINDOW_DOCUMENTS * PIECE_BYTES
+    assert peak < 1.25 * allowance < n_docs * PIECE_BYTES / 3
