@@ -153,3 +153,16 @@ def test_the_stock_trainer_trains_document_masked(out: Path, rows: list[dict[str
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_data_collator_with_flattening_on_packed_rows_mixes_documents(batch_rows: list[dict[str, Any]],
+                                                                      alone: tuple[float, Any]) -> None:
+    # It treats each row as one sequence: pieces of a row see each other, and padding carries loss.
+    from transformers import DataCollatorWithFlattening
+
+    batch = DataCollatorWithFlattening()([{"input_ids": r["input_ids"]} for r in batch_rows])
+    padded = next(r for r in batch_rows if sum(r["seq_lengths"]) < CTX)
+    at = batch_rows.index(padded) * CTX + sum(padded["seq_lengths"])  # first padding token in the flat batch
+    assert batch["labels"][0, at + 1] != IGNORE_INDEX
+    got = loss_and_gradient(tiny_llama(), **batch, use_cache=False)
+    assert relative_errors(got, alone)[1] > TOLERANCE
