@@ -250,50 +250,52 @@ def bestfit(windows: list[LengthHistogram], ctx: int, long_docs: LongDocs = "spl
     return _counts("bestfit", ctx, _kept_tokens(merged, ctx, long_docs), sequences, per_doc)
 
 
-def ffd_sequences(counts: np.ndarray, ctx: int, block: int = 512) -> int:
+def ffd_sequences(counts: np.ndarray, ctx: int) -> int:
     """Sequences first-fit decreasing fills with ``counts[s]`` pieces of ``s`` tokens (``s`` in ``1..ctx``).
 
     Pieces of one length are placed together: first fit sends them to the lowest-numbered sequences with room,
-    each taking as many as fit (``free // s``) until they run out, then opens new sequences. So one vectorised
-    step per distinct length replaces the per-piece search. Sequences are grouped in blocks of ``block`` with the
-    largest free space of each block kept, so a step only looks inside blocks that have room for the length.
+    each taking as many as fit (``free // s``) until they run out, then opens new sequences. Sequences are kept as
+    runs of consecutive sequences with equal free space, in sequence order (full ones left out: they never take a
+    piece again), so one vectorised step per distinct length replaces the per-piece search and memory grows with
+    the number of runs (at most three new runs per distinct length), never with the number of sequences.
     """
     counts = np.asarray(counts, dtype=np.int64)
-    free = np.zeros(block, dtype=np.int64)  # per sequence, in sequence order; unused slots hold 0 and never fit
-    block_max = np.zeros(1, dtype=np.int64)
+    run_free = np.zeros(0, dtype=np.int64)  # free space of each run, runs in sequence order
+    run_count = np.zeros(0, dtype=np.int64)  # sequences in each run
     n_bins = 0
     for size in (np.flatnonzero(counts[1:])[::-1] + 1).tolist():
         remaining = int(counts[size])
-        blocks = np.flatnonzero(block_max >= size)
-        if len(blocks):
-            rows, cols = np.nonzero(free.reshape(-1, block)[blocks] >= size)
-            fits = blocks[rows] * block + cols
-            takes = free[fits] // size
-            taken_before = np.cumsum(takes) - takes
-            used = taken_before < remaining
-            fits, takes, taken_before = fits[used], takes[used], taken_before[used]
-            placed = np.minimum(takes, remaining - taken_before)
-            free[fits] -= placed * size
-            remaining -= int(placed.sum())
-            touched = np.unique(fits // block)
-            block_max[touched] = free.reshape(-1, block)[touched].max(axis=1)
-        if remaining:
-            per_bin = ctx // size
-            full, rest = divmod(remaining, per_bin)
-            n_new = full + (rest > 0)
-            if n_bins + n_new > len(free):  # grow by doubling, in whole blocks
-                grown = max(2 * len(free), -(-(n_bins + n_new) // block) * block)
-                free = np.concatenate([free, np.zeros(grown - len(free), dtype=np.int64)])
-                block_max = np.concatenate([block_max, np.zeros(grown // block - len(block_max), dtype=np.int64)])
-            free[n_bins:n_bins + full] = ctx - per_bin * size
-            if rest:
-                free[n_bins + full] = ctx - rest * size
-            first_block = n_bins // block
-            n_bins += n_new
-            last_block = -(-n_bins // block)
-            block_max[first_block:last_block] = free[first_block * block:last_block * block].reshape(
-                -1, block).max(axis=1)
+        per_bin = run_free // size  # pieces each sequence of a run takes (0: no room)
+        capacity = np.cumsum(run_count * per_bin)
+        j = int(np.searchsorted(capacity, remaining))  # the first run that holds the last of these pieces
+        new_free = run_free - per_bin * size  # every run before j is filled as far as this length goes
+        if j < len(run_free):
+            taken = remaining - (int(capacity[j - 1]) if j else 0)
+            full, rest = divmod(taken, int(per_bin[j]))
+            free_j, count_j = int(run_free[j]), int(run_count[j])
+            split_free = [free_j % size, free_j - rest * size, free_j]
+            split_count = [full, int(rest > 0), count_j - full - int(rest > 0)]
+            run_free = np.concatenate([new_free[:j], split_free, run_free[j + 1:]])
+            run_count = np.concatenate([run_count[:j], split_count, run_count[j + 1:]])
+        else:
+            left = remaining - (int(capacity[-1]) if len(capacity) else 0)
+            fit = ctx // size
+            full, rest = divmod(left, fit)
+            run_free = np.concatenate([new_free, [ctx - fit * size, ctx - rest * size]])
+            run_count = np.concatenate([run_count, [full, int(rest > 0)]])
+            n_bins += full + int(rest > 0)
+        run_free, run_count = _merge_runs(run_free, run_count)
     return n_bins
+
+
+def _merge_runs(run_free: np.ndarray, run_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs without sequences or without free space removed, neighbours of equal free space joined."""
+    keep = (run_count > 0) & (run_free > 0)
+    run_free, run_count = run_free[keep], run_count[keep]
+    if len(run_free) < 2:
+        return run_free, run_count
+    starts = np.flatnonzero(np.concatenate([[True], run_free[1:] != run_free[:-1]]))
+    return run_free[starts], np.add.reduceat(run_count, starts)
 
 
 def ffd(hist: LengthHistogram, ctx: int, long_docs: LongDocs = "split") -> StrategyCounts:
@@ -304,17 +306,28 @@ def ffd(hist: LengthHistogram, ctx: int, long_docs: LongDocs = "split") -> Strat
     return _counts("ffd", ctx, _kept_tokens(hist, ctx, long_docs), sequences, per_doc)
 
 
+NEXTFIT_STEP = 1 << 20  # documents turned into Python ints at a time
+
+
 def nextfit_sequences(doc_lengths: np.ndarray, ctx: int, long_docs: LongDocs = "split") -> int:
     """Sequences next fit fills, documents in the order given.
 
     A document longer than ``ctx`` is split into ``ctx``-sized pieces and a remainder (``split``), clipped to
     ``ctx`` (``truncate``) or skipped (``drop``); a full piece always starts a new sequence. A plain loop over
-    documents: next fit is sequential by nature and the loop runs at several million documents per second.
+    documents (next fit is sequential by nature; it runs at several million documents per second), fed
+    ``NEXTFIT_STEP`` documents at a time so it holds no list of every document.
     """
-    free = 0
-    n_bins = 0
+    lengths = np.asarray(doc_lengths, dtype=np.int64)
+    state = (0, 0)  # (sequences, free space of the last one)
+    for lo in range(0, len(lengths), NEXTFIT_STEP):
+        state = _nextfit_step(lengths[lo:lo + NEXTFIT_STEP].tolist(), ctx, long_docs, state)
+    return state[0]
+
+
+def _nextfit_step(lengths: list[int], ctx: int, long_docs: LongDocs, state: tuple[int, int]) -> tuple[int, int]:
+    n_bins, free = state
     split = long_docs == "split"
-    for length in np.asarray(doc_lengths, dtype=np.int64).tolist():
+    for length in lengths:
         if length > ctx:
             if not split:
                 if long_docs == "drop":
@@ -331,27 +344,59 @@ def nextfit_sequences(doc_lengths: np.ndarray, ctx: int, long_docs: LongDocs = "
         else:
             n_bins += 1
             free = ctx - length
+    return n_bins, free
+
+
+def nextfit_runs_sequences(hist: LengthHistogram, ctx: int, long_docs: LongDocs = "split") -> int:
+    """Next fit over the histogram's documents longest first (next-fit decreasing), by arithmetic on each run of
+    equal lengths: one step per distinct length, whatever the number of documents. Equals
+    ``nextfit_sequences`` over ``hist.expand()[::-1]``."""
+    n_bins = free = 0
+    for length, count in zip(hist.lengths[::-1].tolist(), hist.counts[::-1].tolist(), strict=True):
+        if not count or length < 1:
+            continue
+        if length > ctx:
+            if long_docs == "drop":
+                continue
+            if long_docs == "split":
+                full, rest = divmod(length, ctx)
+                # Each document: its full pieces, then its remainder opens a sequence of its own.
+                n_bins += count * (full + (rest > 0))
+                free = ctx - rest if rest else 0
+                continue
+            length = ctx
+        # `count` pieces of `length`: what fits the open sequence, then ctx // length to a new sequence.
+        first = min(count, free // length)
+        free -= first * length
+        left = count - first
+        if left:
+            fit = ctx // length
+            opened = -(-left // fit)
+            n_bins += opened
+            free = ctx - (left - (opened - 1) * fit) * length
     return n_bins
 
 
-NEXTFIT_SHUFFLED_METHOD = ("document order unknown (histogram input): sequences and padding are next fit over one "
-                           "random order (seed 0); truncation counts do not depend on order and are exact")
+NEXTFIT_SORTED_METHOD = ("document order unknown (histogram input): sequences and padding are next fit over the "
+                         "documents longest first (next-fit decreasing); truncation counts do not depend on order "
+                         "and are exact")
 
 
 def nextfit(doc_lengths: np.ndarray | LengthHistogram, ctx: int, long_docs: LongDocs = "split") -> StrategyCounts:
-    """Next fit over documents in input order; given a histogram, over one seeded random order."""
+    """Next fit over documents in input order; given a histogram, over the documents longest first."""
     if isinstance(doc_lengths, LengthHistogram):
         hist = doc_lengths
-        order = np.random.default_rng(0).permutation(hist.expand())
-        exact, method = False, NEXTFIT_SHUFFLED_METHOD
+        _check(hist, ctx)
+        sequences = nextfit_runs_sequences(hist, ctx, long_docs)
+        exact, method = False, NEXTFIT_SORTED_METHOD
     else:
         order = np.asarray(doc_lengths, dtype=np.int64)
         hist = LengthHistogram.from_lengths(order)
+        _check(hist, ctx)
+        sequences = nextfit_sequences(order, ctx, long_docs)
         exact, method = True, None
-    _check(hist, ctx)
     per_doc = _policy_per_length(hist.lengths, hist.counts.astype(np.float64), ctx, long_docs)
-    counts = _counts("nextfit", ctx, _kept_tokens(hist, ctx, long_docs), nextfit_sequences(order, ctx, long_docs),
-                     per_doc)
+    counts = _counts("nextfit", ctx, _kept_tokens(hist, ctx, long_docs), sequences, per_doc)
     # Truncation counts are exact either way; only the sequence count depends on the order.
     return replace(counts, exact=exact, method=method)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from fractions import Fraction
 
 import numpy as np
@@ -173,10 +174,35 @@ def test_bestfit_ffd_nextfit_truncate_match_plain_loops(lengths: list[int], ctx:
     assert t.dropped_tokens == sum(max(0, n - ctx) for n in lengths)
 
 
-@given(st.lists(st.integers(1, 40), min_size=1, max_size=300), st.integers(1, 40), st.sampled_from([1, 3, 8, 512]))
-def test_ffd_by_groups_equals_piece_by_piece(pieces: list[int], ctx: int, block: int) -> None:
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=300), st.integers(1, 40))
+def test_ffd_by_runs_equals_piece_by_piece(pieces: list[int], ctx: int) -> None:
     pieces = [min(p, ctx) for p in pieces]
-    assert ffd_sequences(np.bincount(pieces, minlength=ctx + 1), ctx, block) == ref_ffd(pieces, ctx)
+    assert ffd_sequences(np.bincount(pieces, minlength=ctx + 1), ctx) == ref_ffd(pieces, ctx)
+
+
+@given(doc_lengths, ctxs, policies)
+def test_nextfit_of_a_histogram_is_next_fit_decreasing_per_document(lengths: list[int], ctx: int,
+                                                                     long_docs: str) -> None:
+    longest_first = sorted(lengths, reverse=True)
+    pieces = [n for _, _, n in reference_pieces(longest_first, ctx, long_docs)]
+    result = nextfit(LengthHistogram.from_lengths(np.array(lengths)), ctx, long_docs)  # type: ignore[arg-type]
+    assert result.sequences == ref_nextfit(pieces, ctx)
+
+
+def test_ffd_and_nextfit_of_a_huge_histogram_cost_its_distinct_lengths_not_its_documents() -> None:
+    """A trillion documents of 200,000 distinct lengths at ctx 16: a per-document or per-sequence array would need
+    terabytes; by runs, a few arrays of about ctx or distinct-length entries."""
+    lengths = np.arange(1, 200_001, dtype=np.int64)
+    hist = LengthHistogram(lengths, np.full(len(lengths), 5_000_000, dtype=np.int64))
+    tracemalloc.start()
+    try:
+        first_fit, next_fit = ffd(hist, 16), nextfit(hist, 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+    assert first_fit.sequences == first_fit.sequences_lower_bound  # pieces of 16 and their complements pair up
+    assert next_fit.sequences >= first_fit.sequences
 
 
 @given(doc_lengths, ctxs)
@@ -214,9 +240,9 @@ def test_concat_expectation_is_close_to_shuffled_orders() -> None:
     assert expected.truncations == pytest.approx(np.mean([s.truncations for s in shuffled]), rel=0.01)
 
 
-def test_nextfit_from_a_histogram_is_flagged_as_one_random_order() -> None:
+def test_nextfit_from_a_histogram_is_flagged_as_longest_first() -> None:
     result = nextfit(LengthHistogram.from_lengths(np.array(TOY)), 8)
-    assert not result.exact and "random order" in (result.method or "")
+    assert not result.exact and "longest first" in (result.method or "")
     assert result.truncations == 1
 
 
