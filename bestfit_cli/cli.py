@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .errors import BestfitError
+from .formats import FORMATS
 from .histogram import LONG_DOC_POLICIES
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES
 from .strategies import STRATEGIES
@@ -192,6 +193,9 @@ def cli() -> None:
               help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Windows packed in parallel (0: one per usable core).")
+@click.option("--format", "output_format", type=click.Choice(list(FORMATS)), default="parquet", show_default=True,
+              help="Shard format: Parquet, or Megatron's indexed dataset (.bin + .idx; needs --eos-id and a --pad-id "
+                   "other than it; docs/training.md#megatron).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier bestfit output in OUT (files bestfit did not write are never deleted).")
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
@@ -202,11 +206,12 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
          pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int | None, window_tokens: int | None,
-         memory: int | None, workers: int, overwrite: bool, on_bad_record: str, verify: bool, as_json: bool,
-         quiet: bool) -> None:
+         memory: int | None, workers: int, output_format: str, overwrite: bool, on_bad_record: str, verify: bool,
+         as_json: bool, quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
 
-    Writes fixed-length Parquet shards, stats.json and, last, manifest.json to the folder OUT.
+    Writes fixed-length shards (Parquet, or Megatron's .bin + .idx), stats.json and, last, manifest.json to the
+    folder OUT.
     """
     from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions, steady_heap
     from .pipeline import pack as run_pack
@@ -216,7 +221,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
-                       on_bad_record=on_bad_record, memory=memory)
+                       on_bad_record=on_bad_record, memory=memory, format=output_format)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")

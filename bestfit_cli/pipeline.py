@@ -39,7 +39,7 @@ from .window import (
     window_tokens_for_memory,
     windows,
 )
-from .write import MANIFEST, STATS, ShardInfo, ShardWriter, shard_name
+from .write import MANIFEST, STATS, ShardInfo, ShardWriter, companion_name, shard_name
 
 MANIFEST_FORMAT = "bestfit.packed"
 MANIFEST_VERSION = 1
@@ -158,6 +158,7 @@ class PackOptions:
             raise OptionError("--workers must be 0 (all cores) or more")
         if self.format not in FORMATS:
             raise OptionError(f"--format {self.format!r} is unknown", fix=f"use one of {', '.join(FORMATS)}")
+        FORMATS[self.format].check_options(self)
         if self.seed < 0:
             raise OptionError("--seed must be >= 0")
         if self.on_bad_record not in BAD_RECORD_POLICIES:
@@ -278,8 +279,11 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
         gather_tokens(window, doc, start, length, local_row * ctx + piece_offset[lo:hi], tokens, opts.eos_id)
         piece_offsets = np.zeros(last_row - first_row + 1, dtype=np.int64)
         np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
-        rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start)
-        shard = writer.write_shard(shard_name(window.index, part, fmt), fmt.encode(rows), rows.n_rows)
+        rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,
+                          eos_id=opts.eos_id, pad_id=opts.resolved_pad_id)
+        name = shard_name(window.index, part, fmt)
+        companions = {companion_name(name, fmt, suffix): data for suffix, data in fmt.companions(rows).items()}
+        shard = writer.write_shard(name, fmt.encode(rows), rows.n_rows, companions)
         if window.index:
             kill_point("writing")
         return shard

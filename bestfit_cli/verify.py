@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .errors import VerifyError
+from .formats import FORMATS
 from .fs import filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
 from .pipeline import LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MAX_CTX
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
-from .write import MANIFEST, STATS, TMP_PREFIX
+from .write import MANIFEST, STATS, TMP_PREFIX, companion_name
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
 RERUN = "rerun the same bestfit pack command with --overwrite"
@@ -98,13 +98,14 @@ class _Options:
     pad_id: int
     long_docs: str
     read: ReadOptions
+    format: str = "parquet"
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> _Options:
         """The options of a manifest that ``_check_shape`` accepted."""
         o = manifest["options"]
         read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
-        return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read)
+        return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"))
 
     def kept_lengths(self, lengths: np.ndarray) -> np.ndarray:
         """Tokens of each document that must appear in the output (EOS included)."""
@@ -266,6 +267,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
                 f"null or an id in 0..{top} ({dtype})")
     shape.field(options, "pad_id", "options", lambda v: _is_count(v) and v <= top, f"an id in 0..{top} ({dtype})")
     shape.field(options, "long_docs", "options", _one_of(LONG_DOC_POLICIES), _either(LONG_DOC_POLICIES))
+    shape.field(options, "format", "options", _one_of(list(FORMATS)), _either(list(FORMATS)), default="parquet")
     shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
                 default="error")
     for key in ("documents", "tokens", "sequences"):
@@ -275,6 +277,10 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
         shape.field(shard, "rows", name, _is_count, COUNT)
         shape.field(shard, "bytes", name, _is_count, COUNT)
         shape.field(shard, "sha256", name, _is_sha256, "64 hex digits")
+        for file_name, companion in shape.entries(shard, "files", default=[]):
+            shape.field(companion, "path", f"{name}.{file_name}", _is_name, "a file name in OUT")
+            shape.field(companion, "bytes", f"{name}.{file_name}", _is_count, COUNT)
+            shape.field(companion, "sha256", f"{name}.{file_name}", _is_sha256, "64 hex digits")
     for name, window in shape.entries(manifest, "windows"):
         for key in ("index", "first_doc", "documents", "sequences"):
             shape.field(window, key, name, _is_count, COUNT)
@@ -323,11 +329,12 @@ def _check_listing(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], res
                    ) -> dict[str, dict[str, Any]]:
     """Listed shards must exist, and nothing else may sit beside them; returns the shard entries by name."""
     shards = {s["path"]: s for s in manifest["shards"]}
+    companions = {f["path"]: s["path"] for s in manifest["shards"] for f in s.get("files", [])}
     present = set()
     for entry in fs.get_file_info(pafs.FileSelector(root)):
         name = posixpath.basename(entry.path)
         present.add(name)
-        if name in (MANIFEST, STATS) or name in shards:
+        if name in (MANIFEST, STATS) or name in shards or name in companions:
             continue
         if name.startswith(TMP_PREFIX) and entry.type == pafs.FileType.Directory:
             # The manifest is written only after every shard is in place, so this is the leftover of a run killed
@@ -338,6 +345,9 @@ def _check_listing(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], res
     for name in shards:
         if name not in present:
             result.add(Problem("shard listed in manifest.json is missing", shard=name))
+    for name, shard in companions.items():
+        if name not in present:
+            result.add(Problem(f"file {name} of the shard, listed in manifest.json, is missing", shard=shard))
     return shards
 
 
@@ -457,19 +467,41 @@ def _check_dropped(window: dict[str, Any], lengths: np.ndarray, kept: np.ndarray
                                f"--long-docs {opts.long_docs} on the inputs gives {value}"))
 
 
-def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, result: VerifyResult
-                ) -> pa.Table | None:
+def _read_file(fs: pafs.FileSystem, root: str, name: str, listed: dict[str, Any] | None, shard: str,
+               result: VerifyResult) -> bytes | None:
+    """A file's bytes (None when it cannot be read: the listing check reports it), checked against its listing."""
     try:
         with fs.open_input_stream(posixpath.join(root, name)) as stream:
-            data = stream.read()
+            data: bytes = stream.read()
     except (FileNotFoundError, OSError, pa.ArrowException):
-        return None  # reported by the listing check
-    if info is not None and (info["bytes"] != len(data) or info["sha256"] != hashlib.sha256(data).hexdigest()):
-        result.add(Problem("size or sha256 differs from manifest.json (the file changed after packing)", shard=name))
+        return None
+    if listed is not None and (listed["bytes"] != len(data) or listed["sha256"] != hashlib.sha256(data).hexdigest()):
+        what = "size or sha256" if name == shard else f"{name}: size or sha256"
+        result.add(Problem(f"{what} differs from manifest.json (the file changed after packing)", shard=shard))
+    return data
+
+
+def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, result: VerifyResult,
+                output_format: str = "parquet") -> pa.Table | None:
+    fmt = FORMATS[output_format]
+    data = _read_file(fs, root, name, info, name, result)
+    if data is None:
+        return None
+    companions: dict[str, bytes] = {}
+    for suffix in fmt.companion_suffixes:
+        companion = companion_name(name, fmt, suffix)
+        listed = next((f for f in (info or {}).get("files", []) if f["path"] == companion), None)
+        if info is not None and listed is None:
+            result.add(Problem(f"manifest.json does not list its file {companion}", shard=name))
+        content = _read_file(fs, root, companion, listed, name, result)
+        if content is None:
+            return None  # reported by the listing check
+        companions[suffix] = content
     try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as exc:
-        result.add(Problem(f"not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r})",
+        table = fmt.decode(data, companions)
+    except (ValueError, pa.ArrowException, OSError) as exc:
+        kind = "Parquet file" if output_format == "parquet" else f"{output_format} shard"
+        result.add(Problem(f"not a readable {kind} ({str(exc).splitlines()[0] if str(exc) else exc!r})",
                            shard=name))
         return None
     if info is not None and info.get("rows") != table.num_rows:
@@ -492,13 +524,13 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
                  kept: np.ndarray, docs: Window, opts: _Options, pieces: _Pieces, result: VerifyResult
                  ) -> tuple[int, int] | None:
     """Check one shard's rows and pieces against the window's documents; returns (rows, tokens) or None."""
-    table = _read_shard(fs, root, name, info, result)
+    table = _read_shard(fs, root, name, info, result, opts.format)
     if table is None:
         return None
     ctx = opts.ctx
     n_rows = table.num_rows
     token_type = table.schema.field("input_ids").type.value_type
-    if token_type != pa.from_numpy_dtype(TOKEN_DTYPES[opts.read.dtype]):
+    if FORMATS[opts.format].dtype_follows_option and token_type != pa.from_numpy_dtype(TOKEN_DTYPES[opts.read.dtype]):
         result.add(Problem(f"input_ids hold {token_type}, the manifest's dtype is {opts.read.dtype}", shard=name))
     row_offsets, row_tokens = _list_parts(table, "input_ids")
     wrong = np.flatnonzero(np.diff(row_offsets) != ctx)

@@ -31,14 +31,28 @@ TMP_PREFIX = ".bestfit-tmp-"
 
 
 @dataclass(frozen=True)
+class FileInfo:
+    path: str
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class ShardInfo:
     path: str
     rows: int
     bytes: int
     sha256: str
+    files: tuple[FileInfo, ...] = ()  # the companion files of a many-file format (Megatron's .idx, ...)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        data: dict[str, Any] = {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+        if self.files:
+            data["files"] = [f.to_json() for f in self.files]
+        return data
 
 
 def _describe(exc: BaseException) -> str:
@@ -124,9 +138,14 @@ class ShardWriter:
             raise OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})",
                               fix="free disk space or choose another OUT, then rerun with --overwrite") from None
 
-    def write_shard(self, name: str, data: bytes, rows: int) -> ShardInfo:
+    def write_shard(self, name: str, data: bytes, rows: int, companions: dict[str, bytes] | None = None) -> ShardInfo:
+        """Writes the shard ``name`` and its companion files (by name), each atomically, the main file last."""
+        files = []
+        for companion, content in (companions or {}).items():
+            self._write_bytes(companion, content)
+            files.append(FileInfo(companion, len(content), hashlib.sha256(content).hexdigest()))
         self._write_bytes(name, data)
-        return ShardInfo(name, rows, len(data), hashlib.sha256(data).hexdigest())
+        return ShardInfo(name, rows, len(data), hashlib.sha256(data).hexdigest(), tuple(files))
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         self._write_bytes(name, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
@@ -134,12 +153,18 @@ class ShardWriter:
 
 def _written_by_bestfit(name: str) -> bool:
     """Names a bestfit output folder holds: what ``--overwrite`` may delete."""
-    shard = name.startswith("part-") and name.endswith(tuple(f.suffix for f in FORMATS.values()))
+    suffixes = tuple(s for f in FORMATS.values() for s in (f.suffix, *f.companion_suffixes))
+    shard = name.startswith("part-") and name.endswith(suffixes)
     return shard or name in (MANIFEST, STATS) or name.startswith(TMP_PREFIX)
 
 
 def shard_name(window: int, part: int, fmt: OutputFormat) -> str:
     return f"part-{window:05d}-{part:04d}{fmt.suffix}"
+
+
+def companion_name(shard: str, fmt: OutputFormat, suffix: str) -> str:
+    """The name of a shard's companion file: the shard's stem with the companion's suffix."""
+    return shard.removesuffix(fmt.suffix) + suffix
 
 
 def read_manifest(out: str) -> dict[str, Any] | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class PackedRows:
     seq_lengths: np.ndarray
     doc_index: np.ndarray
     doc_offset: np.ndarray
+    eos_id: int | None = None  # the EOS id appended to each document, when one was
+    pad_id: int | None = None  # the id the rows are padded with
 
     @property
     def n_rows(self) -> int:
@@ -25,10 +28,35 @@ class PackedRows:
 
 
 class OutputFormat(Protocol):
+    """A shard is one main file (``suffix``) plus, for some formats, companion files beside it with the same stem."""
+
     @property
     def name(self) -> str: ...
 
     @property
     def suffix(self) -> str: ...
 
-    def encode(self, rows: PackedRows) -> bytes: ...
+    @property
+    def companion_suffixes(self) -> tuple[str, ...]: ...
+
+    @property
+    def dtype_follows_option(self) -> bool:
+        """Whether ``input_ids`` are stored in ``--dtype`` (else the format picks the type)."""
+        ...
+
+    def check_options(self, opts: Any) -> None:
+        """Raise ``OptionError`` for pack options (a ``PackOptions``) this format cannot honour."""
+        ...
+
+    def encode(self, rows: PackedRows) -> bytes:
+        """The main file's bytes."""
+        ...
+
+    def companions(self, rows: PackedRows) -> dict[str, bytes]:
+        """The companion files' bytes, by suffix (empty for a one-file format)."""
+        ...
+
+    def decode(self, data: bytes, companions: dict[str, bytes]) -> pa.Table:
+        """A shard's files back as a table of ``input_ids``, ``seq_lengths``, ``doc_index``, ``doc_offset`` (what
+        ``bestfit verify`` checks); raises ``ValueError`` or ``pyarrow.ArrowException`` when they are malformed."""
+        ...

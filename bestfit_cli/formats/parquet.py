@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,11 @@ class ParquetFormat:
     row_group_rows: int = 1024
     name: str = "parquet"
     suffix: str = ".parquet"
+    companion_suffixes: tuple[str, ...] = ()
+    dtype_follows_option: bool = True
+
+    def check_options(self, opts: Any) -> None:
+        pass
 
     def table(self, rows: PackedRows) -> pa.Table:
         token_offsets = np.arange(rows.n_rows + 1, dtype=np.int64) * rows.ctx
@@ -45,3 +51,9 @@ class ParquetFormat:
                        use_dictionary=False)
         data: bytes = sink.getvalue().to_pybytes()
         return data
+
+    def companions(self, rows: PackedRows) -> dict[str, bytes]:
+        return {}
+
+    def decode(self, data: bytes, companions: dict[str, bytes]) -> pa.Table:
+        return pq.read_table(pa.BufferReader(data))
