@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import end_to_end, planner, stats_bench, window_quality
+from . import end_to_end, planner, short_docs, stats_bench, window_quality
 from .common import log, remove, scratch_dir
 from .corpus import build
 
-BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats")
+BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats", "short_docs")
 
 
 def main() -> None:
@@ -43,6 +43,8 @@ def main() -> None:
                 end_to_end.memory(one, folders[: 10 * len(one)], scratch, window_tokens=1 << 24)
             if "stats" in chosen:
                 stats_bench.main(folders)
+        if "short_docs" in chosen:
+            short_docs.main(scratch, scale=0.25 if args.quick else 1.0)
     finally:
         if not args.keep:
             remove(scratch)

@@ -58,9 +58,20 @@ def window_quality(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def short_docs(data: dict[str, Any]) -> str:
+    lines = ["| documents | tokens | `--memory` | windows | `pack` | `verify` | `pack --verify` |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in data["runs"]:
+        cells = [f"{r[key]['peak_rss_mib']:,} MiB ({r[key]['seconds']:.0f} s)" for key in ("pack", "verify",
+                                                                                             "pack_verify")]
+        lines.append(f"| {r['documents']:,} of {r['corpus']} | {r['tokens']:,} | {r['budget']} | {r['windows']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (("planner", planner), ("end_to_end", end_to_end), ("memory", memory),
-                         ("window_quality", window_quality)):
+                         ("window_quality", window_quality), ("short_docs", short_docs)):
         data = _load(name)
         if data is not None:
             print(f"### {name} ({data['date']})\n\n{render(data)}\n")
