@@ -15,9 +15,11 @@ from . import __version__
 from .errors import BestfitError
 from .formats import FORMATS
 from .histogram import LONG_DOC_POLICIES
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES
+from .read import BAD_RECORD_POLICIES, DEFAULT_MAX_BAD_RECORDS, TOKEN_DTYPES
 from .strategies import STRATEGIES
 
+MAX_BAD_RECORDS_HELP = ("With --on-bad-record skip: fail the run when more records than this are bad, a count (100) or "
+                        "a share of the records read (1%).")
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 PIPE_CHUNK = 1 << 16
@@ -201,12 +203,15 @@ def cli() -> None:
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read (bad JSON, wrong type, bad id): stop with an error, or skip and "
                    "count it in the report and manifest.")
+@click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
+              help=MAX_BAD_RECORDS_HELP)
 @click.option("--verify", is_flag=True, help="Run bestfit verify on OUT after packing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
          pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int | None, window_tokens: int | None,
-         memory: int | None, workers: int, output_format: str, overwrite: bool, on_bad_record: str, verify: bool,
+         memory: int | None, workers: int, output_format: str, overwrite: bool, on_bad_record: str,
+         max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
 
@@ -221,7 +226,8 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
-                       on_bad_record=on_bad_record, memory=memory, format=output_format)
+                       on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
+                       format=output_format)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")
@@ -301,13 +307,16 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
               help="pack's --rows-per-shard; with --memory it changes pack's window, so bestfit follows it.")
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read: stop with an error, or skip it and count it.")
+@click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
+              help=MAX_BAD_RECORDS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write truncations per document against document length to FILE.png or FILE.svg.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
           eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, memory: int | None,
-          rows_per_shard: int | None, on_bad_record: str, as_json: bool, plot: str | None, quiet: bool) -> None:
+          rows_per_shard: int | None, on_bad_record: str, max_bad_records: str, as_json: bool, plot: str | None,
+          quiet: bool) -> None:
     """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
 
     IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
@@ -319,7 +328,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     memory, window_tokens = _memory_or_window(memory, window_tokens)
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
                         long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
-                        on_bad_record=on_bad_record, dtype=dtype, memory=memory,
+                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, dtype=dtype, memory=memory,
                         rows_per_shard=rows_per_shard or 0)
     if plot:
         from .plot import check_plot_target
@@ -355,9 +364,11 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
 @input_options(long_docs=False)
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read: stop with an error, or skip it and count it.")
+@click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
+              help=MAX_BAD_RECORDS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, dtype: str,
-              on_bad_record: str, quiet: bool) -> None:
+              on_bad_record: str, max_bad_records: str, quiet: bool) -> None:
     """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
 
     Lengths are counted as read, before EOS and uncut: --ctx and --long-docs are given to stats. --eos-id is
@@ -368,7 +379,8 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
     from .stats import measure_histogram, save_json
 
     document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
-                                 on_bad_record=on_bad_record, dtype=dtype, output=output)
+                                 on_bad_record=on_bad_record, dtype=dtype, output=output,
+                                 max_bad_records=max_bad_records)
     _notes([left_out_note([LeftOut.from_json(e) for e in document["inputs_left_out"]])])
     if output == "-":
         click.echo(json.dumps(document))

@@ -64,6 +64,8 @@ def load_config(path: str, command: str, keys_by_command: Mapping[str, Collectio
         raise OptionError(f"config file {path} is a folder", fix="give a .toml file to --config") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OptionError(f"config file {path} is not valid TOML ({exc})", fix="fix the file") from None
+    except RecursionError:
+        raise OptionError(f"config file {path} is not valid TOML (nested too deeply)", fix="fix the file") from None
     every_key = set().union(*keys_by_command.values())
     shared: dict[str, Any] = {}
     own: dict[str, Any] = {}
@@ -77,6 +79,9 @@ def load_config(path: str, command: str, keys_by_command: Mapping[str, Collectio
         if name not in every_key:
             raise OptionError(f"config file {path}: unknown key '{key}'",
                               fix=f"known keys: {', '.join(sorted(every_key))}")
+        if isinstance(value, dict):
+            raise OptionError(f"config file {path}: '{key}' is a table, not a value",
+                              fix=f"write {key} = VALUE; tables are only [{'], ['.join(sorted(keys_by_command))}]")
         _refuse_twice(path, shared, name, key)
         shared[name] = value
     wanted = set(keys_by_command.get(command, ()))
@@ -88,6 +93,9 @@ def _check_table(path: str, command: str, table: dict[str, Any], keys_by_command
     values: dict[str, Any] = {}
     for key, value in table.items():
         name = key.replace("-", "_")
+        if name in keys_by_command[command] and isinstance(value, dict):
+            raise OptionError(f"config file {path}: '{command}.{key}' is a table, not a value",
+                              fix=f"write {key} = VALUE under [{command}]")
         if name in keys_by_command[command]:
             _refuse_twice(path, values, name, f"{command}.{key}")
             values[name] = value
@@ -118,14 +126,44 @@ def apply_config(ctx: click.Context, path: str, commands: Mapping[str, click.Com
         if param.multiple and not isinstance(value, list):
             value = [value]  # a scalar is one value of a repeatable option (ctx = 2048 for `stats --ctx`)
         try:
+            for item in value if param.multiple else [value]:
+                _check_toml_type(param, item)
             param.type_cast_value(ctx, value)
         except (click.BadParameter, TypeError, ValueError):
             shown = value[0] if param.multiple and not isinstance(values[key], list) else value
-            raise OptionError(f"config file {path}: {key} = {shown!r} is not a valid {param.type.name}",
+            wanted = "integer" if isinstance(param.type, click.types.IntParamType) else param.type.name
+            raise OptionError(f"config file {path}: {key} = {_toml_repr(shown)} is not a valid {wanted}",
                               fix=f"see bestfit {ctx.info_name} --help for {param.opts[-1]}") from None
         defaults[param.name or key] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["bestfit.config"] = path
+
+
+def _toml_repr(value: Any) -> str:
+    """A value as the config file spells it where Python's repr differs (``true``, not ``True``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
+    return repr(value)
+
+
+def _check_toml_type(param: click.Parameter, value: Any) -> None:
+    """TOML values have types: an integer option takes an integer (not ``true``, ``4.9`` or ``"8"``, which click
+    would turn into 1, 4 and 8), a flag a boolean, a text option a string (a size such as ``memory`` also an
+    integer number of bytes). Raises TypeError for any other value."""
+    kind = param.type
+    if isinstance(kind, click.types.IntParamType):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(kind, click.types.BoolParamType):
+        ok = isinstance(value, bool)
+    elif isinstance(kind, (click.types.StringParamType, click.Choice, click.Path)):
+        ok = isinstance(value, str) or (getattr(param, "metavar", None) == "SIZE" and isinstance(value, int)
+                                        and not isinstance(value, bool))
+    else:
+        ok = not isinstance(value, (dict, list))
+    if not ok:
+        raise TypeError(f"{value!r} is a TOML {type(value).__name__}")
 
 
 _SOURCE_ORDER = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.DEFAULT_MAP)

@@ -59,8 +59,12 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
             fs, fs_path = pafs.FileSystem.from_uri(path)
             return fs, str(fs_path)
         except Exception as exc:  # pyarrow raises several types for unsupported schemes
-            raise InputError(path, f"cannot open this location: {exc}",
-                             fix="use a local path or a URI pyarrow supports, such as s3://bucket/prefix") from None
+            # Only the first line: HDFS appends one line for every libjvm path it tried (about a hundred).
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fix = ("HDFS needs Java and libhdfs: set JAVA_HOME and HADOOP_HOME, or copy the data to a local disk"
+                   if "libjvm" in detail or "libhdfs" in detail else
+                   "use a local path or a URI pyarrow supports, such as s3://bucket/prefix")
+            raise InputError(path, f"cannot open this location: {detail}", fix=fix) from None
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 

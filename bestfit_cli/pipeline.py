@@ -25,7 +25,19 @@ from .formats import FORMATS, PackedRows
 from .fs import InputArgs, InputFile, InputScan, check_output_location, input_args, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .plan import Placement, assign_slots, plan_capacities
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
+from .read import (
+    BAD_RECORD_POLICIES,
+    DEFAULT_MAX_BAD_RECORDS,
+    TOKEN_DTYPES,
+    BadRecordLimit,
+    DocBatch,
+    InputCounts,
+    ReadOptions,
+    Skipped,
+    check_schemas,
+    line_limit,
+    read_inputs,
+)
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
 from .window import (
@@ -95,6 +107,11 @@ class PackOptions:
     format: str = "parquet"
     overwrite: bool = False
     on_bad_record: str = "error"
+    max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count (100) or a share of records read (1%)
+
+    @property
+    def bad_record_limit(self) -> BadRecordLimit:
+        return BadRecordLimit.parse(self.max_bad_records)
 
     @property
     def resolved_pad_id(self) -> int:
@@ -165,6 +182,7 @@ class PackOptions:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
         if self.memory is not None and self.memory < 1:
             raise OptionError("--memory must be a positive size such as 4GB")
+        self.bad_record_limit  # noqa: B018 -- parsing it is the check
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -320,8 +338,10 @@ class _InputTracker:
     """Counts documents per input file and reports read progress in bytes (and tokens read so far)."""
 
     def __init__(self, inputs: Sequence[InputFile], progress: Callable[[int], None] | None,
-                 tokens_read: Callable[[int], None] | None = None) -> None:
+                 tokens_read: Callable[[int], None] | None = None, limit: BadRecordLimit | None = None) -> None:
         self.inputs = inputs
+        self.limit = limit or BadRecordLimit()
+        self.names = ", ".join(f.name for f in inputs)
         self.counts = InputCounts.for_files(len(inputs))
         self.documents, self.skipped = self.counts.documents, self.counts.skipped
         self.progress = progress
@@ -339,10 +359,15 @@ class _InputTracker:
             if self.tokens_read is not None:
                 self.tokens_read(self.tokens)
             self._advance(reading, batch.fraction_done)
+            if batch.skipped.count:  # a count limit fails as soon as it is passed, not hours later
+                self.check_bad_records(final=False)
             yield batch
             kill_point("reading")
         for finished in range(reading, len(self.inputs)):
             self._advance(finished, 1.0)
+
+    def check_bad_records(self, *, final: bool) -> None:
+        self.limit.check(sum(self.skipped, Skipped()), sum(self.documents), self.names, final=final)
 
     def _advance(self, index: int, fraction: float) -> None:
         size = self.inputs[index].size or 0
@@ -364,10 +389,12 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     scan = scan_inputs(inputs)
     files = list(scan.files)
     check_output_location(out, inputs, files)
+    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
+                            max_line_bytes=line_limit(opts.memory))
+    check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
-    tracker = _InputTracker(files, bar.update if bar is not None else None, _token_rate(bar))
-    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
+    tracker = _InputTracker(files, bar.update if bar is not None else None, _token_rate(bar), opts.bad_record_limit)
     results: list[WindowResult] = []
     concat = ConcatCounts(0, 0, 0)
     try:
@@ -400,10 +427,12 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                 raise InputError(", ".join(f.name for f in files)[:200], what,
                                  fix="check the inputs and --column" + (
                                      f"; first skipped: {skipped.where[0]}" if skipped.where else ""))
+            tracker.check_bad_records(final=True)
             # Skipped records keep their doc_index as empty documents; count them as skipped, not as empty.
             stats = replace(stats, empty_documents=stats.empty_documents - skipped.count)
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
-                            concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where)
+                            concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where,
+                            max_bad_records=opts.max_bad_records if opts.on_bad_record == "skip" else None)
             manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped)
             writer.write_json(STATS, report.to_json())
             kill_point("manifest")

@@ -6,6 +6,7 @@ to the output dtype. Readers are registered by format in ``READERS``; a new inpu
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, OptionError
 from .fs import InputFile
 
 # Documents are handed on in batches of about this many tokens (a few MB), whatever the input's row groups.
@@ -28,6 +29,16 @@ TOKEN_DTYPES: dict[str, type[np.integer[Any]]] = {"uint16": np.uint16, "int32": 
                                                   "int64": np.int64}
 BAD_RECORD_POLICIES = ("error", "skip")
 SKIPPED_EXAMPLES = 5  # locations of skipped records kept for the report and the manifest
+# The longest JSONL line read: parsing a line holds about 8 bytes of memory per byte of it (the line, Python's list
+# of ints, the numpy copy), so 1 GiB (about 130M tokens, one default window) costs about 8 GiB at its peak.
+DEFAULT_MAX_LINE_BYTES = 1 << 30
+LINE_MEMORY_FACTOR = 8
+
+
+def line_limit(memory: int | None) -> int:
+    """The longest JSONL line a run with this ``--memory`` budget reads: an eighth of it, at most the default."""
+    return DEFAULT_MAX_LINE_BYTES if memory is None else max(1, min(DEFAULT_MAX_LINE_BYTES,
+                                                                   memory // LINE_MEMORY_FACTOR))
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,52 @@ class Skipped:
     def record(self, error: InputError) -> Skipped:
         position = error.line if error.line is not None else error.row if error.row is not None else 0
         return self + Skipped(1, (f"{error.where} ({error.reason})",), (position,))
+
+
+DEFAULT_MAX_BAD_RECORDS = "1%"
+
+
+@dataclass(frozen=True)
+class BadRecordLimit:
+    """``--max-bad-records``: how many records ``--on-bad-record skip`` may leave out before the run fails, as a
+    count (``100``) or a share of the records read (``1%``)."""
+
+    text: str = DEFAULT_MAX_BAD_RECORDS
+    count: int | None = None
+    share: float | None = 0.01
+
+    @classmethod
+    def parse(cls, text: str) -> BadRecordLimit:
+        """``N`` (a count >= 0) or ``P%`` (a share, 0 to 100); anything else is an OptionError."""
+        value = str(text).strip()
+        try:
+            if value.endswith("%"):
+                share = float(value[:-1])
+                if not 0 <= share <= 100:
+                    raise ValueError(value)
+                return cls(value, None, share / 100)
+            count = int(value)
+            if count < 0:
+                raise ValueError(value)
+            return cls(value, count, None)
+        except ValueError:
+            raise OptionError(f"--max-bad-records {text!r} is neither a count nor a share",
+                              fix="give a count of records such as 100, or a share of them such as 1%") from None
+
+    def exceeded(self, bad: int, records: int, *, final: bool) -> bool:
+        """A count is exceeded as soon as it is passed; a share only once every record is read (``final``)."""
+        if self.count is not None:
+            return bad > self.count
+        return final and self.share is not None and bad > self.share * records
+
+    def check(self, skipped: Skipped, records: int, inputs: str, *, final: bool) -> None:
+        if not self.exceeded(skipped.count, records, final=final):
+            return
+        share = f" ({100 * skipped.count / records:.1f}%)" if records else ""
+        first = f"first: {skipped.where[0]}; " if skipped.where else ""
+        raise InputError(inputs[:200], f"{skipped.count:,} of {records:,} records{share} were bad and skipped, more "
+                                       f"than --max-bad-records {self.text} allows",
+                         fix=f"{first}fix the inputs or --column, or raise --max-bad-records")
 
 
 @dataclass(frozen=True)
@@ -83,6 +140,7 @@ class ReadOptions:
     column: str = "input_ids"
     dtype: str = "int32"
     on_bad_record: str = "error"  # or "skip": leave out records that cannot be read, and count them
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer JSONL line is an error (``line_limit``)
 
     @property
     def skip_bad(self) -> bool:
@@ -153,14 +211,53 @@ def drop_bad_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, opts: Re
 # --------------------------------------------------------------------------------------------- Parquet
 
 
+# A footer claiming more values than this per byte of a column chunk is damaged: decoding it would allocate for
+# values that are not in the file. Real data stays far below it (a column of one repeated id under zstd measured
+# about 40,000 values a byte), so no honest file is refused.
+MAX_VALUES_PER_BYTE = 1 << 20
+
+
+def _unreadable(file: InputFile, exc: BaseException, what: str, fix: str) -> InputError:
+    """The error for a file that could not be opened or read: named after its cause (a missing file, a permission,
+    an I/O error) when the operating system gives one, else ``what`` with ``fix``."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, FileNotFoundError) or code == errno.ENOENT:
+        return InputError(file.name, f"disappeared before it could be read ({detail})",
+                          fix="restore it, or leave it out of the inputs (was it moved or deleted during the run?)")
+    if isinstance(exc, PermissionError) or code in (errno.EACCES, errno.EPERM):
+        return InputError(file.name, f"cannot be read: permission denied ({detail})",
+                          fix="check the file's permissions and the user bestfit runs as")
+    if isinstance(exc, OSError) and code is not None:
+        return InputError(file.name, f"cannot be read ({detail})",
+                          fix="the operating system reported an error: check the disk or the mount, then rerun")
+    return InputError(file.name, f"{what} ({detail})", fix=fix)
+
+
 def _open_parquet(file: InputFile) -> pq.ParquetFile:
     assert file.fs is not None
     try:
         return pq.ParquetFile(file.fs.open_input_file(file.fs_path))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(file.name, f"not a readable Parquet file ({detail})",
-                         fix="re-create or remove this file; an interrupted copy leaves a truncated file") from None
+        raise _unreadable(file, exc, "not a readable Parquet file",
+                          "re-create or remove this file; an interrupted copy leaves a truncated file") from None
+
+
+def open_parquet_checked(file: InputFile, opts: ReadOptions) -> pq.ParquetFile:
+    """The file's footer, checked before any data is read: the token column exists once, holds lists of integers,
+    and the row groups claim no more rows, values and bytes than the file can hold."""
+    pf = _open_parquet(file)
+    schema = pf.schema_arrow
+    found = schema.get_all_field_indices(opts.column)
+    if not found:
+        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(schema.names)[:300]}",
+                         fix="pass --column NAME")
+    if len(found) > 1:
+        raise InputError(file.name, f"{len(found)} columns are named '{opts.column}'",
+                         fix="write the file again with one token column of that name")
+    _check_list_type(file, opts.column, schema.field(opts.column).type)
+    _check_footer(file, pf.metadata, opts.column)
+    return pf
 
 
 def _check_list_type(file: InputFile, column: str, field_type: pa.DataType, row: int | None = None) -> None:
@@ -169,6 +266,73 @@ def _check_list_type(file: InputFile, column: str, field_type: pa.DataType, row:
     if not list_like or not pa.types.is_integer(field_type.value_type):
         raise InputError(file.name, f"column '{column}' has type {field_type}, not a list of integer token ids",
                          row=row, fix="pass --column with the column that holds token ids")
+
+
+def _check_footer(file: InputFile, meta: pq.FileMetaData, column: str) -> None:
+    size = file.size
+    leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == column)
+    first_row = 0
+    for group in range(meta.num_row_groups):
+        row_group = meta.row_group(group)
+        rows = row_group.num_rows
+        chunk = row_group.column(leaf)
+        claim = None
+        if rows < 0 or chunk.num_values < 0 or chunk.total_compressed_size < 0:
+            claim = "negative counts"
+        elif size is not None and chunk.total_compressed_size > size:
+            claim = f"{chunk.total_compressed_size:,} bytes of '{column}' in a file of {size:,} bytes"
+        elif size is not None and not 0 <= chunk.data_page_offset < size:
+            claim = f"'{column}' data at byte {chunk.data_page_offset:,} of a file of {size:,} bytes"
+        elif rows > chunk.num_values:
+            claim = f"{rows:,} rows but only {chunk.num_values:,} values of '{column}'"
+        elif chunk.num_values > MAX_VALUES_PER_BYTE * max(chunk.total_compressed_size, 1):
+            claim = f"{chunk.num_values:,} values of '{column}' in {chunk.total_compressed_size:,} bytes"
+        if claim is not None:
+            raise InputError(file.name, f"the footer of row group {group} (its first row is {first_row:,}) claims "
+                                        f"{claim}, which the file cannot hold",
+                             fix="the footer is damaged: re-create or remove this file")
+        first_row += rows
+    if first_row != meta.num_rows:
+        raise InputError(file.name, f"the footer claims {meta.num_rows:,} rows, its row groups {first_row:,}",
+                         fix="the footer is damaged: re-create or remove this file")
+
+
+def check_schemas(files: Sequence[InputFile], opts: ReadOptions) -> None:
+    """Open every Parquet input's footer before any work, so a wrong ``--column`` or a damaged footer in the last
+    file fails at once rather than after the files before it are packed."""
+    for file in files:
+        if file.format == "parquet":
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            open_parquet_checked(file, opts).close()
+
+
+def _failing_row_group(pf: pq.ParquetFile, column: str, row: int) -> str:
+    """The first row group from ``row`` on that cannot be decoded, with its rows.
+
+    The scanner decodes ahead, so the row it had handed on when it failed says little (pack and stats, reading in
+    batches of different sizes, named different rows). Decoding the row groups again one at a time, only after a
+    failure, names the damaged one the same way whoever read it.
+    """
+    meta = pf.metadata
+    first = 0
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if first + rows > row:
+            try:
+                pf.read_row_group(group, columns=[column], use_threads=False)
+            except (pa.ArrowException, OSError):
+                return f"row group {group} (rows {first:,} to {first + rows - 1:,})"
+        first += rows
+    return f"the rows after row {row:,}"
+
+
+def _corrupt(file: InputFile, pf: pq.ParquetFile, column: str, row: int, exc: BaseException) -> InputError:
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+        return _unreadable(file, exc, "", "")
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(file.name, f"corrupt Parquet data in {_failing_row_group(pf, column, row)} ({detail})",
+                      fix="re-create or remove this file")
 
 
 def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -184,12 +348,7 @@ def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[p
 
 
 def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
-    pf = _open_parquet(file)
-    schema = pf.schema_arrow
-    if opts.column not in schema.names:
-        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(schema.names)}",
-                         fix="pass --column NAME")
-    _check_list_type(file, opts.column, schema.field(opts.column).type)
+    pf = open_parquet_checked(file, opts)
 
     def label(row: int) -> dict[str, int]:
         return {"row": row}
@@ -202,9 +361,7 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
             row += len(column)
             yield replace(batch, fraction_done=row / max(pf.metadata.num_rows, 1))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(file.name, f"corrupt Parquet data after row {row} ({detail})",
-                         fix="re-create or remove this file") from None
+        raise _corrupt(file, pf, opts.column, row, exc) from None
 
 
 def _null_rows(file: InputFile, column: pa.Array, first_row: int, opts: ReadOptions) -> tuple[np.ndarray, Skipped]:
@@ -272,35 +429,100 @@ def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
         size = file.size or 0
         return stream, lambda: size if raw.closed else raw.tell()
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
+        raise _unreadable(file, exc, "cannot open", "check the file and its compression") from None
 
 
-def _lines(stream: IO[bytes], chunk_size: int = 1 << 23) -> Iterator[bytes]:
-    """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline)."""
-    tail = b""
+class LineTooLong(Exception):
+    """A JSONL line longer than ``ReadOptions.max_line_bytes``; ``read_jsonl`` names the file and line."""
+
+    def __init__(self, line_no: int) -> None:
+        super().__init__(line_no)
+        self.line_no = line_no
+
+
+def _lines(stream: IO[bytes], max_line_bytes: int, chunk_size: int = 1 << 23) -> Iterator[bytes | bytearray]:
+    """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline), in linear time.
+
+    The unfinished end of a chunk is kept in a growing buffer, so a line of any length is copied once, never
+    re-joined chunk after chunk. A line longer than ``max_line_bytes`` raises ``LineTooLong``; a run of blank
+    bytes is never buffered (leading blanks of a line are dropped, a blank chunk inside one counts one byte), so
+    a file of nothing but spaces reads in bounded memory.
+    """
+    line_no = 0  # lines finished so far
+    tail = bytearray()
     while True:
         chunk = stream.read(chunk_size)
         if not chunk:
             break
-        lines = (tail + chunk).split(b"\n")
-        tail = lines.pop()
-        yield from lines
+        lines: list[bytes | bytearray] = list(chunk.split(b"\n"))
+        last = lines.pop()
+        if lines:
+            if tail:
+                tail += lines[0]
+                lines[0] = tail
+                tail = bytearray()
+            for line in lines:
+                line_no += 1
+                if len(line) > max_line_bytes:
+                    raise LineTooLong(line_no)
+                yield line
+        if last.isspace():
+            last = b" " if tail else b""  # separating whitespace is all JSON needs of it
+        tail += last
+        if len(tail) > max_line_bytes:
+            raise LineTooLong(line_no + 1)
     if tail:
         yield tail
 
 
-def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.ndarray:
+# The magic bytes of compressed streams, to say "decompress it" rather than "not valid JSON".
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def _compression_of(raw: bytes | bytearray) -> str | None:
+    return next((name for magic, name in _COMPRESSED_MAGIC.items() if raw.startswith(magic)), None)
+
+
+def _not_json(file: InputFile, line_no: int, raw: bytes | bytearray, detail: str) -> InputError:
+    compression = _compression_of(raw) if line_no == 1 else None
+    if compression is not None:
+        where = "stdin" if file.is_stdin else "this file"
+        fix = (f"{where} is {compression}-compressed: decompress it first, for example zcat FILE | bestfit pack - ..."
+               if file.is_stdin else f"{where} is {compression}-compressed: name it *.jsonl.{_SUFFIX[compression]} "
+                                     "or decompress it")
+        return InputError(file.name, f"not valid JSON ({compression}-compressed data)", line=line_no, fix=fix)
+    return InputError(file.name, f"not valid JSON ({detail})", line=line_no,
+                      fix="repair or remove this line, or pass --on-bad-record skip")
+
+
+_SUFFIX = {"gzip": "gz", "zstd": "zst", "bzip2": "bz2", "lz4": "lz4"}
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _out_of_range(file: InputFile, line_no: int, ids: list[Any], column: str, dtype: str) -> InputError:
+    """The first bad id of a line holding one beyond int64, named as Parquet input names a bad id."""
+    value = next(v for v in ids if v < 0 or v > _INT64_MAX)
+    if value < 0:
+        return InputError(file.name, f"negative token id {value} in '{column}'", line=line_no,
+                          fix="token ids must be >= 0; check the tokenizer output")
+    return InputError(file.name, f"token id {value} in '{column}' does not fit the output dtype {dtype}",
+                      line=line_no, fix="token ids must fit in int64; check the tokenizer output")
+
+
+def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str) -> np.ndarray:
     try:
         record = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(file.name, f"not valid JSON ({exc.__class__.__name__}: {str(exc).split(':')[0]})",
-                         line=line_no, fix="repair or remove this line, or pass --on-bad-record skip") from None
+        raise _not_json(file, line_no, raw, f"{exc.__class__.__name__}: {str(exc).split(':')[0]}") from None
+    except RecursionError:
+        raise InputError(file.name, "JSON nested too deeply to read", line=line_no,
+                         fix="repair or remove this line, or pass --on-bad-record skip") from None
     if not isinstance(record, dict):
         raise InputError(file.name, "line is not a JSON object", line=line_no,
                          fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
     if column not in record:
         keys = ", ".join(record) or "none"
-        raise InputError(file.name, f"no field '{column}'; fields are: {keys}", line=line_no,
+        raise InputError(file.name, f"no field '{column}'; fields are: {keys[:200]}", line=line_no,
                          fix="pass --column NAME")
     ids = record[column]
     if not isinstance(ids, list):
@@ -313,15 +535,14 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes, column: str) -> np.nd
         arr = np.array(ids)
     except (ValueError, OverflowError):
         arr = np.array(ids, dtype=object)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu" or (
-            (b"true" in raw or b"false" in raw) and any(type(v) is bool for v in ids)):
+    only_ints = arr.ndim == 1 and (arr.dtype.kind in "iu" or all(type(v) is int for v in ids))
+    if not only_ints or ((b"true" in raw or b"false" in raw) and any(type(v) is bool for v in ids)):
         kinds = sorted({type(v).__name__ if v is not None else "null" for v in ids} - {"int"})
-        what = "nested lists" if arr.ndim > 1 or "list" in kinds else ", ".join(kinds) or "values out of range"
+        what = "nested lists" if arr.ndim > 1 or "list" in kinds else ", ".join(kinds)
         raise InputError(file.name, f"'{column}' holds {what}, not only integer token ids", line=line_no,
                          fix="token ids must be non-negative integers")
-    if arr.dtype.kind == "u":  # numpy picks uint64 only for ids beyond int64
-        raise InputError(file.name, f"token id {int(arr.max())} in '{column}' does not fit int64", line=line_no,
-                         fix="check the tokenizer output")
+    if arr.dtype.kind != "i":  # numpy picks uint64 or object only for ids beyond int64
+        raise _out_of_range(file, line_no, ids, column, dtype)
     return arr
 
 
@@ -358,11 +579,11 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         return batch
 
     try:
-        for line_no, raw in enumerate(_lines(stream), start=1):
+        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes), start=1):
             if not raw.strip():
                 continue
             try:
-                ids = _parse_line(file, line_no, raw, opts.column)
+                ids = _parse_line(file, line_no, raw, opts.column, opts.dtype)
             except InputError as exc:
                 if not opts.skip_bad:
                     raise
@@ -374,8 +595,13 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
             if pending_tokens >= BATCH_TOKENS:
                 yield flush()
                 pending_tokens = 0
+    except LineTooLong as exc:
+        raise InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may hold "
+                                    "in memory", line=exc.line_no,
+                         fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or check "
+                             "that the file really is JSON Lines") from None
     except (pa.ArrowException, OSError, EOFError) as exc:
-        raise InputError(file.name, f"cannot read ({exc})", fix="check the file and its compression") from None
+        raise _unreadable(file, exc, "cannot read", "check the file and its compression") from None
     finally:
         if not file.is_stdin:
             stream.close()
@@ -449,11 +675,7 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
         for batch in read_file(file, file_index, opts):
             yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped)
         return
-    pf = _open_parquet(file)
-    if opts.column not in pf.schema_arrow.names:
-        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(pf.schema_arrow.names)}",
-                         fix="pass --column NAME")
-    _check_list_type(file, opts.column, pf.schema_arrow.field(opts.column).type)
+    pf = open_parquet_checked(file, opts)
     row = 0
     try:
         for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS * 8):
@@ -464,6 +686,4 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
             row += len(lengths)
             yield LengthBatch(file_index, row - len(lengths), lengths, row / max(pf.metadata.num_rows, 1))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(file.name, f"corrupt Parquet data after row {row} ({detail})",
-                         fix="re-create or remove this file") from None
+        raise _corrupt(file, pf, opts.column, row, exc) from None

@@ -41,6 +41,7 @@ class Report:
     concat_truncations: int
     skipped_records: int = 0  # bad input records left out under --on-bad-record skip
     skipped_where: tuple[str, ...] = ()  # where the first few were (file:line or file row N)
+    max_bad_records: str | None = None  # the limit skipping was held to (--max-bad-records), None without skip
 
     @property
     def padding_tokens(self) -> int:
@@ -81,6 +82,7 @@ class Report:
             },
             "skipped_records": self.skipped_records,
             "skipped_first": list(self.skipped_where),
+            "max_bad_records": self.max_bad_records,
         }
 
 

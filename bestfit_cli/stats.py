@@ -28,7 +28,16 @@ from .errors import InputError, OptionError, OutputError, check_field_types
 from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, ReadOptions, Skipped, read_lengths
+from .read import (
+    BAD_RECORD_POLICIES,
+    DEFAULT_MAX_BAD_RECORDS,
+    TOKEN_DTYPES,
+    BadRecordLimit,
+    ReadOptions,
+    Skipped,
+    check_schemas,
+    read_lengths,
+)
 from .strategies import (
     STRATEGIES,
     Strategy,
@@ -63,6 +72,7 @@ class StatsOptions:
     memory: int | None = None  # pack's --memory: sets pack's windows, so bestfit here plans the same ones
     rows_per_shard: int = 0  # pack's --rows-per-shard: with memory, it changes pack's window
     window_documents: int = 0
+    max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count or a share of the records read
 
     def pack_windows(self, ctx: int) -> tuple[int, int]:
         """``(window_tokens, window_documents)`` of ``pack`` with these options at ``ctx``: the same definition."""
@@ -91,6 +101,7 @@ class StatsOptions:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
         if self.dtype not in TOKEN_DTYPES:
             raise OptionError(f"--dtype {self.dtype!r} is unknown", fix=f"use one of {', '.join(TOKEN_DTYPES)}")
+        BadRecordLimit.parse(self.max_bad_records)
         if self.eos_id is not None and self.eos_id > np.iinfo(TOKEN_DTYPES[self.dtype]).max:
             raise OptionError(f"--eos-id {self.eos_id} does not fit the token dtype {self.dtype}",
                               fix="use a smaller id, or a wider --dtype")
@@ -158,7 +169,8 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
 
 
 def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = None,
-                        progress: Callable[[int], None] | None = None) -> CorpusLengths:
+                        progress: Callable[[int], None] | None = None,
+                        limit: BadRecordLimit | None = None) -> CorpusLengths:
     """One streaming pass over ``files`` (``fs.resolve_inputs``): every document's length, in input order, and saved
     histograms merged.
 
@@ -170,6 +182,10 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
     saved = LengthHistogram()
     described: list[dict[str, Any]] = []
     has_saved = False
+    limit = limit or BadRecordLimit()
+    all_skipped = Skipped()
+    read_so_far = 0
+    names = ", ".join(f.name for f in files)
     for index, file in enumerate(files):
         if file.size == 0:
             raise InputError(file.name, "file is empty", fix="remove it from the inputs")
@@ -193,6 +209,8 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
             chunks.append(batch.lengths)
             documents += len(batch.lengths)
             skipped += batch.skipped
+            if batch.skipped.count:  # a count limit fails as soon as it is passed
+                limit.check(all_skipped + skipped, read_so_far + documents, names, final=False)
             now = int((file.size or 0) * batch.fraction_done)
             if progress is not None and now > done:
                 progress(now - done)
@@ -200,10 +218,13 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
         described.append({"path": file.name, "format": file.format, "documents": documents})
         if skipped.count:
             described[-1].update(skipped_records=skipped.count, skipped_first=list(skipped.where))
+        all_skipped += skipped
+        read_so_far += documents
     in_order = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     histogram = LengthHistogram.from_lengths(in_order) + saved
     if histogram.documents == 0:
         raise InputError(", ".join(f.name for f in files)[:200], "input holds no documents", fix="check the inputs")
+    limit.check(all_skipped, read_so_far, names, final=True)
     return CorpusLengths(histogram, None if has_saved else in_order, described)
 
 
@@ -370,15 +391,17 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
-    return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory), opts)
+    limit = BadRecordLimit.parse(opts.max_bad_records)
+    return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory, limit), opts)
 
 
-def _read_with_progress(scan: InputScan, opts: ReadOptions,
-                        progress_factory: Callable[[int], Any] | None) -> CorpusLengths:
+def _read_with_progress(scan: InputScan, opts: ReadOptions, progress_factory: Callable[[int], Any] | None,
+                        limit: BadRecordLimit | None = None) -> CorpusLengths:
     files = list(scan.files)
+    check_schemas(files, opts)  # a wrong --column in the last file fails before the first is read
     bar = progress_factory(sum(f.size or 0 for f in files)) if progress_factory else None
     try:
-        return replace(read_corpus_lengths(files, opts, bar.update if bar is not None else None),
+        return replace(read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit),
                        left_out=scan.left_out)
     finally:
         if bar is not None:
@@ -390,7 +413,8 @@ def _read_with_progress(scan: InputScan, opts: ReadOptions,
 
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
                       progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error",
-                      dtype: str = "int32", output: str | None = None) -> dict[str, Any]:
+                      dtype: str = "int32", output: str | None = None,
+                      max_bad_records: str = DEFAULT_MAX_BAD_RECORDS) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options.
 
     Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
@@ -405,10 +429,11 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
     scan = scan_inputs(inputs)
     if output is not None:
         check_histogram_output(output, inputs, scan)
-    corpus = _read_with_progress(scan, read_opts, progress_factory)
+    corpus = _read_with_progress(scan, read_opts, progress_factory, BadRecordLimit.parse(max_bad_records))
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
             "inputs_left_out": [e.to_json() for e in corpus.left_out],
-            "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype},
+            "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype,
+                        "max_bad_records": max_bad_records},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
 
 

@@ -181,6 +181,9 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
         manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise VerifyError(f"{out}: manifest.json is not valid JSON", fix=RERUN) from None
+    except RecursionError:
+        raise VerifyError(f"{posixpath.join(out, MANIFEST)} is malformed: JSON nested too deeply to read",
+                          fix=RERUN) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise VerifyError(f"{out}: manifest.json is not a bestfit manifest", fix="give the OUT folder of bestfit pack")
     if "windows" not in manifest:
@@ -231,7 +234,10 @@ class _Shape:
 
     def value(self, value: Any, key: str, check: Callable[[Any], bool], wanted: str) -> Any:
         if not check(value):
-            shown = json.dumps(value)
+            try:
+                shown = json.dumps(value)
+            except RecursionError:  # nested almost as deep as json.loads allows
+                shown = type(value).__name__
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise VerifyError(f"{self.where} is malformed: {key} is {shown}, expected {wanted}", fix=RERUN)
         return value

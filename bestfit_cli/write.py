@@ -9,6 +9,7 @@ before and after the manifest's, so that holds after a power loss too; an object
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -57,6 +58,21 @@ class ShardInfo:
 
 def _describe(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _write_fix(exc: BaseException) -> str:
+    """What to do about a failed write, after its cause: only a full disk is fixed by freeing space."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space or choose another OUT, then rerun with --overwrite"
+    if code == errno.ENOENT:
+        return ("OUT or its temporary folder was removed while bestfit wrote to it (by another process?); rerun with "
+                "--overwrite")
+    if code == errno.EIO:
+        return "the disk reported an I/O error: check the device or the mount, then rerun with --overwrite"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "OUT is not writable: check its permissions and mount, or choose another OUT"
+    return "check OUT and the disk it is on (free space, permissions), then rerun with --overwrite"
 
 
 class ShardWriter:
@@ -135,8 +151,7 @@ class ShardWriter:
             if name == MANIFEST:
                 self._sync(self.root)
         except (OSError, pa.ArrowException) as exc:
-            raise OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})",
-                              fix="free disk space or choose another OUT, then rerun with --overwrite") from None
+            raise OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc)) from None
 
     def write_shard(self, name: str, data: bytes, rows: int, companions: dict[str, bytes] | None = None) -> ShardInfo:
         """Writes the shard ``name`` and its companion files (by name), each atomically, the main file last."""

@@ -60,7 +60,8 @@ def cases(draw: st.DrawFn) -> tuple[PackOptions, list[InputFileSpec]]:
         long_docs=draw(st.sampled_from(LONG_DOC_POLICIES)), seed=draw(st.integers(0, 2**16)),
         shuffle=draw(st.booleans()), rows_per_shard=draw(st.integers(1, 8)),
         dtype=draw(st.sampled_from(sorted(TOKEN_DTYPES))), window_tokens=draw(st.integers(ctx, 6 * ctx)),
-        workers=draw(st.integers(1, 2)), on_bad_record="skip" if skip else "error")
+        workers=draw(st.integers(1, 2)), on_bad_record="skip" if skip else "error",
+        max_bad_records="100%")
     return opts, files
 
 

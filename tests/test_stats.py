@@ -237,7 +237,7 @@ def test_bad_records_stop_the_run_or_are_skipped_and_counted(tmp_path: Path) -> 
     source.write_text('{"input_ids": [1, 2, 3]}\nnot json\n{"input_ids": [4, 5]}\n')
     code, _, stderr = run_cli("stats", source, "--ctx", 4)
     assert code == 1 and "bad.jsonl:2: not valid JSON" in stderr
-    report = stats_json(source, "--ctx", 4, "--on-bad-record", "skip")
+    report = stats_json(source, "--ctx", 4, "--on-bad-record", "skip", "--max-bad-records", 1)
     assert report["documents"] == 2 and report["inputs"][0]["skipped_records"] == 1
     assert report["options"]["on_bad_record"] == "skip"
 
@@ -288,10 +288,12 @@ def test_stats_refuses_and_skips_the_ids_pack_refuses_and_skips(tmp_path: Path, 
     code, stdout, stderr = run_cli("stats", path, "--ctx", 8, "--dtype", dtype)
     assert code == 1 and message in stderr and "Traceback" not in stderr
     packed = tmp_path / "out"
-    code, _, stderr = run_cli("pack", path, packed, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip", "-q")
+    code, _, stderr = run_cli("pack", path, packed, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip",
+                                   "--max-bad-records", 1, "-q")
     assert code == 0, stderr
     pack_stats = json.loads((packed / "stats.json").read_text())
-    report = stats_json(path, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip", "--strategy", "bestfit")
+    report = stats_json(path, "--ctx", 8, "--dtype", dtype, "--on-bad-record", "skip",
+                        "--max-bad-records", 1, "--strategy", "bestfit")
     assert (report["documents"], report["empty_documents"]) == (pack_stats["documents"], 0)
     assert report["results"][0]["sequences"] == pack_stats["sequences"]
     assert report["inputs"][0]["skipped_records"] == pack_stats["skipped_records"] == 1
@@ -310,7 +312,7 @@ def test_histogram_checks_ids_against_dtype_as_pack_does(tmp_path: Path) -> None
     code, _, stderr = run_cli("histogram", path, "-o", tmp_path / "h.json", "--dtype", "uint16")
     assert code == 1 and "row 1: token id 70000" in stderr and not (tmp_path / "h.json").exists()
     code, _, stderr = run_cli("histogram", path, "-o", tmp_path / "h.json", "--dtype", "uint16",
-                              "--on-bad-record", "skip")
+                              "--on-bad-record", "skip", "--max-bad-records", 1)
     assert code == 0, stderr
     saved = json.loads((tmp_path / "h.json").read_text())
     assert saved["options"]["dtype"] == "uint16" and saved["inputs"][0]["skipped_records"] == 1
