@@ -1,14 +1,13 @@
-"""A plain PyTorch loop: the varlen attention of docs/training.md, given cu_seqlens from bestfit_cli.training, trains
-a packed batch exactly like its pieces alone; given only the rows' bounds, it mixes documents."""
+"""A plain PyTorch loop: a batch of the packaged reader, fed flattened with its cu_seqlens to the varlen attention of
+docs/training.md, trains exactly like its pieces alone; given only the rows' bounds, that attention mixes documents."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 
-from bestfit_cli import training
+from bestfit_cli import PackedDataset
 
 from .training_proof import (
     TOLERANCE,
@@ -16,7 +15,6 @@ from .training_proof import (
     pieces_alone,
     relative_errors,
     run_pack,
-    sample_batch,
     shard_rows,
     tiny_llama,
 )
@@ -41,21 +39,21 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def batch_rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    rows = shard_rows(run_pack(f"bestfit pack samples/ out/ --ctx {CTX} --eos-id 100257",
-                               tmp_path_factory.mktemp("rows")))
-    return [rows[i] for i in sample_batch(rows, CTX)]
+def reader_batch(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The reader's first batch that has a padded row and a full row, both of several pieces; and its rows as
+    written in the shards."""
+    out = run_pack(f"bestfit pack samples/ out/ --ctx {CTX} --eos-id 100257", tmp_path_factory.mktemp("rows"))
+    rows = shard_rows(out)
+    for batch in PackedDataset(str(out), batch_size=4, seed=0):
+        picked = [rows[i] for i in batch["row_index"]]
+        several = [r for r in picked if len(r["seq_lengths"]) > 1]
+        if {sum(r["seq_lengths"]) < CTX for r in several} == {True, False}:
+            return batch, picked
+    raise AssertionError("no batch of the sample has padded and full rows of several pieces")
 
 
-def flat_batch(batch_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
-    pieces = np.concatenate([r["seq_lengths"] for r in batch_rows])
-    offsets = np.cumsum([0] + [len(r["seq_lengths"]) for r in batch_rows])
-    segs = training.segments(pieces, offsets, np.full(len(batch_rows), CTX))
-    ids = np.concatenate([r["input_ids"] for r in batch_rows])
-    columns = {"input_ids": torch.from_numpy(ids.astype(np.int64))[None],
-               "position_ids": torch.from_numpy(training.position_ids(segs))[None],
-               "labels": torch.from_numpy(training.labels(ids, segs))[None]}
-    return columns, torch.from_numpy(training.cu_seqlens(segs))
+def flat(batch: dict[str, Any]) -> dict[str, Any]:
+    return {name: torch.from_numpy(batch[name]).reshape(1, -1) for name in ("input_ids", "position_ids", "labels")}
 
 
 def varlen_kwargs(cu_seqlens: Any) -> dict[str, Any]:
@@ -64,18 +62,16 @@ def varlen_kwargs(cu_seqlens: Any) -> dict[str, Any]:
             "max_length_k": longest, "use_cache": False}
 
 
-def test_varlen_attention_with_cu_seqlens_trains_like_the_pieces_alone(kernel: str,
-                                                                      batch_rows: list[dict[str, Any]]) -> None:
-    want = pieces_alone(tiny_llama(), batch_rows)
-    columns, cu_seqlens = flat_batch(batch_rows)
-    got = loss_and_gradient(tiny_llama(kernel), **columns, **varlen_kwargs(cu_seqlens))
+def test_varlen_attention_with_cu_seqlens_trains_like_the_pieces_alone(kernel: str, reader_batch: Any) -> None:
+    batch, rows = reader_batch
+    want = pieces_alone(tiny_llama(), rows)
+    got = loss_and_gradient(tiny_llama(kernel), **flat(batch), **varlen_kwargs(torch.from_numpy(batch["cu_seqlens"])))
     assert max(relative_errors(got, want)) <= TOLERANCE
 
 
-def test_varlen_attention_given_only_row_bounds_mixes_documents(kernel: str,
-                                                               batch_rows: list[dict[str, Any]]) -> None:
-    want = pieces_alone(tiny_llama(), batch_rows)
-    columns, _ = flat_batch(batch_rows)
-    rows_only = torch.arange(0, CTX * len(batch_rows) + 1, CTX, dtype=torch.int32)
-    got = loss_and_gradient(tiny_llama(kernel), **columns, **varlen_kwargs(rows_only))
+def test_varlen_attention_given_only_row_bounds_mixes_documents(kernel: str, reader_batch: Any) -> None:
+    batch, rows = reader_batch
+    want = pieces_alone(tiny_llama(), rows)
+    rows_only = torch.arange(0, CTX * len(rows) + 1, CTX, dtype=torch.int32)
+    got = loss_and_gradient(tiny_llama(kernel), **flat(batch), **varlen_kwargs(rows_only))
     assert relative_errors(got, want)[1] > TOLERANCE
