@@ -54,7 +54,8 @@ from .window import (
 from .write import MANIFEST, STATS, ShardInfo, ShardWriter, companion_name, shard_name
 
 MANIFEST_FORMAT = "bestfit.packed"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: inputs' fingerprints and inputs_left_out, stats.json's size and sha256
+COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
 DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
 MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
@@ -433,8 +434,8 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
                             concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where,
                             max_bad_records=opts.max_bad_records if opts.on_bad_record == "skip" else None)
-            manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped)
-            writer.write_json(STATS, report.to_json())
+            stats_file = writer.write_json(STATS, report.to_json())
+            manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped, stats_file)
             kill_point("manifest")
             writer.write_json(MANIFEST, manifest)
     finally:
@@ -473,7 +474,7 @@ def _window_json(result: WindowResult) -> dict[str, Any]:
 
 
 def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results: list[WindowResult],
-              report: Report, skipped: Sequence[Skipped]) -> dict[str, Any]:
+              report: Report, skipped: Sequence[Skipped], stats_file: tuple[int, str]) -> dict[str, Any]:
     files = scan.files
     shards = [s.to_json() for r in results for s in r.shards]
     return {
@@ -481,7 +482,7 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "format_version": MANIFEST_VERSION,
         "bestfit_version": __version__,
         "options": opts.to_json(),
-        "columns": ["input_ids", "seq_lengths", "doc_index", "doc_offset"],
+        "columns": list(COLUMNS),
         "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count}
                    for f, n, k in zip(files, documents, skipped, strict=True)],
         "inputs_left_out": scan.left_out_json(),
@@ -492,4 +493,6 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "windows": [_window_json(r) for r in results],
         "skipped_records": {"count": report.skipped_records, "first": list(report.skipped_where)},
         "stats": STATS,
+        "stats_bytes": stats_file[0],
+        "stats_sha256": stats_file[1],
     }

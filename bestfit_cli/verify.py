@@ -10,10 +10,13 @@ at all (absent, no manifest, a manifest whose fields have the wrong type or valu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +28,13 @@ from .errors import VerifyError
 from .formats import FORMATS
 from .fs import filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
-from .pipeline import LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MAX_CTX
+from .pipeline import COLUMNS, LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_CTX
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX, companion_name
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
+KNOWN_VERSIONS = (MANIFEST_VERSION,)  # manifest format versions this verify reads
 RERUN = "rerun the same bestfit pack command with --overwrite"
 
 
@@ -68,25 +72,35 @@ class VerifyResult:
     problem_count: int = 0
     notes: list[str] = field(default_factory=list)
     max_problems: int = 20
+    stopped: str | None = None  # why the check ended before the last window (then the totals are not compared)
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
 
     def add(self, problem: Problem) -> None:
-        self.problem_count += 1
-        if len(self.problems) < self.max_problems:
+        self.add_many(1, [problem])
+
+    def add_many(self, count: int, first: Iterable[Problem]) -> None:
+        """``count`` problems of one kind, of which ``first`` yields the first few (only those kept are built)."""
+        self.problem_count += count
+        for problem in first:
+            if len(self.problems) >= self.max_problems:
+                break
             self.problems.append(problem)
 
     def summary(self) -> str:
         if self.ok:
             return f"verified: {self.documents:,} documents, {self.tokens:,} tokens, {self.sequences:,} sequences"
-        return f"{self.out}: verification failed with {self.problem_count:,} problem(s); first: {self.problems[0]}"
+        counted = f"{self.problem_count:,} problem(s)"
+        if self.stopped:
+            counted = f"at least {counted} (stopped: {self.stopped}; later windows and the totals not checked)"
+        return f"{self.out}: verification failed with {counted}; first: {self.problems[0]}"
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "out": self.out, "documents": self.documents, "tokens": self.tokens,
                 "sequences": self.sequences, "shards": self.shards, "problem_count": self.problem_count,
-                "problems": [p.to_json() for p in self.problems], "notes": self.notes}
+                "problems": [p.to_json() for p in self.problems], "notes": self.notes, "stopped": self.stopped}
 
 
 @dataclass(frozen=True)
@@ -140,23 +154,26 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     listed_inputs = manifest.get("inputs", [])
     if len(files) != len(listed_inputs):
         result.add(Problem(f"{len(files)} input file(s) given, the manifest lists {len(listed_inputs)}"))
+    _check_stats_file(fs, root, manifest, result)
     reader = _InputDocs(files, opts.read)
+    # Every window is checked, however many problems come up, so problem_count counts them all; only a window
+    # that cannot be lined up with the inputs stops the check.
     for window in manifest["windows"]:
         if window["first_doc"] != reader.position:
             result.add(Problem(f"window {window['index']} starts at document {window['first_doc']}, "
                                f"expected {reader.position}"))
-            break
+            result.stopped = f"window {window['index']} does not start where the one before it ended"
+            return result
         # The window's input tokens are at most its packed tokens plus those --long-docs removed.
         docs = reader.take(window["documents"], window.get("tokens", 0) + window.get("dropped_tokens", 0))
         if docs.n_docs < window["documents"]:
             result.add(Problem(f"the inputs end after {reader.position:,} documents; the manifest lists "
                                f"{manifest['documents']:,}", document=reader.position))
-            break
+            result.stopped = f"the inputs end inside window {window['index']}"
+            _check_input_counts(manifest, reader, result)
+            return result
         _check_window(fs, root, window, docs, opts, shard_info, result)
         del docs
-        if result.problem_count >= max_problems:
-            result.notes.append(f"stopped after window {window['index']}: {result.problem_count} problems found")
-            return result
     extra = reader.remaining()
     if extra:
         result.add(Problem(f"the inputs hold {extra:,} document(s) more than the manifest lists "
@@ -172,8 +189,9 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
     if info.type != pafs.FileType.Directory:
         raise VerifyError(f"{out}: is not a folder", fix="give the OUT folder of a bestfit pack run")
     try:
-        with fs.open_input_stream(posixpath.join(root, MANIFEST)) as stream:
-            raw = stream.read()
+        raw = read_regular(fs, root, MANIFEST)
+    except Refused as exc:
+        raise VerifyError(f"{out}: manifest.json {exc}", fix=RERUN) from None
     except (FileNotFoundError, OSError, pa.ArrowException):
         raise VerifyError(f"{out}: no manifest.json, so this output is incomplete (its pack run was interrupted, "
                           "failed or is still running)", fix=RERUN) from None
@@ -186,10 +204,57 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
                           fix=RERUN) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise VerifyError(f"{out}: manifest.json is not a bestfit manifest", fix="give the OUT folder of bestfit pack")
-    if "windows" not in manifest:
-        raise VerifyError(f"{out}: manifest.json has no per-window information (written by an older bestfit)",
-                          fix=RERUN)
+    version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version < min(KNOWN_VERSIONS):
+        raise VerifyError(f"{out}: manifest.json has format_version {version}, written by an older bestfit that "
+                          "recorded less than this verify checks", fix=RERUN)
+    if version not in KNOWN_VERSIONS or isinstance(version, bool):
+        shown = json.dumps(version)[:40]
+        raise VerifyError(f"{out}: manifest.json has format_version {shown}, which this bestfit does not know (it "
+                          f"reads {', '.join(map(str, KNOWN_VERSIONS))})",
+                          fix="verify with the bestfit that wrote it (its bestfit_version), or rerun pack")
     return manifest
+
+
+class Refused(Exception):
+    """A path in OUT that verify will not read: a link, a pipe, a device. ``str()`` says which, for messages."""
+
+
+_REGULAR_ONLY = "verify reads only regular files inside OUT; it was not read"
+
+
+def read_regular(fs: pafs.FileSystem, root: str, name: str, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``name`` directly in OUT (at most ``limit`` + 1 of them), never following a
+    link: a shard that links to ``/dev/zero``, a FIFO or a file outside OUT raises ``Refused`` unread.
+
+    Raises FileNotFoundError (or another OSError) when it cannot be opened.
+    """
+    path = posixpath.join(root, name)
+    if not isinstance(fs, pafs.LocalFileSystem):  # an object store has no links, pipes or devices
+        with fs.open_input_stream(path) as stream:
+            return bytes(stream.read() if limit is None else stream.read(limit + 1))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Refused(f"is a link ({_REGULAR_ONLY})") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Refused(f"is not a regular file (a pipe or a device; {_REGULAR_ONLY})")
+        size = os.fstat(fd).st_size
+        want = size if limit is None else min(size, limit) + 1
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.read(fd, min(want - got, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------------ manifest shape
@@ -276,8 +341,11 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     shape.field(options, "format", "options", _one_of(list(FORMATS)), _either(list(FORMATS)), default="parquet")
     shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
                 default="error")
-    for key in ("documents", "tokens", "sequences"):
+    for key in ("documents", "tokens", "sequences", "stats_bytes"):
         shape.field(manifest, key, "", _is_count, COUNT)
+    shape.field(manifest, "stats_sha256", "", _is_sha256, "64 hex digits")
+    shape.field(manifest, "columns", "", lambda v: _is_list(v) and all(isinstance(c, str) for c in v),
+                "a list of column names")
     for name, shard in shape.entries(manifest, "shards"):
         shape.field(shard, "path", name, _is_name, "a file name in OUT")
         shape.field(shard, "rows", name, _is_count, COUNT)
@@ -288,7 +356,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
             shape.field(companion, "bytes", f"{name}.{file_name}", _is_count, COUNT)
             shape.field(companion, "sha256", f"{name}.{file_name}", _is_sha256, "64 hex digits")
     for name, window in shape.entries(manifest, "windows"):
-        for key in ("index", "first_doc", "documents", "sequences"):
+        for key in ("index", "first_doc", "documents", "tokens", "sequences"):
             shape.field(window, key, name, _is_count, COUNT)
         for key in ("tokens", "dropped_documents", "dropped_tokens", "clipped_documents"):
             shape.field(window, key, name, _is_count, COUNT, default=0)
@@ -302,6 +370,24 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     skipped = shape.field(manifest, "skipped_records", "", _is_object, "an object", default={})
     shape.field(skipped, "first", "skipped_records", lambda v: _is_list(v) and all(isinstance(w, str) for w in v),
                 "a list of locations", default=[])
+
+
+def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], result: VerifyResult) -> None:
+    """``stats.json`` (the report) must be the one written, and ``columns`` the columns every shard has."""
+    if manifest["columns"] != list(COLUMNS):
+        result.add(Problem(f"manifest.json lists the columns {', '.join(manifest['columns'])}; a bestfit shard has "
+                           f"exactly {', '.join(COLUMNS)}"))
+    try:
+        data = read_regular(fs, root, STATS, manifest["stats_bytes"])
+    except Refused as exc:
+        result.add(Problem(str(exc), shard=STATS))
+        return
+    except (OSError, pa.ArrowException):
+        result.add(Problem("missing (manifest.json lists it)", shard=STATS))
+        return
+    if len(data) != manifest["stats_bytes"] or hashlib.sha256(data).hexdigest() != manifest["stats_sha256"]:
+        result.add(Problem("size or sha256 differs from manifest.json (the report changed after packing)",
+                           shard=STATS))
 
 
 def _check_shard_lists(manifest: dict[str, Any], result: VerifyResult) -> None:
@@ -362,6 +448,11 @@ def _check_totals(manifest: dict[str, Any], reader: _InputDocs, result: VerifyRe
                          ("sequences", result.sequences)):
         if manifest.get(label) != found:
             result.add(Problem(f"manifest.json says {manifest.get(label)} {label}, the output holds {found}"))
+    _check_input_counts(manifest, reader, result)
+
+
+def _check_input_counts(manifest: dict[str, Any], reader: _InputDocs, result: VerifyResult) -> None:
+    """Documents and skipped records per input, as read again (complete once the inputs have been read to the end)."""
     for index, listed in enumerate(manifest.get("inputs", [])[: len(reader.documents)]):
         name = listed.get("path")
         if listed.get("documents") != reader.documents[index]:
@@ -450,9 +541,10 @@ def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], docs: 
             tokens_found += found[1]
             result.shards += 1
     _check_coverage(first_doc, kept, pieces, result)
-    if window.get("sequences") != sequences:
-        result.add(Problem(f"window {window['index']}: manifest.json says {window.get('sequences')} sequences, "
-                           f"its shards hold {sequences}"))
+    for label, held in (("sequences", sequences), ("tokens", tokens_found)):
+        if window[label] != held:
+            result.add(Problem(f"window {window['index']}: manifest.json says {window[label]} {label}, "
+                               f"its shards hold {held}"))
     result.documents += len(lengths)
     result.tokens += tokens_found
     result.sequences += sequences
@@ -477,8 +569,10 @@ def _read_file(fs: pafs.FileSystem, root: str, name: str, listed: dict[str, Any]
                result: VerifyResult) -> bytes | None:
     """A file's bytes (None when it cannot be read: the listing check reports it), checked against its listing."""
     try:
-        with fs.open_input_stream(posixpath.join(root, name)) as stream:
-            data: bytes = stream.read()
+        data = read_regular(fs, root, name, listed["bytes"] if listed is not None else None)
+    except Refused as exc:
+        result.add(Problem(str(exc) if name == shard else f"{name}: {exc}", shard=shard))
+        return None
     except (FileNotFoundError, OSError, pa.ArrowException):
         return None
     if listed is not None and (listed["bytes"] != len(data) or listed["sha256"] != hashlib.sha256(data).hexdigest()):
@@ -512,10 +606,13 @@ def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] 
         return None
     if info is not None and info.get("rows") != table.num_rows:
         result.add(Problem(f"holds {table.num_rows} rows, manifest.json says {info.get('rows')}", shard=name))
-    missing = [c for c in ("input_ids", "seq_lengths", "doc_index", "doc_offset") if c not in table.column_names]
+    missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         result.add(Problem(f"lacks column(s) {', '.join(missing)}", shard=name))
         return None
+    if table.column_names != list(COLUMNS):
+        result.add(Problem(f"has the columns {', '.join(table.column_names)}, not exactly {', '.join(COLUMNS)}",
+                           shard=name))
     return table
 
 
@@ -541,8 +638,8 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
     row_offsets, row_tokens = _list_parts(table, "input_ids")
     wrong = np.flatnonzero(np.diff(row_offsets) != ctx)
     if len(wrong):
-        result.add(Problem(f"row has {int(np.diff(row_offsets)[wrong[0]])} tokens, not ctx = {ctx}", shard=name,
-                           row=int(wrong[0])))
+        result.add_many(len(wrong), (Problem(f"row has {int(np.diff(row_offsets)[r])} tokens, not ctx = {ctx}",
+                                             shard=name, row=int(r)) for r in wrong))
         return None
     piece_offsets, length = _list_parts(table, "seq_lengths")
     parts = [_list_parts(table, c) for c in ("doc_index", "doc_offset")]
@@ -556,25 +653,31 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
     for bad, message in ((np.diff(piece_offsets) == 0, "row holds no pieces"),
                          (fill > ctx, "pieces add up to more than ctx tokens")):
         if bad.any():
-            result.add(Problem(message, shard=name, row=int(np.flatnonzero(bad)[0])))
+            rows = np.flatnonzero(bad)
+            result.add_many(len(rows), (Problem(message, shard=name, row=int(r)) for r in rows))
             return None
     grid = row_tokens.reshape(n_rows, ctx)
     padding = np.arange(ctx) >= fill[:, None]
     bad_pad = padding & (grid != opts.pad_id)
     if bad_pad.any():
-        bad_row = int(np.flatnonzero(bad_pad.any(axis=1))[0])
-        result.add(Problem(f"padding after the last piece is not the pad id {opts.pad_id}", shard=name, row=bad_row))
+        bad_rows = np.flatnonzero(bad_pad.any(axis=1))
+        result.add_many(len(bad_rows), (Problem(f"padding after the last piece is not the pad id {opts.pad_id}",
+                                                shard=name, row=int(r)) for r in bad_rows))
     position = np.cumsum(length) - length - np.repeat(np.cumsum(fill) - fill, np.diff(piece_offsets))
     local = doc - first_doc
     in_window = (local >= 0) & (local < len(kept))
     fits = in_window & (length >= 1) & (offset >= 0)
     fits[fits] &= offset[fits] + length[fits] <= kept[local[fits]]
     if not fits.all():
-        i = int(np.flatnonzero(~fits)[0])
-        reason = ("doc_index is outside this window's documents" if not in_window[i]
-                  else f"piece {offset[i]}..{offset[i] + length[i]} lies outside the document's "
-                       f"{int(kept[local[i]])} packed tokens")
-        result.add(Problem(reason, shard=name, row=int(row[i]), document=int(doc[i])))
+        outside = np.flatnonzero(~fits)
+
+        def misplaced(i: int) -> Problem:
+            reason = ("doc_index is outside this window's documents" if not in_window[i]
+                      else f"piece {offset[i]}..{offset[i] + length[i]} lies outside the document's "
+                           f"{int(kept[local[i]])} packed tokens")
+            return Problem(reason, shard=name, row=int(row[i]), document=int(doc[i]))
+
+        result.add_many(len(outside), (misplaced(int(i)) for i in outside))
         keep = fits
         doc, offset, length, row, position, local = (a[keep] for a in (doc, offset, length, row, position, local))
     _compare_tokens(row_tokens, row * ctx + position, docs, local, offset, length, opts.eos_id,
@@ -598,7 +701,7 @@ def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, docs: Window,
                     offset: np.ndarray, length: np.ndarray, eos_id: int | None, names: _PieceNames,
                     result: VerifyResult) -> None:
     """Each piece's tokens in the shard must equal the same span of its document as packed (EOS appended);
-    reports the first piece that differs.
+    every piece that differs is one problem.
 
     Read straight from the window's tokens, as ``pipeline.gather_tokens`` copied them: no expanded copy of the
     window. Pieces of ``LOOP_PIECE_TOKENS`` or more are compared slice by slice, the many short ones in steps of
@@ -610,31 +713,27 @@ def _compare_tokens(out_tokens: np.ndarray, out_start: np.ndarray, docs: Window,
     copy_len = np.clip(docs.offsets[local + 1] - doc_start - offset, 0, length)  # the piece's input tokens
     src = doc_start + offset
     tokens = docs.tokens
-    bad: list[int] = []
+    bad: set[int] = set()
     if eos_id is not None:  # a piece that reaches past its document's tokens ends with its EOS
         ends = np.flatnonzero(copy_len < length)
         wrong = out_tokens[out_start[ends] + length[ends] - 1] != eos_id
-        if wrong.any():
-            bad.append(int(ends[np.argmax(wrong)]))
+        bad.update(ends[wrong].tolist())
     sliced = np.flatnonzero(copy_len >= LOOP_PIECE_TOKENS)
     for i, to, at, n in zip(sliced.tolist(), out_start[sliced].tolist(), src[sliced].tolist(),
                             copy_len[sliced].tolist(), strict=True):
         if not np.array_equal(out_tokens[to:to + n], tokens[at:at + n]):
-            bad.append(i)
-            break
+            bad.add(i)
     short = np.flatnonzero(copy_len < LOOP_PIECE_TOKENS)
     short_out, short_src, short_len = out_start[short], src[short], copy_len[short]
     for lo, hi, within in span_steps(short_len, CHECK_TOKENS):
         n = short_len[lo:hi]
         differs = out_tokens[np.repeat(short_out[lo:hi], n) + within] != tokens[np.repeat(short_src[lo:hi], n) + within]
         if differs.any():
-            at = int(np.flatnonzero(differs)[0])
-            bad.append(int(short[lo + int(np.searchsorted(np.cumsum(n), at, side="right"))]))
-            break
-    if bad:
-        piece = min(bad)
-        result.add(Problem(f"tokens differ from the input (piece of {int(length[piece])} tokens)",
-                           shard=names.shard, row=int(names.row[piece]), document=int(names.doc[piece])))
+            pieces = np.searchsorted(np.cumsum(n), np.flatnonzero(differs), side="right")
+            bad.update(short[lo + np.unique(pieces)].tolist())
+    result.add_many(len(bad), (
+        Problem(f"tokens differ from the input (piece of {int(length[p])} tokens)", shard=names.shard,
+                row=int(names.row[p]), document=int(names.doc[p])) for p in sorted(bad)))
 
 
 def _check_coverage(first_doc: int, kept: np.ndarray, pieces: _Pieces, result: VerifyResult) -> None:
@@ -652,17 +751,20 @@ def _check_coverage(first_doc: int, kept: np.ndarray, pieces: _Pieces, result: V
     expected_offset[1:] = offset[:-1] + length[:-1]
     expected_offset[first] = 0
     broken = np.flatnonzero(offset != expected_offset)
-    if len(broken):
-        i = int(broken[0])
+
+    def misfit(i: int) -> Problem:
         what = "overlaps another piece" if offset[i] < expected_offset[i] else "leaves a gap"
-        result.add(Problem(f"a piece at offset {int(offset[i])} {what} (expected offset {int(expected_offset[i])})",
-                           document=first_doc + int(doc[i])))
+        return Problem(f"a piece at offset {int(offset[i])} {what} (expected offset {int(expected_offset[i])})",
+                       document=first_doc + int(doc[i]))
+
+    result.add_many(len(broken), (misfit(int(i)) for i in broken))
     covered = np.bincount(doc, weights=length, minlength=len(kept)).astype(np.int64)
     short = np.flatnonzero(covered != kept)
-    if len(short):
-        d = int(short[0])
+
+    def incomplete(d: int) -> Problem:
         if covered[d] == 0:
-            message = f"missing from the output ({int(kept[d])} tokens expected)"
-        else:
-            message = f"the output holds {int(covered[d])} of its tokens, expected {int(kept[d])}"
-        result.add(Problem(message, document=first_doc + d))
+            return Problem(f"missing from the output ({int(kept[d])} tokens expected)", document=first_doc + d)
+        return Problem(f"the output holds {int(covered[d])} of its tokens, expected {int(kept[d])}",
+                       document=first_doc + d)
+
+    result.add_many(len(short), (incomplete(int(d)) for d in short))

@@ -162,8 +162,11 @@ class ShardWriter:
         self._write_bytes(name, data)
         return ShardInfo(name, rows, len(data), hashlib.sha256(data).hexdigest(), tuple(files))
 
-    def write_json(self, name: str, payload: dict[str, Any]) -> None:
-        self._write_bytes(name, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    def write_json(self, name: str, payload: dict[str, Any]) -> tuple[int, str]:
+        """Writes ``payload`` as ``name``; returns its size and sha256 (the manifest records them for stats.json)."""
+        data = (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode()
+        self._write_bytes(name, data)
+        return len(data), hashlib.sha256(data).hexdigest()
 
 
 def _written_by_bestfit(name: str) -> bool:

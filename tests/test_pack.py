@@ -456,7 +456,7 @@ def test_manifest_contents(tmp_path: Path) -> None:
     assert code == 0, stderr
     report = json.loads(stdout)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "bestfit.packed" and manifest["format_version"] == 1
+    assert manifest["format"] == "bestfit.packed" and manifest["format_version"] == 2
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", manifest["bestfit_version"])
     options = manifest["options"]
     assert options["ctx"] == 1024 and options["eos_id"] == EOS and options["pad_id"] == EOS
@@ -479,6 +479,9 @@ def test_manifest_contents(tmp_path: Path) -> None:
     # Nothing else is left in OUT: no temporary folder, no stray file.
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.json", "stats.json"])
     assert json.loads((out / "stats.json").read_text())["sequences"] == report["sequences"]
+    stats_bytes = (out / "stats.json").read_bytes()
+    assert manifest["stats_sha256"] == hashlib.sha256(stats_bytes).hexdigest()
+    assert manifest["stats_bytes"] == len(stats_bytes)
 
 
 # ------------------------------------------------------------------------------------------------ random corpora

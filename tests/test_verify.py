@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -499,3 +502,125 @@ def test_verify_holds_about_one_copy_of_the_window(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert result.ok, result.problems
     assert peak < 1.5 * tokens.nbytes
+
+
+# ------------------------------------------------------------------------------------------------ trusts nothing
+
+
+def verify_subprocess(source: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """``bestfit verify`` in its own process, so a read that never ends fails the test instead of hanging it."""
+    return subprocess.run([sys.executable, "-m", "bestfit_cli", "verify", str(source), str(out)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "outside"])
+def test_verify_reads_only_regular_files_inside_out(damaged: tuple[Path, Path], tmp_path: Path, kind: str) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    shard = out / name
+    if kind == "outside":  # a valid copy of the shard, outside OUT: every byte right, but not OUT's file
+        shard.rename(tmp_path / name)
+        shard.symlink_to(tmp_path / name)
+    else:
+        shard.unlink()
+        if kind == "fifo":
+            os.mkfifo(shard)
+        else:
+            shard.symlink_to("/dev/zero")
+    done = verify_subprocess(source, out)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    expected = "is not a regular file" if kind == "fifo" else "is a link"
+    assert f"{name}: {expected}" in done.stderr.splitlines()[-1]
+    assert "verify reads only regular files inside OUT; it was not read" in done.stderr
+
+
+def test_manifest_that_is_a_fifo(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    (out / "manifest.json").unlink()
+    os.mkfifo(out / "manifest.json")
+    done = verify_subprocess(source, out)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"Error: {out}: manifest.json is not a regular file (a pipe or a "
+                                                "device; verify reads only regular files inside OUT; it was not "
+                                                "read) (rerun the same bestfit pack command with --overwrite)"]
+
+
+def test_edited_stats_json_is_found(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    report = json.loads((out / "stats.json").read_text())
+    report["sequences"] -= 1
+    (out / "stats.json").write_text(json.dumps(report, indent=2) + "\n")
+    assert problems(source, out) == [
+        "stats.json: size or sha256 differs from manifest.json (the report changed after packing)"]
+
+
+@pytest.mark.parametrize("version", [999, "2", None, True])
+def test_unknown_format_version_is_refused(damaged: tuple[Path, Path], version: Any) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    manifest["format_version"] = version
+    save_manifest(out, manifest)
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"manifest.json has format_version {json.dumps(version)}, which this bestfit does not know" in (
+        result.stderr)
+
+
+def test_edited_columns_are_found(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    manifest["columns"] = ["input_ids", "seq_lengths", "doc_index", "doc_offset", "attention_mask"]
+    save_manifest(out, manifest)
+    assert problems(source, out) == ["manifest.json lists the columns input_ids, seq_lengths, doc_index, doc_offset, "
+                                     "attention_mask; a bestfit shard has exactly input_ids, seq_lengths, doc_index, "
+                                     "doc_offset"]
+
+
+def test_an_extra_shard_column_is_found(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    name = first_shard(out)
+    table = pq.read_table(out / name)
+    pq.write_table(table.append_column("labels", table.column("input_ids")), out / name)
+    data = (out / name).read_bytes()
+    manifest = manifest_of(out)
+    manifest["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    save_manifest(out, manifest)
+    assert problems(source, out) == [f"{name}: has the columns input_ids, seq_lengths, doc_index, doc_offset, "
+                                     "labels, not exactly input_ids, seq_lengths, doc_index, doc_offset"]
+
+
+def test_edited_window_tokens_are_found(damaged: tuple[Path, Path]) -> None:
+    source, out = damaged
+    manifest = manifest_of(out)
+    held = manifest["windows"][1]["tokens"]
+    manifest["windows"][1]["tokens"] = held + 5
+    save_manifest(out, manifest)
+    assert problems(source, out) == [f"window 1: manifest.json says {held + 5} tokens, its shards hold {held}"]
+
+
+def test_every_changed_document_is_counted(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    source, out = damaged
+    changed = tmp_path / "changed"
+    shutil.copytree(source, changed)
+    lines = [json.loads(line) for line in (changed / "c.jsonl").read_text().splitlines()]
+    for doc in lines:
+        doc["input_ids"] = [(i + 1) % 50_000 for i in doc["input_ids"]]
+    (changed / "c.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in lines))
+    nonempty = sum(1 for doc in lines if doc["input_ids"])
+    result = verify([str(changed)], str(out), max_problems=5)
+    differ = [p for p in result.problems if "tokens differ" in p.message]
+    assert len(differ) == 5 and result.problem_count >= nonempty > 20
+    assert result.stopped is None
+
+
+def test_a_stop_never_claims_the_output_is_empty(damaged: tuple[Path, Path], tmp_path: Path) -> None:
+    source, out = damaged
+    shorter = tmp_path / "shorter"
+    shutil.copytree(source, shorter)
+    (shorter / "c.jsonl").unlink()
+    result = invoke("verify", shorter, out)
+    assert result.exit_code == 1
+    assert "the output holds 0" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "verification failed with at least" in last
+    assert "later windows and the totals not checked" in last
