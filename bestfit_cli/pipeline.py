@@ -21,6 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, OptionError, check_field_types
+from .fingerprint import Fingerprint, check_unchanged, fingerprint
 from .formats import FORMATS, PackedRows
 from .fs import InputArgs, InputFile, InputScan, check_output_location, input_args, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
@@ -393,6 +394,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             max_line_bytes=line_limit(opts.memory))
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
+    taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
     tracker = _InputTracker(files, bar.update if bar is not None else None, _token_rate(bar), opts.bad_record_limit)
@@ -434,8 +436,13 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
                             concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where,
                             max_bad_records=opts.max_bad_records if opts.on_bad_record == "skip" else None)
+            # An input rewritten while it was read could have mixed old and new documents into the shards: fail
+            # before anything complete-looking (stats.json, the manifest) is written.
+            check_unchanged(files, taken)
             stats_file = writer.write_json(STATS, report.to_json())
-            manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped, stats_file)
+            identities = _input_identities(taken, tracker.counts.content_sha256)
+            manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped, stats_file,
+                                 identities)
             kill_point("manifest")
             writer.write_json(MANIFEST, manifest)
     finally:
@@ -473,8 +480,15 @@ def _window_json(result: WindowResult) -> dict[str, Any]:
             "clipped_documents": s.clipped_documents, "shards": [shard.path for shard in result.shards]}
 
 
+def _input_identities(taken: Sequence[Fingerprint], content: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Each input's fingerprint for the manifest: size, mtime_ns, a Parquet footer's or a JSONL file's sha256."""
+    return [{**fp.to_json(), **({"content_sha256": sha} if sha is not None else {})}
+            for fp, sha in zip(taken, content, strict=True)]
+
+
 def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results: list[WindowResult],
-              report: Report, skipped: Sequence[Skipped], stats_file: tuple[int, str]) -> dict[str, Any]:
+              report: Report, skipped: Sequence[Skipped], stats_file: tuple[int, str],
+              identities: Sequence[dict[str, Any]]) -> dict[str, Any]:
     files = scan.files
     shards = [s.to_json() for r in results for s in r.shards]
     return {
@@ -483,8 +497,8 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "bestfit_version": __version__,
         "options": opts.to_json(),
         "columns": list(COLUMNS),
-        "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count}
-                   for f, n, k in zip(files, documents, skipped, strict=True)],
+        "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count, **identity}
+                   for f, n, k, identity in zip(files, documents, skipped, identities, strict=True)],
         "inputs_left_out": scan.left_out_json(),
         "documents": sum(documents),
         "sequences": report.stats.sequences,

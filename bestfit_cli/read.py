@@ -7,10 +7,11 @@ to the output dtype. Readers are registered by format in ``READERS``; a new inpu
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import numpy as np
@@ -121,6 +122,7 @@ class DocBatch:
     tokens: np.ndarray  # the output token dtype
     fraction_done: float = 0.0  # share of the file read once this batch is handed on (for progress)
     skipped: Skipped = Skipped()  # bad records left out of this batch (--on-bad-record skip)
+    content_sha256: str | None = None  # JSONL: on a file's last batch, sha256 of all its bytes read (decompressed)
 
     @property
     def n_docs(self) -> int:
@@ -440,13 +442,15 @@ class LineTooLong(Exception):
         self.line_no = line_no
 
 
-def _lines(stream: IO[bytes], max_line_bytes: int, chunk_size: int = 1 << 23) -> Iterator[bytes | bytearray]:
+def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_size: int = 1 << 23
+           ) -> Iterator[bytes | bytearray]:
     """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline), in linear time.
 
     The unfinished end of a chunk is kept in a growing buffer, so a line of any length is copied once, never
     re-joined chunk after chunk. A line longer than ``max_line_bytes`` raises ``LineTooLong``; a run of blank
     bytes is never buffered (leading blanks of a line are dropped, a blank chunk inside one counts one byte), so
-    a file of nothing but spaces reads in bounded memory.
+    a file of nothing but spaces reads in bounded memory. Every chunk also goes into ``digest`` (a hashlib
+    object): the input's content fingerprint (``fingerprint.py``).
     """
     line_no = 0  # lines finished so far
     tail = bytearray()
@@ -454,6 +458,8 @@ def _lines(stream: IO[bytes], max_line_bytes: int, chunk_size: int = 1 << 23) ->
         chunk = stream.read(chunk_size)
         if not chunk:
             break
+        if digest is not None:
+            digest.update(chunk)
         lines: list[bytes | bytearray] = list(chunk.split(b"\n"))
         last = lines.pop()
         if lines:
@@ -553,6 +559,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     pending_tokens = 0
     row = 0
     skipped = Skipped()
+    digest = hashlib.sha256()
 
     def flush() -> DocBatch:
         nonlocal row, skipped
@@ -579,7 +586,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         return batch
 
     try:
-        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes), start=1):
+        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest), start=1):
             if not raw.strip():
                 continue
             try:
@@ -605,8 +612,8 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     finally:
         if not file.is_stdin:
             stream.close()
-    if pending or skipped.count:
-        yield flush()
+    # Always a last batch, even one without documents: it carries the content hash of the whole file.
+    yield replace(flush(), content_sha256=digest.hexdigest())
 
 
 READERS: dict[str, Reader] = {"parquet": read_parquet, "jsonl": read_jsonl}
@@ -618,10 +625,11 @@ class InputCounts:
 
     documents: list[int]
     skipped: list[Skipped]
+    content_sha256: list[str | None] = field(default_factory=list)  # JSONL files, once read to the end
 
     @classmethod
     def for_files(cls, n_files: int) -> InputCounts:
-        return cls([0] * n_files, [Skipped()] * n_files)
+        return cls([0] * n_files, [Skipped()] * n_files, [None] * n_files)
 
 
 def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts) -> Iterator[DocBatch]:
@@ -633,6 +641,8 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
         for batch in read_file(file, index, opts):
             counts.documents[index] += batch.n_docs
             counts.skipped[index] += batch.skipped
+            if batch.content_sha256 is not None:
+                counts.content_sha256[index] = batch.content_sha256
             yield batch
 
 

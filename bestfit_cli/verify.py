@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import VerifyError
+from .errors import InputError, VerifyError
+from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
-from .fs import filesystem_for, scan_inputs
+from .fs import InputFile, filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
 from .pipeline import COLUMNS, LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_CTX
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
@@ -154,6 +155,7 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     listed_inputs = manifest.get("inputs", [])
     if len(files) != len(listed_inputs):
         result.add(Problem(f"{len(files)} input file(s) given, the manifest lists {len(listed_inputs)}"))
+    _check_fingerprints(files, listed_inputs, result)
     _check_stats_file(fs, root, manifest, result)
     reader = _InputDocs(files, opts.read)
     # Every window is checked, however many problems come up, so problem_count counts them all; only a window
@@ -367,6 +369,11 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
         shape.field(listed, "path", name, lambda v: isinstance(v, str), "a path")
         shape.field(listed, "documents", name, _is_count, COUNT)
         shape.field(listed, "skipped_records", name, _is_count, COUNT, default=0)
+        for key in ("bytes", "mtime_ns"):
+            shape.field(listed, key, name, lambda v: v is None or _is_count(v), "null or an integer >= 0",
+                        default=None)
+        for key in ("footer_sha256", "content_sha256"):
+            shape.field(listed, key, name, _is_sha256, "64 hex digits", default=None)
     skipped = shape.field(manifest, "skipped_records", "", _is_object, "an object", default={})
     shape.field(skipped, "first", "skipped_records", lambda v: _is_list(v) and all(isinstance(w, str) for w in v),
                 "a list of locations", default=[])
@@ -451,10 +458,37 @@ def _check_totals(manifest: dict[str, Any], reader: _InputDocs, result: VerifyRe
     _check_input_counts(manifest, reader, result)
 
 
+def _check_fingerprints(files: Sequence[InputFile], listed_inputs: Sequence[dict[str, Any]],
+                        result: VerifyResult) -> None:
+    """Each input's size and Parquet footer must be what pack recorded (``fingerprint.py``): a difference names the
+    input that changed since packing, ahead of the documents that then differ. A new modified time alone (a copy)
+    is a note: the documents are checked anyway."""
+    for file, listed in zip(files, listed_inputs, strict=False):  # a count mismatch is reported on its own
+        if file.is_stdin or listed.get("bytes") is None:  # packed from stdin: only its content hash is known
+            continue
+        try:
+            now = fingerprint(file)
+        except InputError as exc:
+            result.add(Problem(f"input {file.name}: {exc.reason}"))
+            continue
+        before = Fingerprint.from_json(listed)
+        changed = before.differences(now)
+        if changed:
+            result.add(Problem(f"input {file.name} changed since packing ({', '.join(changed)})"))
+        elif before.mtime_ns != now.mtime_ns:
+            result.notes.append(f"input {file.name}: modified time differs from packing (a copy?); its documents "
+                                "are checked all the same")
+
+
 def _check_input_counts(manifest: dict[str, Any], reader: _InputDocs, result: VerifyResult) -> None:
-    """Documents and skipped records per input, as read again (complete once the inputs have been read to the end)."""
+    """Documents, skipped records and JSONL content hashes per input, as read again (complete once the inputs have
+    been read to the end)."""
     for index, listed in enumerate(manifest.get("inputs", [])[: len(reader.documents)]):
         name = listed.get("path")
+        content = listed.get("content_sha256")
+        if content is not None and reader.content_sha256[index] not in (None, content):
+            result.add(Problem(f"input {reader.files[index].name} changed since packing (the sha256 of its "
+                               "contents differs)"))
         if listed.get("documents") != reader.documents[index]:
             result.add(Problem(f"input {name}: manifest.json says {listed.get('documents')} documents, "
                                f"the input holds {reader.documents[index]}"))
@@ -477,6 +511,7 @@ class _InputDocs:
         self.files = files
         counts = InputCounts.for_files(len(files))
         self.documents, self.skipped = counts.documents, counts.skipped
+        self.content_sha256 = counts.content_sha256
         self.position = 0
         self._batches = (batch for batch in read_inputs(files, opts, counts) if batch.n_docs)
         self._held: DocBatch | None = None

@@ -4,6 +4,8 @@ that never destroys an input."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from bestfit_cli import PackOptions, pack
 from bestfit_cli.cli import cli
+from bestfit_cli.errors import InputError
 from bestfit_cli.fs import scan_inputs
 from bestfit_cli.verify import verify
 
@@ -220,3 +224,89 @@ def test_histogram_o_replaces_its_own_histogram(source: Path, tmp_path: Path) ->
     assert invoke("histogram", source / "a.parquet", "-o", hist, "-q").exit_code == 0
     assert invoke("histogram", source, "-o", hist, "-q").exit_code == 0
     assert json.loads(hist.read_text())["documents"] == 60
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+
+class _RewriteOnFirstRead:
+    """A progress bar whose first update rewrites an input: a file changed while pack reads it."""
+
+    def __init__(self, path: Path, new: bytes) -> None:
+        self.path, self.new, self.done = path, new, False
+
+    def __call__(self, _total: int) -> _RewriteOnFirstRead:
+        return self
+
+    def update(self, _n: int) -> None:
+        if not self.done:
+            self.done = True
+            self.path.write_bytes(self.new)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("name", ["a.parquet", "c.jsonl"])
+def test_an_input_changed_during_the_run_fails_it(source: Path, tmp_path: Path, name: str) -> None:
+    changed = source / name
+    new = changed.read_bytes()
+    new = new + b'{"input_ids": [1, 2, 3]}\n' if name.endswith(".jsonl") else (source / "b.parquet").read_bytes()
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as caught:
+        pack([str(source)], str(out), PackOptions(ctx=CTX), progress_factory=_RewriteOnFirstRead(changed, new))
+    message = str(caught.value)
+    assert message.startswith(f"{changed}: changed while bestfit read it (")
+    assert "no manifest was written" in message and "\n" not in message
+    assert not (out / "manifest.json").exists() and not (out / "stats.json").exists()
+
+
+def test_the_manifest_records_each_inputs_fingerprint(source: Path, tmp_path: Path) -> None:
+    gz = tmp_path / "d.jsonl.gz"
+    gz.write_bytes(gzip.compress((source / "c.jsonl").read_bytes()))
+    out = tmp_path / "out"
+    pack([str(source), str(gz)], str(out), PackOptions(ctx=CTX))
+    inputs = manifest_of(out)["inputs"]
+    for listed in inputs:
+        path = Path(listed["path"])
+        assert listed["bytes"] == path.stat().st_size and listed["mtime_ns"] == path.stat().st_mtime_ns
+    parquet = inputs[0]
+    assert len(parquet["footer_sha256"]) == 64 and "content_sha256" not in parquet
+    assert inputs[1]["footer_sha256"] != parquet["footer_sha256"]
+    # JSONL: the sha256 of the bytes read, after decompression (what `sha256sum` or `zcat | sha256sum` prints).
+    plain = hashlib.sha256((source / "c.jsonl").read_bytes()).hexdigest()
+    assert inputs[2]["content_sha256"] == inputs[3]["content_sha256"] == plain
+
+
+def test_verify_names_the_input_that_changed_since_packing(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pack([str(source)], str(out), PackOptions(ctx=CTX))
+    text = (source / "c.jsonl").read_text()
+    digit = next(ch for ch in text if ch in "123456789")
+    (source / "c.jsonl").write_text(text.replace(digit, str(int(digit) % 9 + 1), 1))  # same size, new content
+    result = verify([str(source)], str(out))
+    assert f"input {source / 'c.jsonl'} changed since packing (the sha256 of its contents differs)" in [
+        str(p) for p in result.problems]
+    write_parquet(source / "a.parquet", documents([1, 2, 3]))
+    first = str(verify([str(source)], str(out)).problems[0])
+    assert first.startswith(f"input {source / 'a.parquet'} changed since packing (size ")
+
+
+def test_a_copy_with_new_times_verifies_with_a_note(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pack([str(source)], str(out), PackOptions(ctx=CTX))
+    os.utime(source / "a.parquet", ns=(1, 1))
+    result = verify([str(source)], str(out))
+    assert result.ok, result.problems
+    assert any("modified time differs from packing" in n for n in result.notes)
+
+
+def test_stdin_has_only_a_content_hash(source: Path, tmp_path: Path) -> None:
+    data = (source / "c.jsonl").read_bytes()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["pack", "-", str(out), "--ctx", str(CTX), "-q"], input=data)
+    assert result.exit_code == 0, result.stderr
+    listed = manifest_of(out)["inputs"][0]
+    assert listed["bytes"] is None and listed["mtime_ns"] is None
+    assert listed["content_sha256"] == hashlib.sha256(data).hexdigest()
+    assert verify([str(source / "c.jsonl")], str(out)).ok  # a saved copy of what was piped in
