@@ -33,7 +33,7 @@ typecheck: install
 	$(BIN)/mypy bestfit_cli
 
 fuzz: install  ## many more hypothesis examples than CI runs
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_fuzz_hostile.py
 
 bench: install  ## benchmarks on synthetic data; results go to bench/results/
 	$(BIN)/python -m bench

@@ -1,0 +1,271 @@
+"""Fuzzing hostile input: random JSONL lines, mutated Parquet footers and mutated manifests.
+
+Every outcome must be success or a one-line ``BestfitError``: never another exception, never a hang, never memory
+without bound. Each example runs in a forked child with an address-space limit and a time limit, so a footer that
+would allocate terabytes or a read that would hang fails the test instead of taking the machine down.
+
+CI runs the ``ci`` hypothesis profile (a bounded number of examples); ``make fuzz`` runs the ``fuzz`` profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import select
+import signal
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bestfit_cli import PackOptions, pack
+from bestfit_cli.errors import BestfitError
+from bestfit_cli.fs import resolve_inputs
+from bestfit_cli.read import ReadOptions, read_file, read_lengths
+from bestfit_cli.verify import verify
+
+from . import parquet_footer as footer
+from .synthetic import documents, write_parquet
+
+TIME_LIMIT = 60  # seconds an example may take; far more than any honest one needs
+MEMORY_HEADROOM = 3 << 30  # bytes of address space a child may add to what it inherits
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to bound memory and time")
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bounded(action: Callable[[], object]) -> tuple[str, str]:
+    """Run ``action`` in a forked child, with bounded memory and time: ``("ok", "")``, ``("error", message)`` for a
+    BestfitError, or ``("crash", traceback)`` for anything else, a hang or a child that died."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(read_end)
+        try:
+            limit = _address_space() + MEMORY_HEADROOM
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            action()
+            outcome = ("ok", "")
+        except BestfitError as exc:
+            outcome = ("error", str(exc))
+        except BaseException:  # noqa: BLE001 -- every other exception is what this test looks for
+            outcome = ("crash", traceback.format_exc())
+        os.write(write_end, pickle.dumps(outcome))
+        os._exit(0)
+    os.close(write_end)
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], TIME_LIMIT)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                return "crash", f"no result within {TIME_LIMIT} s (a hang?)"
+            chunk = os.read(read_end, 1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+    if not data:
+        return "crash", f"the child died (wait status {status})"
+    result: tuple[str, str] = pickle.loads(data)
+    return result
+
+
+def assert_clean(outcome: tuple[str, str]) -> None:
+    kind, detail = outcome
+    assert kind != "crash", detail
+    if kind == "error":
+        assert "\n" not in detail and detail.strip(), repr(detail)
+
+
+# --------------------------------------------------------------------------------------------- JSONL lines
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=12)
+
+
+@st.composite
+def jsonl_lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["record", "value", "bytes", "deep", "mutated", "long"]))
+    if kind == "record":
+        return json.dumps({draw(st.sampled_from(["input_ids", "ids", ""])): draw(json_values)}).encode()
+    if kind == "value":
+        return json.dumps(draw(json_values)).encode()
+    if kind == "bytes":
+        return draw(st.binary(max_size=40)).replace(b"\n", b" ")
+    if kind == "deep":
+        depth = draw(st.integers(1, 3000))
+        opener, closer = draw(st.sampled_from([("[", "]"), ('{"a":', "}")]))
+        return ('{"input_ids": [1], "x": ' + opener * depth + "1" + closer * depth + "}").encode()
+    if kind == "long":
+        return b'{"input_ids": [' + b"7, " * draw(st.integers(0, 20000)) + b"7]}"
+    line = bytearray(json.dumps({"input_ids": draw(st.lists(st.integers(0, 70000), max_size=8))}).encode())
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.integers(0, len(line) - 1))
+        line[position] = draw(st.integers(0, 255))
+    return bytes(line).replace(b"\n", b" ")
+
+
+@given(st.lists(jsonl_lines(), min_size=1, max_size=6), st.sampled_from(["error", "skip"]),
+       st.sampled_from(["uint16", "int32", "int64"]), st.sampled_from([".jsonl", ".jsonl.gz"]))
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_jsonl_lines(lines: list[bytes], policy: str, dtype: str, suffix: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"fuzz{suffix}"
+        data = b'{"input_ids": [1, 2]}\n' + b"\n".join(lines) + b"\n"
+        if suffix.endswith(".gz"):
+            import gzip
+
+            data = gzip.compress(data)
+        path.write_bytes(data)
+        [file] = resolve_inputs([str(path)])
+        opts = ReadOptions(dtype=dtype, on_bad_record=policy, max_line_bytes=1 << 16)
+        assert_clean(bounded(lambda: list(read_file(file, 0, opts))))
+        assert_clean(bounded(lambda: list(read_lengths(file, 0, opts))))
+
+
+# --------------------------------------------------------------------------------------------- Parquet footers
+
+EDGES = [-1, 0, 1, 2**31 - 1, 2**31, 2**40, 2**62]
+INT_KINDS = (footer.I16, footer.I32, footer.I64)
+
+
+def _int_fields(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths to every integer field of a decoded footer."""
+    found: list[tuple[Any, ...]] = []
+    if isinstance(node, dict):
+        for field_id, (kind, value) in node.items():
+            if kind in INT_KINDS:
+                found.append((*path, field_id))
+            elif kind == footer.STRUCT:
+                found += _int_fields(value, (*path, field_id))
+            elif kind in (footer.LIST, footer.SET) and value[0] == footer.STRUCT:
+                for index, item in enumerate(value[1]):
+                    found += _int_fields(item, (*path, field_id, index))
+    return found
+
+
+def _resolve(node: Any, path: tuple[Any, ...]) -> tuple[dict[int, tuple[int, Any]], int]:
+    """The struct holding the field at ``path``, and the field's id."""
+    for step in range(len(path) - 1):
+        key = path[step]
+        if isinstance(node, dict):
+            node = node[key][1]
+        else:
+            node = node[1][key]
+    return node, path[-1]
+
+
+@st.composite
+def footer_edits(draw: st.DrawFn) -> list[tuple[int, int]]:
+    return draw(st.lists(st.tuples(st.integers(0, 10**6), st.one_of(st.sampled_from(EDGES),
+                                                                      st.integers(-(2**63), 2**63 - 1))),
+                         min_size=1, max_size=3))
+
+
+def _is_claim(path: tuple[Any, ...]) -> bool:
+    """The footer's claims about sizes and places: the file's rows; each row group's rows and bytes; each column
+    chunk's values, sizes and page offsets. (Other fields, such as a schema element's repetition type, can make
+    pyarrow 26 abort the process on an uncaught C++ exception, which no Python code can catch: not fuzzed here.)"""
+    if path == (footer.FILE_NUM_ROWS,):
+        return True
+    if path[0] != footer.FILE_ROW_GROUPS:
+        return False
+    if len(path) == 3:
+        return path[2] in (footer.GROUP_BYTES, footer.GROUP_NUM_ROWS)
+    return len(path) == 6 and path[4] == footer.CHUNK_META and path[5] in (
+        footer.META_NUM_VALUES, footer.META_UNCOMPRESSED, footer.META_COMPRESSED, footer.META_DATA_OFFSET, 11)
+
+
+@given(footer_edits(), st.sampled_from(["error", "skip"]))
+def test_parquet_footers(edits: list[tuple[int, int]], policy: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_parquet(Path(tmp) / "fuzz.parquet", documents([3, 0, 40, 7] * 30), row_group_size=32)
+        body, meta = footer.read_footer(path)
+        fields = [f for f in _int_fields(meta) if _is_claim(f)]
+        for which, value in edits:
+            holder, field_id = _resolve(meta, fields[which % len(fields)])
+            kind, _ = holder[field_id]
+            bits = {footer.I16: 15, footer.I32: 31, footer.I64: 63}[kind]
+            holder[field_id] = (kind, max(-(2**bits), min(value, 2**bits - 1)))
+        footer.write_footer(path, body, meta)
+        [file] = resolve_inputs([str(path)])
+        opts = ReadOptions(on_bad_record=policy)
+        assert_clean(bounded(lambda: list(read_file(file, 0, opts))))
+        assert_clean(bounded(lambda: list(read_lengths(file, 0, opts))))
+
+
+# --------------------------------------------------------------------------------------------- manifests
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*path, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*path, index))
+    return found
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+hostile_values = st.one_of(json_values, st.sampled_from([-1, 0, 2**31, 2**63, 2**64, 10**30, "", "../x", "/etc",
+                                                         "part-99999-9999.parquet", 1e308, []]),
+                           st.integers(1, 1500).map(lambda depth: _nested(depth)))
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes]:
+    folder = tmp_path_factory.mktemp("manifest-fuzz")
+    source = write_parquet(folder / "in.parquet", documents([3, 9, 0, 20, 5] * 8))
+    out = folder / "out"
+    pack([str(source)], str(out), PackOptions(ctx=8, rows_per_shard=4, window_tokens=40, workers=1))
+    return source, out, (out / "manifest.json").read_bytes()
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**6), hostile_values), min_size=1, max_size=3), st.booleans())
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+def test_manifests(packed: tuple[Path, Path, bytes], edits: list[tuple[int, Any]], delete: bool) -> None:
+    source, out, original = packed
+    manifest = json.loads(original)
+    for which, value in edits:
+        paths = _paths(manifest)[1:]
+        *parents, last = paths[which % len(paths)]
+        holder = manifest
+        for key in parents:
+            holder = holder[key]
+        if delete and isinstance(holder, dict):
+            del holder[last]
+        else:
+            holder[last] = value
+    try:
+        text = json.dumps(manifest)
+    except (RecursionError, ValueError):
+        return
+    (out / "manifest.json").write_text(text)
+    try:
+        assert_clean(bounded(lambda: verify([str(source)], str(out))))
+    finally:
+        (out / "manifest.json").write_bytes(original)
