@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import end_to_end, planner, short_docs, stats_bench, window_quality
+from . import end_to_end, planner, reader, short_docs, stats_bench, window_quality
 from .common import log, remove, scratch_dir
 from .corpus import build
 
-BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats", "short_docs")
+BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats", "short_docs", "reader")
 
 
 def main() -> None:
@@ -45,6 +45,9 @@ def main() -> None:
                 stats_bench.main(folders)
         if "short_docs" in chosen:
             short_docs.main(scratch, scale=0.25 if args.quick else 1.0)
+        if "reader" in chosen:
+            # The shared corpora once (43 MB of Parquet, 30M tokens), packed in several windows, then read back.
+            reader.main(build(scratch / "reader-corpus", 1), scratch, repeats=2 if args.quick else 3)
     finally:
         if not args.keep:
             remove(scratch)
