@@ -8,8 +8,10 @@ running every piece alone through a tiny Llama. With the default ``add_extra_tok
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from megatron.core.tokenizers import MegatronTokenizerBase  # noqa: E402
 from bestfit_cli import PackOptions, pack  # noqa: E402
 from bestfit_cli.training import IGNORE_INDEX, labels, position_ids, segments  # noqa: E402
 
-from .conftest import EOS, SAMPLES  # noqa: E402
+from .conftest import EOS, ROOT, SAMPLES  # noqa: E402
 from .synthetic import documents, write_jsonl  # noqa: E402
 
 CTX = 512
@@ -165,6 +167,31 @@ def row_of_each_sample(dataset: Any, rows: np.ndarray) -> np.ndarray:
     row_of = {as_fed[r].tobytes(): r for r in range(len(rows))}
     assert len(row_of) == len(rows)
     return np.array([row_of.get(dataset[i]["tokens"].numpy().tobytes(), -1) for i in range(len(dataset))])
+
+
+def test_docs_give_this_config() -> None:
+    page = (ROOT / "docs" / "training.md").read_text()
+    block = page.split("config = GPTDatasetConfig(", 1)[1].split("\n)\n", 1)[0]
+    given = dict(re.findall(r"^\s+(\w+)=(.+?),\s*(?:#.*)?$", block, flags=re.M))
+    config = documented_config(["unused"], Path("unused"))
+    for key in ("add_extra_token_to_sequence", "reset_position_ids", "reset_attention_mask", "eod_mask_loss",
+                "create_attention_mask", "split", "random_seed", "sequence_length"):
+        assert ast.literal_eval(given[key]) == getattr(config, key), key
+    assert given["blend"] == "(prefixes, None)"
+
+
+@pytest.mark.parametrize("asked", [1, 2])
+def test_unweighted_prefixes_give_one_epoch_each_row_once(outputs: tuple[Path, Path], tmp_path: Path,
+                                                          asked: int) -> None:
+    # Megatron-LM asks for train_iters * global_batch_size samples; unweighted prefixes still give one epoch.
+    parquet, megatron = outputs
+    rows, _ = parquet_rows(parquet)
+    config = documented_config(prefixes(megatron), tmp_path / "cache", create_attention_mask=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = BlendedMegatronDatasetBuilder(GPTDataset, [asked * len(rows), None, None], lambda: True,
+                                                config).build()[0]
+    assert np.array_equal(np.sort(row_of_each_sample(dataset, rows)), np.arange(len(rows)))
 
 
 def test_gpt_dataset_yields_every_row_once_with_labels_only_inside_pieces(outputs: tuple[Path, Path],
