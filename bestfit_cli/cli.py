@@ -129,6 +129,27 @@ def _memory_or_window(memory: int | None, window_tokens: int | None) -> tuple[in
     return None, window_tokens
 
 
+class ColumnList(click.ParamType):  # type: ignore[type-arg]
+    """Training column names, comma-separated (a list in a config file); an unknown one is a usage error."""
+
+    name = "columns"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from .training import TRAINING_COLUMNS
+
+        if isinstance(value, tuple):
+            names = value
+        elif isinstance(value, list):
+            names = tuple(str(v) for v in value)
+        else:
+            names = tuple(n.strip() for n in str(value).split(",") if n.strip())
+        unknown = [n for n in names if n not in TRAINING_COLUMNS]
+        if unknown:
+            self.fail(f"unknown column {unknown[0]!r} (known: {', '.join(TRAINING_COLUMNS)}, comma-separated)",
+                      param, ctx)
+        return names
+
+
 def _progress(quiet: bool) -> Callable[[int], Any] | None:
     if quiet or not sys.stderr.isatty():
         return None
@@ -187,6 +208,12 @@ def cli() -> None:
               help="Seed of the shuffle of output sequences.")
 @click.option("--shuffle/--no-shuffle", default=True, show_default=True,
               help="Shuffle output sequences (within each window).")
+@click.option("--columns", type=ColumnList(), default="", metavar="NAMES",
+              help="Training columns to add to each row, comma-separated: position_ids (restarting at 0 in every "
+                   "piece), labels (the ids, -100 on padding and on each piece's first token).  [default: none]")
+@click.option("--pad/--no-pad", default=True, show_default=True,
+              help="Pad every row to ctx tokens, or end each row after its last piece (for padding-free "
+                   "trainers such as TRL's).")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
               help="Sequences per output shard.  [default: 16,777,216 tokens / ctx, e.g. 8192 at ctx 2048]")
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
@@ -209,9 +236,9 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
-         pad_id: int | None, seed: int, shuffle: bool, rows_per_shard: int | None, window_tokens: int | None,
-         memory: int | None, workers: int, output_format: str, overwrite: bool, on_bad_record: str,
-         max_bad_records: str, verify: bool,
+         pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...], pad: bool,
+         rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
+         output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
 
@@ -227,7 +254,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
-                       format=output_format)
+                       format=output_format, columns=columns, pad=pad)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")

@@ -41,6 +41,7 @@ from .read import (
 )
 from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
+from .training import TRAINING_COLUMNS
 from .window import (
     MEMORY_IN_FLIGHT,
     Pieces,
@@ -57,6 +58,8 @@ from .write import MANIFEST, STATS, ShardInfo, ShardWriter, companion_name, shar
 MANIFEST_FORMAT = "bestfit.packed"
 MANIFEST_VERSION = 2  # 2: inputs' fingerprints and inputs_left_out, stats.json's size and sha256
 COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
+UNPADDED_VERSION = 3  # rows of fewer than ctx tokens (--no-pad): a reader of version 2 would misread them
+BASE_COLUMNS = COLUMNS
 DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
 MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
@@ -109,6 +112,8 @@ class PackOptions:
     format: str = "parquet"
     overwrite: bool = False
     on_bad_record: str = "error"
+    columns: tuple[str, ...] = ()  # training columns to add (training.TRAINING_COLUMNS), stored in that order
+    pad: bool = True  # False: rows end after their last piece instead of being padded to ctx
     max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count (100) or a share of records read (1%)
 
     @property
@@ -135,6 +140,8 @@ class PackOptions:
         opts = self
         if not opts.rows_per_shard:
             opts = replace(opts, rows_per_shard=max(1, SHARD_TOKENS // opts.ctx))
+        # One order whatever order they were asked in, so the same columns always give the same shards.
+        opts = replace(opts, columns=tuple(c for c in TRAINING_COLUMNS if c in opts.columns))
         opts = opts.with_memory_window()
         if not opts.window_documents:
             opts = replace(opts, window_documents=window_documents_for(opts.window_tokens))
@@ -185,6 +192,10 @@ class PackOptions:
         if self.memory is not None and self.memory < 1:
             raise OptionError("--memory must be a positive size such as 4GB")
         self.bad_record_limit  # noqa: B018 -- parsing it is the check
+        unknown = [c for c in self.columns if c not in TRAINING_COLUMNS]
+        if unknown:
+            raise OptionError(f"--columns: unknown column {unknown[0]!r}",
+                              fix=f"use {' and/or '.join(TRAINING_COLUMNS)}, comma-separated")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -192,6 +203,13 @@ class PackOptions:
         data.pop("overwrite")
         data.pop("workers")  # never changes the output
         data.pop("memory")  # what it changes is window_tokens, recorded above
+        # Recorded only when used, so a run with neither writes the same manifest as before they existed.
+        if self.columns:
+            data["columns"] = list(self.columns)
+        else:
+            data.pop("columns")
+        if self.pad:
+            data.pop("pad")
         return data
 
 
@@ -294,13 +312,24 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
         sel = order[lo:hi]
         local_row = piece_row[lo:hi] - first_row
         doc, start, length = pieces.doc[sel], pieces.start[sel], pieces.length[sel]
-        tokens = _shard_buffer((last_row - first_row) * ctx, window.tokens.dtype)
-        tokens.fill(opts.resolved_pad_id)
-        gather_tokens(window, doc, start, length, local_row * ctx + piece_offset[lo:hi], tokens, opts.eos_id)
-        piece_offsets = np.zeros(last_row - first_row + 1, dtype=np.int64)
-        np.cumsum(np.bincount(local_row, minlength=last_row - first_row), out=piece_offsets[1:])
+        n_rows = last_row - first_row
+        piece_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(local_row, minlength=n_rows), out=piece_offsets[1:])
+        if opts.pad:
+            token_offsets = None
+            row_start = local_row * ctx
+            tokens = _shard_buffer(n_rows * ctx, window.tokens.dtype)
+            tokens.fill(opts.resolved_pad_id)
+        else:  # each row ends after its last piece, and the pieces cover it: nothing to fill
+            token_offsets = np.zeros(n_rows + 1, dtype=np.int64)
+            np.cumsum(np.bincount(local_row, weights=length, minlength=n_rows).astype(np.int64),
+                      out=token_offsets[1:])
+            row_start = token_offsets[local_row]
+            tokens = _shard_buffer(int(token_offsets[-1]), window.tokens.dtype)
+        gather_tokens(window, doc, start, length, row_start + piece_offset[lo:hi], tokens, opts.eos_id)
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,
-                          eos_id=opts.eos_id, pad_id=opts.resolved_pad_id)
+                          eos_id=opts.eos_id, pad_id=opts.resolved_pad_id, token_offsets=token_offsets,
+                          training_columns=opts.columns)
         name = shard_name(window.index, part, fmt)
         companions = {companion_name(name, fmt, suffix): data for suffix, data in fmt.companions(rows).items()}
         shard = writer.write_shard(name, fmt.encode(rows), rows.n_rows, companions)
@@ -435,7 +464,8 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             stats = replace(stats, empty_documents=stats.empty_documents - skipped.count)
             report = Report(opts.ctx, stats, concat.sequences(opts.ctx), concat.truncated_documents,
                             concat.truncations, skipped_records=skipped.count, skipped_where=skipped.where,
-                            max_bad_records=opts.max_bad_records if opts.on_bad_record == "skip" else None)
+                            max_bad_records=opts.max_bad_records if opts.on_bad_record == "skip" else None,
+                            padded=opts.pad)
             # An input rewritten while it was read could have mixed old and new documents into the shards: fail
             # before anything complete-looking (stats.json, the manifest) is written.
             check_unchanged(files, taken)
@@ -493,10 +523,10 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
     shards = [s.to_json() for r in results for s in r.shards]
     return {
         "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
+        "format_version": MANIFEST_VERSION if opts.pad else UNPADDED_VERSION,
         "bestfit_version": __version__,
         "options": opts.to_json(),
-        "columns": list(COLUMNS),
+        "columns": [*BASE_COLUMNS, *opts.columns],
         "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count, **identity}
                    for f, n, k, identity in zip(files, documents, skipped, identities, strict=True)],
         "inputs_left_out": scan.left_out_json(),

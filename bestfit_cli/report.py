@@ -42,10 +42,17 @@ class Report:
     skipped_records: int = 0  # bad input records left out under --on-bad-record skip
     skipped_where: tuple[str, ...] = ()  # where the first few were (file:line or file row N)
     max_bad_records: str | None = None  # the limit skipping was held to (--max-bad-records), None without skip
+    padded: bool = True  # False (--no-pad): rows end after their last piece and hold no padding
+
+    @property
+    def free_tokens(self) -> int:
+        """Tokens the sequences leave free: what padding them to ctx takes."""
+        return self.stats.sequences * self.ctx - self.stats.tokens
 
     @property
     def padding_tokens(self) -> int:
-        return self.stats.sequences * self.ctx - self.stats.tokens
+        """Padding written: the free tokens, or none when rows are unpadded."""
+        return self.free_tokens if self.padded else 0
 
     @property
     def sequences_lower_bound(self) -> int:
@@ -105,7 +112,8 @@ def render_report(report: Report, title: str = "bestfit pack") -> Any:
     table.add_row("sequences", f"{s.sequences:,}", f"{report.concat_sequences:,}")
     table.add_row("  lower bound", f"{data['sequences_lower_bound']:,}", f"{data['sequences_lower_bound']:,}")
     concat_padding = report.concat_sequences * report.ctx - s.tokens
-    table.add_row("padding", _pct(report.padding_tokens, s.sequences * report.ctx),
+    table.add_row("padding" if report.padded else "free space (not written: --no-pad)",
+                  _pct(report.free_tokens, s.sequences * report.ctx),
                   _pct(concat_padding, report.concat_sequences * report.ctx))
     table.add_row("truncated documents", f"{s.truncated_documents:,} ({_pct(s.truncated_documents, s.documents)})",
                   f"{report.concat_truncated_documents:,} ({_pct(report.concat_truncated_documents, s.documents)})")

@@ -12,12 +12,13 @@ token, so it is ``IGNORE_INDEX``, as is all padding; every other token, each rea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 IGNORE_INDEX = -100
-TRAINING_COLUMNS = ("position_ids", "labels")
+TRAINING_COLUMNS = ("position_ids", "labels")  # per-token columns ``bestfit pack --columns`` can add, in this order
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,17 @@ def cu_seqlens(segs: Segments) -> np.ndarray:
     out = np.zeros(len(segs.lengths) + 1, dtype=np.int32)
     np.cumsum(segs.lengths, out=out[1:])
     return out
+
+
+def row_columns(names: Sequence[str], input_ids: np.ndarray, seq_lengths: np.ndarray, piece_offsets: np.ndarray,
+                row_lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """The training columns ``names`` (of ``TRAINING_COLUMNS``) of consecutive rows, flat and aligned with
+    ``input_ids``: what the shard writer stores and what ``verify`` recomputes."""
+    unknown = [name for name in names if name not in TRAINING_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown training column {unknown[0]!r}; known: {', '.join(TRAINING_COLUMNS)}")
+    segs = segments(seq_lengths, piece_offsets, row_lengths)
+    columns: dict[str, np.ndarray] = {}
+    for name in names:
+        columns[name] = position_ids(segs) if name == "position_ids" else labels(input_ids, segs)
+    return columns

@@ -29,13 +29,22 @@ from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
 from .fs import InputFile, filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
-from .pipeline import COLUMNS, LOOP_PIECE_TOKENS, MANIFEST_FORMAT, MANIFEST_VERSION, MAX_CTX
+from .pipeline import (
+    BASE_COLUMNS,
+    COLUMNS,
+    LOOP_PIECE_TOKENS,
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    MAX_CTX,
+    UNPADDED_VERSION,
+)
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
+from .training import TRAINING_COLUMNS, row_columns
 from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
 from .write import MANIFEST, STATS, TMP_PREFIX, companion_name
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
-KNOWN_VERSIONS = (MANIFEST_VERSION,)  # manifest format versions this verify reads
+KNOWN_VERSIONS = (MANIFEST_VERSION, UNPADDED_VERSION)  # manifest format versions this verify reads
 RERUN = "rerun the same bestfit pack command with --overwrite"
 
 
@@ -114,13 +123,17 @@ class _Options:
     long_docs: str
     read: ReadOptions
     format: str = "parquet"
+    pad: bool = True  # False: rows end after their last piece (--no-pad)
+    training_columns: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> _Options:
         """The options of a manifest that ``_check_shape`` accepted."""
         o = manifest["options"]
         read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
-        return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"))
+        return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"),
+                   pad=o.get("pad", True),
+                   training_columns=tuple(manifest.get("columns", BASE_COLUMNS)[len(BASE_COLUMNS):]))
 
     def kept_lengths(self, lengths: np.ndarray) -> np.ndarray:
         """Tokens of each document that must appear in the output (EOS included)."""
@@ -343,6 +356,10 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     shape.field(options, "format", "options", _one_of(list(FORMATS)), _either(list(FORMATS)), default="parquet")
     shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
                 default="error")
+    shape.field(options, "pad", "options", lambda v: isinstance(v, bool), "true or false", default=True)
+    shape.field(manifest, "columns", "", lambda v: _is_list(v) and v[:len(BASE_COLUMNS)] == list(BASE_COLUMNS)
+                and all(c in TRAINING_COLUMNS for c in v[len(BASE_COLUMNS):]) and len(set(v)) == len(v),
+                f"{', '.join(BASE_COLUMNS)}, then any of {', '.join(TRAINING_COLUMNS)}", default=list(BASE_COLUMNS))
     for key in ("documents", "tokens", "sequences", "stats_bytes"):
         shape.field(manifest, key, "", _is_count, COUNT)
     shape.field(manifest, "stats_sha256", "", _is_sha256, "64 hex digits")
@@ -381,7 +398,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
 
 def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], result: VerifyResult) -> None:
     """``stats.json`` (the report) must be the one written, and ``columns`` the columns every shard has."""
-    if manifest["columns"] != list(COLUMNS):
+    if manifest["columns"][:len(COLUMNS)] != list(COLUMNS):
         result.add(Problem(f"manifest.json lists the columns {', '.join(manifest['columns'])}; a bestfit shard has "
                            f"exactly {', '.join(COLUMNS)}"))
     try:
@@ -617,7 +634,7 @@ def _read_file(fs: pafs.FileSystem, root: str, name: str, listed: dict[str, Any]
 
 
 def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] | None, result: VerifyResult,
-                output_format: str = "parquet") -> pa.Table | None:
+                output_format: str = "parquet", columns: Sequence[str] = BASE_COLUMNS) -> pa.Table | None:
     fmt = FORMATS[output_format]
     data = _read_file(fs, root, name, info, name, result)
     if data is None:
@@ -641,12 +658,12 @@ def _read_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any] 
         return None
     if info is not None and info.get("rows") != table.num_rows:
         result.add(Problem(f"holds {table.num_rows} rows, manifest.json says {info.get('rows')}", shard=name))
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         result.add(Problem(f"lacks column(s) {', '.join(missing)}", shard=name))
         return None
-    if table.column_names != list(COLUMNS):
-        result.add(Problem(f"has the columns {', '.join(table.column_names)}, not exactly {', '.join(COLUMNS)}",
+    if table.column_names != list(columns):
+        result.add(Problem(f"has the columns {', '.join(table.column_names)}, not exactly {', '.join(columns)}",
                            shard=name))
     return table
 
@@ -662,7 +679,7 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
                  kept: np.ndarray, docs: Window, opts: _Options, pieces: _Pieces, result: VerifyResult
                  ) -> tuple[int, int] | None:
     """Check one shard's rows and pieces against the window's documents; returns (rows, tokens) or None."""
-    table = _read_shard(fs, root, name, info, result, opts.format)
+    table = _read_shard(fs, root, name, info, result, opts.format, (*BASE_COLUMNS, *opts.training_columns))
     if table is None:
         return None
     ctx = opts.ctx
@@ -671,11 +688,6 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
     if FORMATS[opts.format].dtype_follows_option and token_type != pa.from_numpy_dtype(TOKEN_DTYPES[opts.read.dtype]):
         result.add(Problem(f"input_ids hold {token_type}, the manifest's dtype is {opts.read.dtype}", shard=name))
     row_offsets, row_tokens = _list_parts(table, "input_ids")
-    wrong = np.flatnonzero(np.diff(row_offsets) != ctx)
-    if len(wrong):
-        result.add_many(len(wrong), (Problem(f"row has {int(np.diff(row_offsets)[r])} tokens, not ctx = {ctx}",
-                                             shard=name, row=int(r)) for r in wrong))
-        return None
     piece_offsets, length = _list_parts(table, "seq_lengths")
     parts = [_list_parts(table, c) for c in ("doc_index", "doc_offset")]
     if any(not np.array_equal(p[0], piece_offsets) for p in parts):
@@ -691,13 +703,22 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
             rows = np.flatnonzero(bad)
             result.add_many(len(rows), (Problem(message, shard=name, row=int(r)) for r in rows))
             return None
-    grid = row_tokens.reshape(n_rows, ctx)
-    padding = np.arange(ctx) >= fill[:, None]
-    bad_pad = padding & (grid != opts.pad_id)
-    if bad_pad.any():
-        bad_rows = np.flatnonzero(bad_pad.any(axis=1))
-        result.add_many(len(bad_rows), (Problem(f"padding after the last piece is not the pad id {opts.pad_id}",
-                                                shard=name, row=int(r)) for r in bad_rows))
+    row_lengths = np.diff(row_offsets)
+    wrong = np.flatnonzero(row_lengths != (ctx if opts.pad else fill))
+    if len(wrong):
+        want = f"ctx = {ctx}" if opts.pad else f"its pieces' {int(fill[wrong[0]])} (rows are unpadded)"
+        result.add(Problem(f"row has {int(row_lengths[wrong[0]])} tokens, not {want}", shard=name,
+                           row=int(wrong[0])))
+        return None
+    if opts.pad:
+        grid = row_tokens.reshape(n_rows, ctx)
+        padding = np.arange(ctx) >= fill[:, None]
+        bad_pad = padding & (grid != opts.pad_id)
+        if bad_pad.any():
+            bad_row = int(np.flatnonzero(bad_pad.any(axis=1))[0])
+            result.add(Problem(f"padding after the last piece is not the pad id {opts.pad_id}", shard=name,
+                               row=bad_row))
+    _check_training_columns(table, name, row_offsets, row_tokens, length, piece_offsets, opts, result)
     position = np.cumsum(length) - length - np.repeat(np.cumsum(fill) - fill, np.diff(piece_offsets))
     local = doc - first_doc
     in_window = (local >= 0) & (local < len(kept))
@@ -715,12 +736,37 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
         result.add_many(len(outside), (misplaced(int(i)) for i in outside))
         keep = fits
         doc, offset, length, row, position, local = (a[keep] for a in (doc, offset, length, row, position, local))
-    _compare_tokens(row_tokens, row * ctx + position, docs, local, offset, length, opts.eos_id,
+    _compare_tokens(row_tokens, row_offsets[row] + position, docs, local, offset, length, opts.eos_id,
                     _PieceNames(doc, row, name), result)
     pieces.doc.append(local)
     pieces.offset.append(offset)
     pieces.length.append(length)
     return n_rows, int(length.sum())
+
+
+def _check_training_columns(table: pa.Table, name: str, row_offsets: np.ndarray, row_tokens: np.ndarray,
+                            length: np.ndarray, piece_offsets: np.ndarray, opts: _Options,
+                            result: VerifyResult) -> None:
+    """Each training column must be list<int64>, one value per token, equal to what ``training.py`` computes."""
+    if not opts.training_columns:
+        return
+    expected = row_columns(opts.training_columns, row_tokens, length, piece_offsets, np.diff(row_offsets))
+    for column, want in expected.items():
+        if table.schema.field(column).type != pa.list_(pa.int64()):
+            result.add(Problem(f"{column} holds {table.schema.field(column).type}, expected list<int64>",
+                               shard=name))
+            continue
+        offsets, values = _list_parts(table, column)
+        if not np.array_equal(offsets, row_offsets):
+            bad = int(np.flatnonzero(np.diff(offsets) != np.diff(row_offsets))[0])
+            result.add(Problem(f"{column} has {int(np.diff(offsets)[bad])} values, the row "
+                               f"{int(np.diff(row_offsets)[bad])} tokens", shard=name, row=bad))
+            continue
+        differs = np.flatnonzero(values != want)
+        if len(differs):
+            bad = int(np.searchsorted(row_offsets, differs[0], side="right")) - 1
+            result.add(Problem(f"column {column} differs from what seq_lengths give at position "
+                               f"{int(differs[0] - row_offsets[bad])}", shard=name, row=bad))
 
 
 @dataclass(frozen=True)

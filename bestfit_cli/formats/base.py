@@ -11,20 +11,34 @@ import pyarrow as pa
 
 @dataclass(frozen=True)
 class PackedRows:
-    """``n_rows`` sequences of ``ctx`` tokens; row ``r`` holds pieces ``piece_offsets[r]:piece_offsets[r+1]``."""
+    """``n_rows`` sequences; row ``r`` holds pieces ``piece_offsets[r]:piece_offsets[r+1]``.
+
+    Rows are ``ctx`` tokens each (padded), or, with ``token_offsets``, row ``r`` is
+    ``tokens[token_offsets[r]:token_offsets[r+1]]`` (unpadded rows end after their last piece).
+    ``training_columns`` names the per-token columns of ``training.TRAINING_COLUMNS`` to store beside them.
+    """
 
     ctx: int
-    tokens: np.ndarray  # n_rows * ctx
+    tokens: np.ndarray  # n_rows * ctx, or token_offsets[-1]
     piece_offsets: np.ndarray  # n_rows + 1
     seq_lengths: np.ndarray
     doc_index: np.ndarray
     doc_offset: np.ndarray
     eos_id: int | None = None  # the EOS id appended to each document, when one was
     pad_id: int | None = None  # the id the rows are padded with
+    token_offsets: np.ndarray | None = None  # n_rows + 1; None: every row is ctx tokens
+    training_columns: tuple[str, ...] = ()
 
     @property
     def n_rows(self) -> int:
         return len(self.piece_offsets) - 1
+
+    @property
+    def row_offsets(self) -> np.ndarray:
+        """Where each row starts in ``tokens`` (n_rows + 1 entries)."""
+        if self.token_offsets is not None:
+            return self.token_offsets
+        return np.arange(self.n_rows + 1, dtype=np.int64) * self.ctx
 
 
 class OutputFormat(Protocol):

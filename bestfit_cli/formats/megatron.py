@@ -90,6 +90,12 @@ class MegatronFormat:
     dtype_follows_option: bool = False  # the type is the smallest that holds the shard's ids, not --dtype
 
     def check_options(self, opts: Any) -> None:
+        if opts.columns:
+            raise OptionError("--format megatron cannot store --columns: Megatron derives positions and loss masks "
+                              "itself (docs/training.md)", fix="drop --columns, or use --format parquet")
+        if not opts.pad:
+            raise OptionError("--format megatron writes rows of exactly ctx tokens, so it cannot honour --no-pad",
+                              fix="drop --no-pad, or use --format parquet")
         if opts.eos_id is None:
             raise OptionError("--format megatron needs --eos-id: Megatron finds where a packed document ends by "
                               "its EOD token", fix="pass --eos-id with your tokenizer's EOD id")

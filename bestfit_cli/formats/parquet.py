@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import OutputError
+from ..training import row_columns
 from .base import PackedRows
 
 
@@ -19,7 +20,8 @@ def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType
 
 @dataclass(frozen=True)
 class ParquetFormat:
-    """The documented output: ``input_ids``, ``seq_lengths``, ``doc_index``, ``doc_offset`` (docs/format.md)."""
+    """The documented output: ``input_ids``, ``seq_lengths``, ``doc_index``, ``doc_offset``, then the training
+    columns asked for (docs/format.md)."""
 
     compression: str = "zstd"
     row_group_rows: int = 1024
@@ -32,16 +34,21 @@ class ParquetFormat:
         pass
 
     def table(self, rows: PackedRows) -> pa.Table:
-        token_offsets = np.arange(rows.n_rows + 1, dtype=np.int64) * rows.ctx
+        token_offsets = rows.row_offsets
         if token_offsets[-1] >= 2**31:
             raise OutputError("a shard would hold 2**31 tokens or more", fix="lower --rows-per-shard")
         token_type = pa.from_numpy_dtype(rows.tokens.dtype)
-        return pa.table({
+        columns = {
             "input_ids": _list_array(token_offsets, rows.tokens, token_type),
             "seq_lengths": _list_array(rows.piece_offsets, rows.seq_lengths.astype(np.int32), pa.int32()),
             "doc_index": _list_array(rows.piece_offsets, rows.doc_index.astype(np.int64), pa.int64()),
             "doc_offset": _list_array(rows.piece_offsets, rows.doc_offset.astype(np.int64), pa.int64()),
-        })
+        }
+        if rows.training_columns:
+            extra = row_columns(rows.training_columns, rows.tokens, rows.seq_lengths, rows.piece_offsets,
+                                np.diff(token_offsets))
+            columns.update({name: _list_array(token_offsets, values, pa.int64()) for name, values in extra.items()})
+        return pa.table(columns)
 
     def encode(self, rows: PackedRows) -> bytes:
         sink = pa.BufferOutputStream()
