@@ -45,6 +45,7 @@ OUTCOMES = {
     "Hugging Face `Trainer`": lambda ns: ns["trainer"].state.global_step == ns["args"].max_steps,
     "A plain PyTorch loop with a varlen attention kernel": lambda ns: len(ns["losses"]) == 3,
     "Megatron": lambda ns: len(ns["train"]) == ns["manifest"]["sequences"] and len(ns["sample"]["tokens"]) == 512,
+    "TRL padding-free": lambda ns: ns["trainer"].state.global_step == ns["trainer"].args.max_steps,
 }
 
 
