@@ -234,3 +234,12 @@ def test_columns_and_pad_from_config_and_environment(tmp_path: Path) -> None:
     bad.write_text('ctx = 256\ncolumns = ["labels", "nope"]\n')
     result = invoke("pack", SAMPLES / "nl.jsonl", tmp_path / "c", "--config", bad, "-q")
     assert result.exit_code == 2 and "columns" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags", [("--columns", "labels"), ("--no-pad",)])
+def test_megatron_refuses_what_it_cannot_store(tmp_path: Path, flags: tuple[str, ...]) -> None:
+    result = invoke("pack", SAMPLES / "nl.jsonl", tmp_path / "out", "--ctx", CTX, "--eos-id", EOS, "--pad-id", 0,
+                    "--format", "megatron", *flags)
+    assert result.exit_code == 2, result.stderr
+    assert "--format megatron" in result.stderr and flags[0] in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
