@@ -133,6 +133,7 @@ class ColumnList(click.ParamType):  # type: ignore[type-arg]
     """Training column names, comma-separated (a list in a config file); an unknown one is a usage error."""
 
     name = "columns"
+    accepts_list = True  # config.py: a TOML list of names, or one comma-separated string
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
         from .training import TRAINING_COLUMNS

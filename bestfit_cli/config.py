@@ -160,6 +160,8 @@ def _check_toml_type(param: click.Parameter, value: Any) -> None:
     elif isinstance(kind, (click.types.StringParamType, click.Choice, click.Path)):
         ok = isinstance(value, str) or (getattr(param, "metavar", None) == "SIZE" and isinstance(value, int)
                                         and not isinstance(value, bool))
+    elif getattr(kind, "accepts_list", False):  # a list option such as pack --columns: a string or a list of them
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
     else:
         ok = not isinstance(value, (dict, list))
     if not ok:
