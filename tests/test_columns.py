@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from bestfit_cli import OptionError, PackOptions, pack
 from bestfit_cli.cli import cli
+from bestfit_cli.pipeline import MANIFEST_VERSION, UNPADDED_VERSION
 from bestfit_cli.training import IGNORE_INDEX
 from bestfit_cli.verify import verify
 
@@ -52,7 +53,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_default_output_has_no_trace_of_the_new_options(outputs: dict[str, Path], tmp_path: Path) -> None:
     manifest = json.loads((outputs["plain"] / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == MANIFEST_VERSION
     assert manifest["columns"] == BASE
     assert "columns" not in manifest["options"] and "pad" not in manifest["options"]
     assert pq.read_schema(outputs["plain"] / manifest["shards"][0]["path"]).names == BASE
@@ -66,7 +67,7 @@ def test_columns_follow_the_existing_ones_and_are_recorded(outputs: dict[str, Pa
     manifest = json.loads((outputs["columns"] / "manifest.json").read_text())
     assert manifest["columns"] == [*BASE, "position_ids", "labels"]  # one order, whatever order was asked
     assert manifest["options"]["columns"] == ["position_ids", "labels"]
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == MANIFEST_VERSION
     schema = pq.read_schema(outputs["columns"] / manifest["shards"][0]["path"])
     assert schema.names == manifest["columns"]
     assert schema.field("position_ids").type == schema.field("labels").type == pa.list_(pa.int64())
@@ -112,7 +113,7 @@ def test_columns_hold_positions_and_labels_of_every_piece(outputs: dict[str, Pat
 
 def test_unpadded_rows_end_after_their_last_piece(outputs: dict[str, Path]) -> None:
     manifest = json.loads((outputs["unpadded"] / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["options"]["pad"] is False
+    assert manifest["format_version"] == UNPADDED_VERSION and manifest["options"]["pad"] is False
     padded, unpadded = rows_of(outputs["plain"]), rows_of(outputs["unpadded"])
     assert len(padded) == len(unpadded)
     for p, u in zip(padded, unpadded, strict=True):  # the same pieces in the same rows, less the padding
