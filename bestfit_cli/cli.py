@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from .strategies import STRATEGIES
 MAX_BAD_RECORDS_HELP = ("With --on-bad-record skip: fail the run when more records than this are bad, a count (100) or "
                         "a share of the records read (1%).")
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 EXIT_BROKEN_PIPE = 141
 PIPE_CHUNK = 1 << 16
 
@@ -56,6 +58,14 @@ class BestfitGroup(click.Group):
 
 class StdoutClosed(Exception):
     """stdout was closed by the reader (``| head``): not an error of the run."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, Slurm, Kubernetes): unwinds like Ctrl-C, so every writer cleans up on the way out."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated()
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -194,7 +204,7 @@ def cli() -> None:
     """Best-fit packing of tokenized corpora into fixed-length training sequences.
 
     Data goes to stdout, tables and progress to stderr. Exit codes: 0 success, 1 bad input or failed run,
-    2 usage error, 130 interrupted.
+    2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
 
 
@@ -227,7 +237,8 @@ def cli() -> None:
               help="Shard format: Parquet, or Megatron's indexed dataset (.bin + .idx; needs --eos-id and a --pad-id "
                    "other than it; docs/training.md#megatron).")
 @click.option("--overwrite", is_flag=True,
-              help="Replace an earlier bestfit output in OUT (files bestfit did not write are never deleted).")
+              help="Replace an earlier bestfit output in OUT; it stays valid until the new one is complete, and only "
+                   "what its manifest lists is deleted.")
 @click.option("--on-bad-record", type=click.Choice(BAD_RECORD_POLICIES), default="error", show_default=True,
               help="A record that cannot be read (bad JSON, wrong type, bad id): stop with an error, or skip and "
                    "count it in the report and manifest.")
@@ -419,9 +430,13 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
 
 
 def main() -> None:
-    """Entry point: runs the CLI; Ctrl-C exits 130 with one line, a closed stdout ends quietly."""
+    """Entry point: runs the CLI; Ctrl-C exits 130 and SIGTERM 143 with one line, a closed stdout ends quietly."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(standalone_mode=False, prog_name="bestfit")
+    except Terminated:
+        click.echo("bestfit: terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
     except click.exceptions.Abort:
         click.echo("bestfit: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

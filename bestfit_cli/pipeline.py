@@ -9,7 +9,6 @@ thread pool; results are collected in window order, so the output does not depen
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,10 +52,10 @@ from .window import (
     window_tokens_for_memory,
     windows,
 )
-from .write import MANIFEST, STATS, ShardInfo, ShardWriter, companion_name, shard_name
+from .write import STATS, ShardInfo, ShardWriter, kill_point
 
 MANIFEST_FORMAT = "bestfit.packed"
-MANIFEST_VERSION = 2  # 2: inputs' fingerprints and inputs_left_out, stats.json's size and sha256
+MANIFEST_VERSION = 2  # 2: inputs' fingerprints, inputs_left_out, stats.json's size and sha256, shard names
 COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
 UNPADDED_VERSION = 3  # rows of fewer than ctx tokens (--no-pad): a reader of version 2 would misread them
 BASE_COLUMNS = COLUMNS
@@ -330,9 +329,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,
                           eos_id=opts.eos_id, pad_id=opts.resolved_pad_id, token_offsets=token_offsets,
                           training_columns=opts.columns)
-        name = shard_name(window.index, part, fmt)
-        companions = {companion_name(name, fmt, suffix): data for suffix, data in fmt.companions(rows).items()}
-        shard = writer.write_shard(name, fmt.encode(rows), rows.n_rows, companions)
+        shard = writer.write_shard(window.index, part, fmt, fmt.encode(rows), rows.n_rows, fmt.companions(rows))
         if window.index:
             kill_point("writing")
         return shard
@@ -474,7 +471,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped, stats_file,
                                  identities)
             kill_point("manifest")
-            writer.write_json(MANIFEST, manifest)
+            writer.commit([s for r in results for s in r.shards], manifest)
     finally:
         if bar is not None:
             bar.close()
@@ -494,12 +491,6 @@ def _token_rate(bar: Any) -> Callable[[int], None] | None:
         set_postfix(f"{tokens / max(time.monotonic() - started, 1e-3) / 1e6:,.1f}M tokens/s", refresh=False)
 
     return show
-
-
-def kill_point(name: str) -> None:
-    """Test hook (tests/test_faults.py, docs/guarantees.md): ``BESTFIT_TEST_KILL_AT=name`` SIGKILLs the process here."""
-    if os.environ.get("BESTFIT_TEST_KILL_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _window_json(result: WindowResult) -> dict[str, Any]:

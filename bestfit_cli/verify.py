@@ -29,6 +29,7 @@ from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
 from .fs import InputFile, filesystem_for, scan_inputs
 from .histogram import LONG_DOC_POLICIES
+from .outdir import MANIFEST, STATS, TMP_PREFIX, companion_name, is_ignored, leftover_files, pending_report
 from .pipeline import (
     BASE_COLUMNS,
     COLUMNS,
@@ -41,7 +42,6 @@ from .pipeline import (
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .training import TRAINING_COLUMNS, row_columns
 from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
-from .write import MANIFEST, STATS, TMP_PREFIX, companion_name
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
 KNOWN_VERSIONS = (MANIFEST_VERSION, UNPADDED_VERSION)  # manifest format versions this verify reads
@@ -450,10 +450,16 @@ def _check_listing(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], res
     shards = {s["path"]: s for s in manifest["shards"]}
     companions = {f["path"]: s["path"] for s in manifest["shards"] for f in s.get("files", [])}
     present = set()
+    interrupted = leftover_files(fs, root)
     for entry in fs.get_file_info(pafs.FileSelector(root)):
         name = posixpath.basename(entry.path)
         present.add(name)
-        if name in (MANIFEST, STATS) or name in shards or name in companions:
+        if name in (MANIFEST, STATS) or name in shards or name in companions or is_ignored(name):  # is_ignored: OS
+            continue  # litter and the run lock
+        if name in interrupted and name not in shards and name not in companions:
+            # A file a run killed while swapping outputs was moving in, or had not yet removed: not this output's.
+            result.notes.append(f"{name} is left over from an interrupted pack run (safe to delete; pack "
+                                "--overwrite removes it)")
             continue
         if name.startswith(TMP_PREFIX) and entry.type == pafs.FileType.Directory:
             # The manifest is written only after every shard is in place, so this is the leftover of a run killed

@@ -1,10 +1,14 @@
-"""Write: packed rows to fixed-length shards, atomically, with the manifest last.
+"""Write: packed rows to fixed-length shards, staged beside the old output and swapped in with the manifest last.
 
 ``PackedRows`` is what a window's plan becomes once tokens are gathered. An ``OutputFormat`` (``formats/``, one
-module per format) turns rows into the bytes of one shard. ``ShardWriter`` owns the output folder: each
-shard is written to a temporary name and renamed into place, and ``manifest.json`` is written last, so a folder
-without a manifest is never a finished output. On a local disk each file is fsynced before its rename and the folder
-before and after the manifest's, so that holds after a power loss too; an object store's put is atomic already.
+module per format) turns rows into the bytes of one shard. ``ShardWriter`` owns the output folder for one
+run: it locks OUT, writes every shard and the report to its own temporary folder, and ``commit`` swaps the new
+output in: the new shards move into OUT (their names carry a digest of their bytes, so they never replace an old
+shard with other bytes), then the new manifest replaces the old one in one rename, then the old shards and the
+temporary folder go. At every instant OUT holds the old manifest with all its shards or the new one with all its
+shards; a failure before the swap leaves the old output as it was (docs/guarantees.md). On a local disk each file
+is fsynced before its rename and the folder before and after the manifest's, so that holds after a power loss too;
+an object store's put is atomic already.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import hashlib
 import json
 import os
 import posixpath
+import signal
+import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,12 +30,24 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import OutputError
-from .formats import FORMATS, OutputFormat
+from .formats import OutputFormat
 from .fs import filesystem_for
+from .outdir import (
+    MANIFEST,
+    NEXT,
+    PREVIOUS,
+    STATS,
+    TMP_PREFIX,
+    OutLock,
+    companion_name,
+    listed_sha256,
+    manifest_files,
+    refuse_foreign,
+    shard_name,
+    survey,
+)
 
-MANIFEST = "manifest.json"
-STATS = "stats.json"
-TMP_PREFIX = ".bestfit-tmp-"
+__all__ = ["MANIFEST", "STATS", "TMP_PREFIX", "FileInfo", "ShardInfo", "ShardWriter", "companion_name", "kill_point"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,11 @@ class ShardInfo:
             data["files"] = [f.to_json() for f in self.files]
         return data
 
+    @property
+    def all_files(self) -> list[tuple[str, str]]:
+        """(name, sha256) of every file of the shard, companions first: the order they move into OUT."""
+        return [*((f.path, f.sha256) for f in self.files), (self.path, self.sha256)]
+
 
 def _describe(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -75,28 +99,48 @@ def _write_fix(exc: BaseException) -> str:
     return "check OUT and the disk it is on (free space, permissions), then rerun with --overwrite"
 
 
+def kill_point(name: str) -> None:
+    """Test hook (tests/test_faults.py, docs/guarantees.md): ``BESTFIT_TEST_KILL_AT=name`` SIGKILLs the process here.
+
+    ``BESTFIT_TEST_STEP_DELAY=SECONDS`` sleeps at each step of the swap, so randomly timed kills can land in it.
+    """
+    if os.environ.get("BESTFIT_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if name.startswith("swap") and os.environ.get("BESTFIT_TEST_STEP_DELAY"):
+        time.sleep(float(os.environ["BESTFIT_TEST_STEP_DELAY"]))
+
+
 class ShardWriter:
-    """The output folder of one run: shards go to a temp name, then into place; the manifest goes last."""
+    """The output folder of one run: locked, shards staged in a temporary folder, swapped in by ``commit``."""
 
     def __init__(self, out: str, *, overwrite: bool = False) -> None:
         self.out = out
         self.fs, self.root = filesystem_for(out)
-        # Only a local disk has a page cache to flush; pyarrow's object stores (S3, GCS) make a put durable and
-        # atomic on their own, and have no folders to sync.
+        # Only a local disk has a page cache to flush and a lock to take; pyarrow's object stores (S3, GCS) make a put
+        # durable and atomic on their own, and have no folders to sync.
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.tmp = posixpath.join(self.root, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         self.overwrite = overwrite
+        self._lock = OutLock(out, self.root)
+        self._created: list[str] = []  # folders this run made (OUT and missing parents), removed if it fails
+        self._previous: bytes | None = None  # the old output's manifest, as read
+        self._old_files: set[str] = set()  # what it lists
+        self._moved: list[str] = []  # new shards moved into OUT so far
+        self._state = "writing"  # then "moving", "renamed" (manifest in place), "committed" (durable), "done"
 
     def __enter__(self) -> ShardWriter:
-        self._prepare()
+        try:
+            self._prepare()
+        except BaseException:
+            self._close(failed=True)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        try:
-            self.fs.delete_dir(self.tmp)
-        except (OSError, pa.ArrowException):
-            pass
+        self._close(failed=exc is not None)
+
+    # -------------------------------------------------------------------------------------------- before the run
 
     def _prepare(self) -> None:
         if not self.out.strip():
@@ -105,29 +149,46 @@ class ShardWriter:
             info = self.fs.get_file_info(self.root)
             if info.type == pafs.FileType.File:
                 raise OutputError(f"{self.out}: OUT is a file", fix="give a folder for OUT")
-            if info.type == pafs.FileType.Directory:
-                existing = self.fs.get_file_info(pafs.FileSelector(self.root))
-                if existing and not self.overwrite:
-                    raise OutputError(f"{self.out}: OUT is not empty",
-                                      fix="pass --overwrite to replace it, or choose an empty folder")
-                foreign = sorted(posixpath.basename(e.path) for e in existing
-                                 if not _written_by_bestfit(posixpath.basename(e.path)))
-                if foreign:
-                    # --overwrite replaces an earlier output; it never deletes what bestfit did not write.
-                    raise OutputError(f"{self.out}: OUT holds files bestfit did not write ({', '.join(foreign[:3])}"
-                                      f"{', ...' if len(foreign) > 3 else ''})",
-                                      fix="choose another OUT, or remove those files yourself")
-                # The manifest goes first, so an interrupted overwrite never looks complete.
-                for entry in sorted(existing, key=lambda e: posixpath.basename(e.path) != MANIFEST):
-                    if entry.type == pafs.FileType.Directory:
-                        self.fs.delete_dir(entry.path)
-                    else:
-                        self.fs.delete_file(entry.path)
-                self._sync(self.root)  # the old manifest is gone for good before any new shard appears
+            if self.local:
+                self._create_folders()
+                self._lock.acquire()  # before looking inside: a busy OUT is refused as busy, not as "not empty"
+            if info.type == pafs.FileType.Directory or self.local:
+                self._check_contents()
             self.fs.create_dir(self.tmp, recursive=True)
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"{self.out}: cannot write here ({_describe(exc)})",
                               fix="choose a folder you can write to") from None
+
+    def _create_folders(self) -> None:
+        missing = []
+        folder = self.root
+        while not os.path.lexists(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                continue  # made by someone else just now: not ours to remove
+            self._created.append(folder)
+
+    def _check_contents(self) -> None:
+        contents = survey(self.fs, self.root)
+        if contents.empty:
+            return
+        if not self.overwrite:
+            raise OutputError(f"{self.out}: OUT is not empty",
+                              fix="pass --overwrite to replace an earlier bestfit output, or choose an empty folder")
+        refuse_foreign(self.out, contents)
+        # What an interrupted run left goes now; the finished output stays until the new one replaces it.
+        for name in sorted(contents.leftovers):
+            self.fs.delete_file(posixpath.join(self.root, name))
+        for name in contents.temp_folders:
+            self._remove_folder(posixpath.join(self.root, name))
+        self._previous = contents.manifest
+        self._old_files = (manifest_files(contents.manifest) or set()) if contents.manifest is not None else set()
+
+    # -------------------------------------------------------------------------------------------- during the run
 
     def _sync(self, path: str) -> None:
         """Flush a local file's bytes, or a local folder's entries (its renames), to the disk."""
@@ -139,58 +200,145 @@ class ShardWriter:
         finally:
             os.close(fd)
 
-    def _write_bytes(self, name: str, data: bytes) -> None:
+    def _stage(self, name: str, data: bytes) -> None:
+        """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere."""
         tmp_path = posixpath.join(self.tmp, name)
         try:
             with self.fs.open_output_stream(tmp_path) as stream:
                 stream.write(data)
-            self._sync(tmp_path)  # the bytes reach the disk before the name does
-            if name == MANIFEST:
-                self._sync(self.root)  # every shard's rename is on disk before the manifest can be
-            self.fs.move(tmp_path, posixpath.join(self.root, name))
-            if name == MANIFEST:
-                self._sync(self.root)
+            self._sync(tmp_path)
         except (OSError, pa.ArrowException) as exc:
-            raise OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc)) from None
+            raise self._failed(name, exc) from None
 
-    def write_shard(self, name: str, data: bytes, rows: int, companions: dict[str, bytes] | None = None) -> ShardInfo:
-        """Writes the shard ``name`` and its companion files (by name), each atomically, the main file last."""
+    def _failed(self, name: str, exc: BaseException) -> OutputError:
+        return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
+
+    def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes, rows: int,
+                    companions: dict[str, bytes] | None = None) -> ShardInfo:
+        """Stage one shard and its companion files (by suffix), named after the window, the part and the bytes of
+        all of them (``outdir.shard_name``), so two shards of the same name always have the same files."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        digests = {suffix: hashlib.sha256(content).hexdigest() for suffix, content in (companions or {}).items()}
+        digest = sha256 if not digests else hashlib.sha256(
+            "".join([sha256, *(f"{s}:{d}" for s, d in sorted(digests.items()))]).encode()).hexdigest()
+        name = shard_name(window, part, digest, fmt.suffix)
         files = []
-        for companion, content in (companions or {}).items():
-            self._write_bytes(companion, content)
-            files.append(FileInfo(companion, len(content), hashlib.sha256(content).hexdigest()))
-        self._write_bytes(name, data)
-        return ShardInfo(name, rows, len(data), hashlib.sha256(data).hexdigest(), tuple(files))
+        for suffix, content in (companions or {}).items():
+            companion = companion_name(name, fmt, suffix)
+            self._stage(companion, content)
+            files.append(FileInfo(companion, len(content), digests[suffix]))
+        self._stage(name, data)
+        return ShardInfo(name, rows, len(data), sha256, tuple(files))
+
+    # -------------------------------------------------------------------------------------------- the swap
 
     def write_json(self, name: str, payload: dict[str, Any]) -> tuple[int, str]:
-        """Writes ``payload`` as ``name``; returns its size and sha256 (the manifest records them for stats.json)."""
-        data = (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode()
-        self._write_bytes(name, data)
+        """Stage ``payload`` as ``name`` (``stats.json``; it moves into OUT with the swap); returns its size and
+        sha256, which the manifest records."""
+        data = _json_bytes(payload)
+        self._stage(name, data)
         return len(data), hashlib.sha256(data).hexdigest()
 
+    def commit(self, shards: Sequence[ShardInfo], manifest: dict[str, Any]) -> None:
+        """Swap the staged output in for the old one (or into an empty OUT); see the module's docstring."""
+        old_sha = listed_sha256(self._previous) if self._previous is not None else {}
+        new_files = [entry for shard in shards for entry in shard.all_files]
+        for name, sha256 in new_files:
+            if name in old_sha and old_sha[name] != sha256:
+                raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that "
+                                  "name", fix="move the old output away, or check OUT/manifest.json")
+        # The journal (new manifest, and the one it replaces) reaches the disk before any new name appears in OUT, so
+        # whatever a crash leaves, the next run and verify can tell which files were this run's.
+        self._stage(MANIFEST, _json_bytes(manifest))
+        self._stage(NEXT, _json_bytes(manifest))
+        if self._previous is not None:
+            self._stage(PREVIOUS, self._previous)
+        try:
+            self._sync(self.tmp)
+            self._state = "moving"
+            for name, _ in new_files:
+                kill_point("swap-shard")
+                self._move(name)
+                self._moved.append(name)
+            self._sync(self.root)  # every new shard's name is on the disk before the manifest can be
+            kill_point("swap-manifest")
+            self._move(MANIFEST)
+            self._state = "renamed"
+            self._sync(self.root)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._failed(MANIFEST, exc) from None
+        self._state = "committed"
+        kill_point("swap-committed")
+        self._finish()
 
-def _written_by_bestfit(name: str) -> bool:
-    """Names a bestfit output folder holds: what ``--overwrite`` may delete."""
-    suffixes = tuple(s for f in FORMATS.values() for s in (f.suffix, *f.companion_suffixes))
-    shard = name.startswith("part-") and name.endswith(suffixes)
-    return shard or name in (MANIFEST, STATS) or name.startswith(TMP_PREFIX)
+    def _move(self, name: str) -> None:
+        self.fs.move(posixpath.join(self.tmp, name), posixpath.join(self.root, name))
+
+    def _finish(self) -> None:
+        """After the commit: the new report in place, the old shards gone."""
+        try:
+            if self.fs.get_file_info(posixpath.join(self.tmp, STATS)).type == pafs.FileType.File:
+                self._move(STATS)
+            new = set(self._moved) | {MANIFEST, STATS}
+            for name in sorted(self._old_files - new):
+                kill_point("swap-cleanup")
+                if self.fs.get_file_info(posixpath.join(self.root, name)).type == pafs.FileType.File:
+                    self.fs.delete_file(posixpath.join(self.root, name))
+            self._sync(self.root)
+        except (OSError, pa.ArrowException) as exc:
+            raise OutputError(f"{self.out}: the new output is complete, but removing the old one's files failed "
+                              f"({_describe(exc)})", fix="rerun with --overwrite to remove them") from None
+        self._state = "done"
+
+    def _roll_back(self) -> None:
+        """Before the commit: take the new manifest back (if it was renamed) and then the new shards."""
+        if self._state == "renamed":
+            if self._previous is not None:
+                self._stage(MANIFEST, self._previous)  # a copy: the journal keeps naming both outputs' files
+                self._move(MANIFEST)
+            else:
+                self.fs.delete_file(posixpath.join(self.root, MANIFEST))
+            self._sync(self.root)
+        for name in reversed(self._moved):
+            if name not in self._old_files:  # an old name holds the same bytes as before: it is the old shard
+                self.fs.delete_file(posixpath.join(self.root, name))
+        self._moved.clear()
+        self._state = "writing"
+
+    # -------------------------------------------------------------------------------------------- after the run
+
+    def _close(self, *, failed: bool) -> None:
+        consistent = True
+        try:
+            if self._state in ("moving", "renamed"):
+                self._roll_back()
+            elif self._state == "committed":
+                self._finish()
+        except (OSError, pa.ArrowException, OutputError):
+            consistent = False  # the journal in the temporary folder tells the next run what is whose
+        if consistent:
+            self._remove_folder(self.tmp, quiet=True)
+        self._lock.release()
+        if failed and consistent and self._state != "done":
+            for folder in reversed(self._created):
+                try:
+                    os.rmdir(folder)  # only if empty: never anything but what this run made
+                except OSError:
+                    break
+
+    def _remove_folder(self, folder: str, *, quiet: bool = False) -> None:
+        """Remove a temporary folder of bestfit's: its regular files one by one, then the empty folder."""
+        try:
+            for entry in self.fs.get_file_info(pafs.FileSelector(folder)):
+                self.fs.delete_file(entry.path)
+            if self.local:
+                os.rmdir(folder)
+            else:
+                self.fs.delete_dir(folder)
+        except (OSError, pa.ArrowException):
+            if not quiet:
+                raise
 
 
-def shard_name(window: int, part: int, fmt: OutputFormat) -> str:
-    return f"part-{window:05d}-{part:04d}{fmt.suffix}"
-
-
-def companion_name(shard: str, fmt: OutputFormat, suffix: str) -> str:
-    """The name of a shard's companion file: the shard's stem with the companion's suffix."""
-    return shard.removesuffix(fmt.suffix) + suffix
-
-
-def read_manifest(out: str) -> dict[str, Any] | None:
-    """The manifest of a finished output folder, or None when the folder is incomplete or absent."""
-    fs, root = filesystem_for(out)
-    try:
-        with fs.open_input_stream(posixpath.join(root, MANIFEST)) as stream:
-            data: dict[str, Any] = json.loads(stream.read())
-            return data
-    except (FileNotFoundError, OSError, pa.ArrowException):
-        return None
+def _json_bytes(payload: dict[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode()

@@ -263,16 +263,27 @@ def test_second_input_with_a_column_of_another_type(tmp_path: Path) -> None:
     assert_fails(invoke("pack", good, other, out, "--ctx", 8), out, 1, "other.parquet: column 'input_ids' has type")
 
 
-def test_bad_record_in_a_later_file_leaves_no_manifest(tmp_path: Path) -> None:
-    """Shards of earlier windows may already be in OUT, but without manifest.json it is never complete."""
+def test_bad_record_in_a_later_file_leaves_no_out_behind(tmp_path: Path) -> None:
+    """Earlier windows were written (to the run's temporary folder); the failed run removes them and the OUT it
+    created."""
     good = write_parquet(tmp_path / "good.parquet", documents([100] * 300))
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"
     result = invoke("pack", good, bad_jsonl(tmp_path, "not-json"), out, "--ctx", 64, "--window-tokens", 2000,
                     "--workers", 1)
     assert_fails(result, out, 1, "not-json.jsonl:2: not valid JSON")
-    assert list(out.glob("part-*.parquet")), "earlier windows were written"
-    verify = invoke("verify", good, out)
-    assert verify.exit_code == 1 and "no manifest.json, so this output is incomplete" in verify.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_bad_record_at_the_end_leaves_the_old_output_valid(tmp_path: Path) -> None:
+    good = write_parquet(tmp_path / "good.parquet", documents([100] * 300))
+    out = tmp_path / "out"
+    assert invoke("pack", good, out, "--ctx", 64, "--window-tokens", 2000).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = invoke("pack", good, bad_jsonl(tmp_path, "not-json"), out, "--ctx", 64, "--window-tokens", 2000,
+                    "--workers", 1, "--overwrite")
+    assert result.exit_code == 1 and "not-json.jsonl:2: not valid JSON" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert invoke("verify", good, out).exit_code == 0
 
 
 @pytest.mark.parametrize(("value", "fragment"), [

@@ -166,7 +166,7 @@ def test_non_empty_out_needs_overwrite(toy: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     # --overwrite replaces an earlier output, but never deletes files bestfit did not write.
     result = invoke("pack", toy, out, "--ctx", 4, "--overwrite")
-    assert_clean_failure(result, 1, "OUT holds files bestfit did not write (keep.txt)", "remove those files")
+    assert_clean_failure(result, 1, "OUT holds files bestfit did not write (keep.txt)", "move those files away")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     (out / "keep.txt").unlink()
     assert invoke("pack", toy, out, "--ctx", 4).exit_code == 0

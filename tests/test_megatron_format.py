@@ -68,8 +68,9 @@ def read_bin(out: Path, shard: str) -> np.ndarray:
 def test_rows_and_pieces_equal_the_parquet_output(packed: tuple[Path, Path, Path]) -> None:
     _, parquet, megatron = packed
     pq_manifest, mg_manifest = manifest_of(parquet), manifest_of(megatron)
-    assert [s["path"].removesuffix(".parquet") for s in pq_manifest["shards"]] == \
-        [s["path"].removesuffix(".bin") for s in mg_manifest["shards"]]
+    # The same windows and parts; the names' digests differ with the bytes.
+    assert [s["path"].rsplit("-", 1)[0] for s in pq_manifest["shards"]] == \
+        [s["path"].rsplit("-", 1)[0] for s in mg_manifest["shards"]]
     assert len(mg_manifest["windows"]) > 1 and mg_manifest["options"]["format"] == "megatron"
     for key in ("documents", "sequences", "tokens", "columns"):
         assert pq_manifest[key] == mg_manifest[key]

@@ -193,8 +193,9 @@ def test_missing_shard(damaged: tuple[Path, Path]) -> None:
 
 def test_unlisted_shard(damaged: tuple[Path, Path]) -> None:
     source, out = damaged
-    shutil.copy(out / first_shard(out), out / "part-99999-0000.parquet")
-    assert problems(source, out) == ["part-99999-0000.parquet: file not listed in manifest.json"]
+    shutil.copy(out / first_shard(out), out / "train-00099999-00000000-0123456789abcdef.parquet")
+    assert problems(source, out) == ["train-00099999-00000000-0123456789abcdef.parquet: file not listed in "
+                                     "manifest.json"]
 
 
 def test_changed_bytes_fail_the_sha256(damaged: tuple[Path, Path]) -> None:
@@ -389,11 +390,12 @@ def test_shard_listed_but_in_no_window(damaged: tuple[Path, Path]) -> None:
     """Trainers read ``shards``: a copy listed there with its true size and sha256 would be read twice."""
     source, out = damaged
     name = first_shard(out)
-    shutil.copy(out / name, out / "part-00099-0000.parquet")
+    copy = "train-00000099-00000000-0123456789abcdef.parquet"
+    shutil.copy(out / name, out / copy)
     manifest = manifest_of(out)
-    manifest["shards"].append(dict(manifest["shards"][0], path="part-00099-0000.parquet"))
+    manifest["shards"].append(dict(manifest["shards"][0], path=copy))
     save_manifest(out, manifest)
-    assert problems(source, out) == ["part-00099-0000.parquet: listed in manifest.json's shards but in no window "
+    assert problems(source, out) == [f"{copy}: listed in manifest.json's shards but in no window "
                                      "(a trainer would read its rows as extra data)"]
 
 

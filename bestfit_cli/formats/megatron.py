@@ -82,7 +82,7 @@ def decode_index(data: bytes) -> tuple[np.dtype[Any], np.ndarray, np.ndarray, np
 
 @dataclass(frozen=True)
 class MegatronFormat:
-    """``part-*.bin`` + ``part-*.idx`` (Megatron's IndexedDataset) and ``part-*.pieces.parquet`` (the pieces)."""
+    """``train-*.bin`` + ``train-*.idx`` (Megatron's IndexedDataset) and ``train-*.pieces.parquet`` (the pieces)."""
 
     name: str = "megatron"
     suffix: str = ".bin"
