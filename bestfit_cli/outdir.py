@@ -159,6 +159,23 @@ def leftover_files(fs: pafs.FileSystem, root: str) -> set[str]:
     return names - {MANIFEST}
 
 
+def pending_report(fs: pafs.FileSystem, root: str, stats_sha256: str) -> str | None:
+    """The temporary folder holding the report ``stats_sha256`` names, when a run was stopped after its manifest
+    replaced the old one but before its ``stats.json`` followed (the one step of the swap after the commit that
+    OUT's files depend on). None when there is no such folder."""
+    import hashlib
+
+    for name, info in sorted(_listing(fs, root).items()):
+        if not (is_temp_folder(name) and info.type == pafs.FileType.Directory):
+            continue
+        if _read(fs, posixpath.join(root, name, NEXT)) is None:
+            continue  # no journal: not a swap in progress
+        report = _read(fs, posixpath.join(root, name, STATS))
+        if report is not None and hashlib.sha256(report).hexdigest() == stats_sha256:
+            return name
+    return None
+
+
 def survey(fs: pafs.FileSystem, root: str) -> Contents:
     """Sort OUT's entries: the finished output, an interrupted run's files, bestfit's temp folders, and the rest."""
     found = Contents()
