@@ -45,7 +45,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def load(out: Path) -> Any:
     """The output as a user loads it: stock ``datasets`` over the shards."""
-    return datasets.load_dataset("parquet", data_files=str(out / "part-*.parquet"), split="train")
+    return datasets.load_dataset("parquet", data_files=str(out / "train-*.parquet"), split="train")
 
 
 @pytest.fixture(scope="module")
