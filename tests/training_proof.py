@@ -13,12 +13,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from bestfit_cli import training
 from bestfit_cli.cli import cli
 
 from .conftest import EOS, ROOT
@@ -27,46 +24,16 @@ VOCAB = EOS + 1  # cl100k ids and the end-of-text id 100257
 TOLERANCE = 1e-5
 
 
-def pack_command_supports_columns() -> bool:
-    return any(param.name == "columns" for param in cli.commands["pack"].params)  # type: ignore[attr-defined]
-
-
 def run_pack(command: str, cwd: Path) -> Path:
     """Run a documented ``bestfit pack ...`` command line inside ``cwd`` (``samples/`` is the shipped sample) and
-    return OUT.
-
-    Until ``pack --columns`` exists, the command runs without that option and the columns are added afterwards from
-    ``bestfit_cli.training``, the one place pack itself will compute them."""
+    return OUT."""
     args = shlex.split(command)
     assert args[:2] == ["bestfit", "pack"], command
     args = args[2:]
     args[:2] = [str(ROOT / args[0]), str(cwd / args[1])]  # IN (samples/) and OUT, positional first
-    columns = None
-    if "--columns" in args and not pack_command_supports_columns():
-        at = args.index("--columns")
-        columns = args[at + 1].split(",")
-        del args[at:at + 2]
     result = CliRunner().invoke(cli, ["pack", *args, "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    out = Path(args[1])
-    if columns:
-        add_training_columns(out, columns)
-    return out
-
-
-def add_training_columns(out: Path, columns: list[str]) -> None:
-    """Stand-in for ``pack --columns``: append int64 list columns computed by ``bestfit_cli.training``."""
-    for shard in sorted(out.glob("*.parquet")):
-        table = pq.read_table(shard)
-        ids = table.column("input_ids").combine_chunks()
-        pieces = table.column("seq_lengths").combine_chunks()
-        row_lengths = np.diff(ids.offsets.to_numpy())
-        segs = training.segments(pieces.values.to_numpy(), pieces.offsets.to_numpy(), row_lengths)
-        flat = {"position_ids": training.position_ids(segs),
-                "labels": training.labels(ids.values.to_numpy(), segs)}
-        for name in columns:
-            table = table.append_column(name, pa.ListArray.from_arrays(ids.offsets, pa.array(flat[name])))
-        pq.write_table(table, shard)
+    return Path(args[1])
 
 
 def shard_rows(out: Path) -> list[dict[str, Any]]:
