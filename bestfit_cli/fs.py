@@ -12,7 +12,7 @@ import posixpath
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -30,7 +30,8 @@ _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 
 @dataclass(frozen=True)
 class InputFile:
-    """One input file: ``name`` is what messages show; ``fs`` and ``fs_path`` are how to read it."""
+    """One input file: ``name`` is what messages show; ``fs`` and ``fs_path`` are how to read it; ``given`` is the
+    input argument that named it (the file itself, or the folder or glob it was found by)."""
 
     name: str
     format: Format
@@ -38,6 +39,16 @@ class InputFile:
     fs_path: str = ""
     size: int | None = None
     mtime_ns: int | None = None
+    given: str = ""
+
+    @property
+    def resolved(self) -> str:
+        """Where the bytes were read: a local file's absolute path with links followed, else the full URI."""
+        if self.is_stdin:
+            return STDIN
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return os.path.realpath(self.fs_path)
+        return self.name
 
     @property
     def is_stdin(self) -> bool:
@@ -414,7 +425,7 @@ def scan_inputs(args: InputArgs) -> InputScan:
     first_seen: dict[tuple[Any, ...], str] = {}
     for arg in args:
         if arg == STDIN:
-            files.append(InputFile(STDIN, "jsonl"))
+            files.append(InputFile(STDIN, "jsonl", given=STDIN))
             continue
         found, skipped = _resolve_arg(arg)
         left_out.extend(skipped)
@@ -423,7 +434,7 @@ def scan_inputs(args: InputArgs) -> InputScan:
                 left_out.append(LeftOut(item.name, READ_ALREADY, first_seen[entry.identity]))
                 continue
             first_seen[entry.identity] = item.name
-            files.append(item)
+            files.append(replace(item, given=arg))
     return InputScan(tuple(files), tuple(dict.fromkeys(left_out)))  # an entry two arguments both reach, once
 
 

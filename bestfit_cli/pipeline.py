@@ -518,7 +518,8 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "bestfit_version": __version__,
         "options": opts.to_json(),
         "columns": [*BASE_COLUMNS, *opts.columns],
-        "inputs": [{"path": f.name, "format": f.format, "documents": n, "skipped_records": k.count, **identity}
+        "inputs": [{"path": f.name, "given": f.given, "resolved": f.resolved, "format": f.format, "documents": n,
+                    "skipped_records": k.count, **identity}
                    for f, n, k, identity in zip(files, documents, skipped, identities, strict=True)],
         "inputs_left_out": scan.left_out_json(),
         "documents": sum(documents),
