@@ -527,7 +527,8 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: s
         raise InputError(file.name, "line is not a JSON object", line=line_no,
                          fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
     if column not in record:
-        keys = ", ".join(record) or "none"
+        # Escaped: a field name may hold a newline, and the message is one line.
+        keys = ", ".join(json.dumps(key, ensure_ascii=False)[1:-1] for key in record) or "none"
         raise InputError(file.name, f"no field '{column}'; fields are: {keys[:200]}", line=line_no,
                          fix="pass --column NAME")
     ids = record[column]

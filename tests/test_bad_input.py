@@ -44,6 +44,7 @@ GOOD = '{"input_ids": [1, 2, 3]}'
 BAD_LINES = {
     "not-json": ("not json", "not valid JSON"),
     "missing-field": ('{"text": "a"}', "no field 'input_ids'; fields are: text"),
+    "field-name-with-newline": ('{"a\\nb": 1}', "no field 'input_ids'; fields are: a\\nb"),
     "null": ('{"input_ids": null}', "'input_ids' is null"),
     "string": ('{"input_ids": "1 2"}', "'input_ids' is str"),
     "nested-lists": ('{"input_ids": [[1, 2], [3]]}', "holds nested lists"),
