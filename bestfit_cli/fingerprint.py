@@ -9,7 +9,6 @@ computed while reading (``read.read_jsonl``). Standard input has only that conte
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +18,14 @@ import pyarrow.fs as pafs
 
 from .errors import InputError
 from .fs import InputFile
-
-_PARQUET_MAGIC = b"PAR1"
+from .read import input_format
 
 
 @dataclass(frozen=True)
 class Fingerprint:
     bytes: int | None = None
     mtime_ns: int | None = None
-    footer_sha256: str | None = None  # Parquet: sha256 of the footer and its 8-byte trailer
+    footer_sha256: str | None = None  # the format's ``InputFormat.signature`` (Parquet: its footer and trailer)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"bytes": self.bytes, "mtime_ns": self.mtime_ns}
@@ -68,28 +66,7 @@ def fingerprint(file: InputFile, *, stat_again: bool = True) -> Fingerprint:
             raise InputError(file.name, "is gone (deleted or replaced while bestfit ran)",
                              fix="restore the file, then rerun")
         size, mtime_ns = info.size, info.mtime_ns
-    footer = _footer_sha256(file) if file.format == "parquet" else None
-    return Fingerprint(size, mtime_ns, footer)
-
-
-def _footer_sha256(file: InputFile) -> str | None:
-    """sha256 of a Parquet file's footer plus trailer (two small reads); None when the file has no valid trailer
-    (the reader reports that file on its own)."""
-    assert file.fs is not None
-    try:
-        with file.fs.open_input_file(file.fs_path) as stream:
-            size = stream.size()
-            if size < 12:
-                return None
-            stream.seek(size - 8)
-            trailer = stream.read(8)
-            length = int.from_bytes(trailer[:4], "little")
-            if trailer[4:] != _PARQUET_MAGIC or length > size - 12:
-                return None
-            stream.seek(size - 8 - length)
-            return hashlib.sha256(stream.read(length) + trailer).hexdigest()
-    except (OSError, pa.ArrowException):
-        return None
+    return Fingerprint(size, mtime_ns, input_format(file).signature(file))
 
 
 def check_unchanged(files: Sequence[InputFile], taken: Sequence[Fingerprint]) -> None:

@@ -11,20 +11,21 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import InputError, OptionError, OutputError
 
-Format = Literal["parquet", "jsonl"]
+if TYPE_CHECKING:
+    from .formats.base import InputFormat
+
+Format = str  # the name of a registered input format (``formats.INPUT_FORMATS``)
 STDIN = "-"
 
-_PARQUET_SUFFIXES = (".parquet", ".pq")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
 
 
@@ -79,18 +80,24 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
-def format_of(path: str) -> Format | None:
-    """The input format implied by a file name, or None when it is not an input bestfit reads."""
-    name = path.lower()
+def input_formats() -> dict[str, InputFormat]:
+    """The registry of input formats, in the order they are asked (``formats.INPUT_FORMATS``)."""
+    from .formats import INPUT_FORMATS  # the formats import this module: looked up when first needed
+
+    return INPUT_FORMATS
+
+
+def format_of(path: str, exists: Callable[[str], bool] | None = None) -> Format | None:
+    """The input format that reads the file at ``path``, by its name (a compression suffix such as ``.gz`` looked
+    through), or None when no registered format reads it. ``exists(other_path)`` says whether a file beside it
+    exists, for formats of file pairs; without it, none is assumed."""
+    name = path
     for suffix in _COMPRESSED_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    if name.endswith(_PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(_JSONL_SUFFIXES):
-        return "jsonl"
-    return None
+    beside = exists if exists is not None else (lambda _other: False)
+    return next((fmt.name for fmt in input_formats().values() if fmt.recognizes(name, beside)), None)
 
 
 def _display(arg: str, fs_path: str) -> str:
@@ -132,7 +139,7 @@ class LeftOut:
         only listed in the manifest."""
         name = self.path.lower().rstrip("/").rsplit("/", 1)[-1]
         return self.why in (READ_ALREADY, LINK_LOOP) or self.path.endswith("/") or any(
-            suffix in name for suffix in (*_PARQUET_SUFFIXES, *_JSONL_SUFFIXES))
+            suffix in name for fmt in input_formats().values() for suffix in fmt.suffixes)
 
     @classmethod
     def from_json(cls, data: dict[str, str]) -> LeftOut:

@@ -19,8 +19,10 @@ import pytest
 
 from bestfit_cli import read
 from bestfit_cli.errors import InputError, OutputError
+from bestfit_cli.formats import jsonl
+from bestfit_cli.formats.jsonl import LineTooLong, _lines
 from bestfit_cli.fs import InputFile, resolve_inputs
-from bestfit_cli.read import BadRecordLimit, LineTooLong, ReadOptions, _lines, line_limit, read_file
+from bestfit_cli.read import BadRecordLimit, ReadOptions, line_limit, read_file
 
 from . import parquet_footer as footer
 from .synthetic import documents, write_parquet
@@ -379,7 +381,7 @@ def test_skip_limit_is_reported(tmp_path: Path) -> None:
 
 def test_count_limit_fails_before_the_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A count is exceeded as soon as it is passed (here: the first batch), not once every record is read.
-    monkeypatch.setattr(read, "BATCH_TOKENS", 1)
+    monkeypatch.setattr(jsonl, "BATCH_TOKENS", 1)
     path = tmp_path / "early.jsonl"
     path.write_text("not json\n" * 3 + '{"input_ids": [1]}\n' * 10 + "{broken\n")
     limit = BadRecordLimit.parse("2")

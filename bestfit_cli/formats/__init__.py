@@ -1,17 +1,25 @@
-"""Output formats: one module per format, and the registry ``--format`` asks.
+"""Formats: one module per format, holding its input reader and, where it has one, its output writer.
 
-A format turns a shard's ``PackedRows`` into the bytes of its files and back (``base.OutputFormat``). Adding one
-is a new module here and one entry in ``FORMATS``; the pipeline, the writer and ``verify`` find it by name.
+Two registries: ``INPUT_FORMATS``, which the folder scan (``fs.py``) asks which files and folders are data and the
+readers (``read.py``) ask how to read a file, and ``FORMATS`` (output), which ``--format`` names. A new input
+format is one module with an ``InputFormat`` (``base.py``) and one entry in ``INPUT_FORMATS``; a new output
+format one ``OutputFormat`` and one entry in ``FORMATS``. The pipeline, the writer and ``verify`` find both by name.
 """
 
 from __future__ import annotations
 
-from .base import OutputFormat, PackedRows
+from .base import DatasetFolder, Folder, InputFormat, OutputFormat, PackedRows
+from .jsonl import JsonlInput
 from .megatron import MegatronFormat
-from .parquet import ParquetFormat
+from .parquet import ParquetFormat, ParquetInput
 
 PARQUET: OutputFormat = ParquetFormat()
 MEGATRON: OutputFormat = MegatronFormat()
 FORMATS: dict[str, OutputFormat] = {"parquet": PARQUET, "megatron": MEGATRON}
 
-__all__ = ["FORMATS", "MEGATRON", "PARQUET", "MegatronFormat", "OutputFormat", "PackedRows", "ParquetFormat"]
+# In the order the folder scan asks them: the first format that recognizes a file reads it.
+INPUT_FORMATS: dict[str, InputFormat] = {fmt.name: fmt for fmt in (ParquetInput(), JsonlInput())}
+
+
+__all__ = ["FORMATS", "INPUT_FORMATS", "MEGATRON", "PARQUET", "DatasetFolder", "Folder", "InputFormat", "JsonlInput",
+           "MegatronFormat", "OutputFormat", "PackedRows", "ParquetFormat", "ParquetInput"]

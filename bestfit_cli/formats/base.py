@@ -1,12 +1,18 @@
-"""The contract between the pipeline and an output format: the rows a shard holds, and what a format does with them."""
+"""The contracts of formats: what an input format reads, and, for an output format, the rows a shard holds and what
+the format does with them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+
+from ..fs import InputFile
+from ..read import DocBatch, LengthBatch, ReadOptions
 
 
 @dataclass(frozen=True)
@@ -74,3 +80,83 @@ class OutputFormat(Protocol):
         """A shard's files back as a table of ``input_ids``, ``seq_lengths``, ``doc_index``, ``doc_offset`` (what
         ``bestfit verify`` checks); raises ``ValueError`` or ``pyarrow.ArrowException`` when they are malformed."""
         ...
+
+
+# ------------------------------------------------------------------------------------------------ input formats
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder the input scan is about to enter: what an input format looks at to say whether it is one dataset."""
+
+    fs: pafs.FileSystem
+    path: str  # on ``fs``
+    names: tuple[str, ...]  # the entries directly inside it (files and folders), sorted
+    shown: str  # how messages name it
+
+    def read_bytes(self, name: str, limit: int = 1 << 20) -> bytes:
+        """The first ``limit`` bytes of the file ``name`` inside it (OSError or ArrowException when unreadable)."""
+        with self.fs.open_input_stream(f"{self.path.rstrip('/')}/{name}") as stream:
+            return bytes(stream.read(limit))
+
+
+@dataclass(frozen=True)
+class DatasetFolder:
+    """A folder that is one dataset of an input format (a ``save_to_disk`` folder): the names of its data files in
+    reading order, and of its other files (which belong to the dataset and are never read as records)."""
+
+    files: tuple[str, ...]  # names inside the folder
+    metadata: tuple[str, ...] = ()
+
+
+class InputFormat:
+    """What every input format declares (``formats/__init__.py`` registers one instance of each).
+
+    A format reads one kind of input file into ``DocBatch`` values. It says which file names it reads
+    (``suffixes``, or ``recognizes`` when siblings matter, as a Megatron ``.bin`` needs its ``.idx``), which files
+    beside one of its files belong to it (``companions``), and which folders are one dataset of it
+    (``dataset_folder``); the folder scan (``fs.py``) asks every registered format in registry order. Then, for one
+    file: ``check`` (schema and footer, run on every input before any work), ``read`` (documents), ``read_lengths``
+    (token counts only, for ``stats`` and ``histogram``) and ``signature`` (part of the input's fingerprint).
+    """
+
+    name: str = ""
+    suffixes: tuple[str, ...] = ()  # lower-case name endings, such as ".parquet"
+    description: str = ""  # how messages name the format, such as "Parquet"
+
+    def recognizes(self, path: str, exists: Callable[[str], bool]) -> bool:
+        """Whether this format reads the file at ``path`` (compression suffixes already stripped from its name);
+        ``exists(other_path)`` says whether a file beside it exists."""
+        return path.lower().endswith(self.suffixes)
+
+    def companions(self, path: str) -> tuple[str, ...]:
+        """The files beside ``path`` read with it (a Megatron ``.idx``): never inputs of their own."""
+        return ()
+
+    def dataset_folder(self, folder: Folder) -> DatasetFolder | None:
+        """The dataset ``folder`` is, or None when it is not one of this format's; raises ``InputError`` for a
+        folder of this format that cannot be read as one (a DatasetDict, a damaged ``state.json``)."""
+        return None
+
+    def not_data(self, fs: pafs.FileSystem, path: str) -> str | None:
+        """Why a file this format recognizes by name holds no records after all (a ``.json`` that is one JSON
+        document, not JSON Lines), or None; a folder scan leaves such a file out, naming this reason."""
+        return None
+
+    def check(self, file: InputFile, opts: ReadOptions) -> None:
+        """Raise ``InputError`` when the file cannot be read with these options (a missing column, a damaged
+        footer), before any work; formats with nothing to check up front do nothing."""
+
+    def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+        """The file's documents in order, in batches of about ``read.BATCH_TOKENS`` tokens."""
+        raise NotImplementedError
+
+    def read_lengths(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
+        """The documents' token counts, accepting exactly what ``read`` accepts; by default through ``read``."""
+        for batch in self.read(file, file_index, opts):
+            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped)
+
+    def signature(self, file: InputFile) -> str | None:
+        """A hex digest of what identifies the file's contents beyond its size and time (a Parquet footer), cheap to
+        compute, or None; recorded as the input's ``footer_sha256`` (``fingerprint.py``)."""
+        return None

@@ -1,0 +1,229 @@
+"""JSON Lines: an input format of one JSON object a line (``*.jsonl``, ``*.ndjson``, ``*.json``, optionally
+compressed), and standard input (``-``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InputError
+from ..fs import InputFile
+from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
+from .base import InputFormat
+
+
+def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
+    """The file's decompressed bytes, and how many bytes of the file itself have been read (for progress)."""
+    if file.is_stdin:
+        return sys.stdin.buffer, lambda: 0
+    assert file.fs is not None
+    try:
+        raw = file.fs.open_input_file(file.fs_path)  # random access: its position gives progress
+        codec = pa.Codec.detect(file.fs_path) if file.format_compressed else None
+        stream: IO[bytes] = pa.CompressedInputStream(raw, codec.name) if codec is not None else raw
+        size = file.size or 0
+        return stream, lambda: size if raw.closed else raw.tell()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise unreadable(file, exc, "cannot open", "check the file and its compression") from None
+
+
+class LineTooLong(Exception):
+    """A JSONL line longer than ``ReadOptions.max_line_bytes``; ``read_jsonl`` names the file and line."""
+
+    def __init__(self, line_no: int) -> None:
+        super().__init__(line_no)
+        self.line_no = line_no
+
+
+def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_size: int = 1 << 23
+           ) -> Iterator[bytes | bytearray]:
+    """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline), in linear time.
+
+    The unfinished end of a chunk is kept in a growing buffer, so a line of any length is copied once, never
+    re-joined chunk after chunk. A line longer than ``max_line_bytes`` raises ``LineTooLong``; a run of blank
+    bytes is never buffered (leading blanks of a line are dropped, a blank chunk inside one counts one byte), so
+    a file of nothing but spaces reads in bounded memory. Every chunk also goes into ``digest`` (a hashlib
+    object): the input's content fingerprint (``fingerprint.py``).
+    """
+    line_no = 0  # lines finished so far
+    tail = bytearray()
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            break
+        if digest is not None:
+            digest.update(chunk)
+        lines: list[bytes | bytearray] = list(chunk.split(b"\n"))
+        last = lines.pop()
+        if lines:
+            if tail:
+                tail += lines[0]
+                lines[0] = tail
+                tail = bytearray()
+            for line in lines:
+                line_no += 1
+                if len(line) > max_line_bytes:
+                    raise LineTooLong(line_no)
+                yield line
+        if last.isspace():
+            last = b" " if tail else b""  # separating whitespace is all JSON needs of it
+        tail += last
+        if len(tail) > max_line_bytes:
+            raise LineTooLong(line_no + 1)
+    if tail:
+        yield tail
+
+
+# The magic bytes of compressed streams, to say "decompress it" rather than "not valid JSON".
+_COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def _compression_of(raw: bytes | bytearray) -> str | None:
+    return next((name for magic, name in _COMPRESSED_MAGIC.items() if raw.startswith(magic)), None)
+
+
+def _not_json(file: InputFile, line_no: int, raw: bytes | bytearray, detail: str) -> InputError:
+    compression = _compression_of(raw) if line_no == 1 else None
+    if compression is not None:
+        where = "stdin" if file.is_stdin else "this file"
+        fix = (f"{where} is {compression}-compressed: decompress it first, for example zcat FILE | bestfit pack - ..."
+               if file.is_stdin else f"{where} is {compression}-compressed: name it *.jsonl.{_SUFFIX[compression]} "
+                                     "or decompress it")
+        return InputError(file.name, f"not valid JSON ({compression}-compressed data)", line=line_no, fix=fix)
+    return InputError(file.name, f"not valid JSON ({detail})", line=line_no,
+                      fix="repair or remove this line, or pass --on-bad-record skip")
+
+
+_SUFFIX = {"gzip": "gz", "zstd": "zst", "bzip2": "bz2", "lz4": "lz4"}
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _out_of_range(file: InputFile, line_no: int, ids: list[Any], column: str, dtype: str) -> InputError:
+    """The first bad id of a line holding one beyond int64, named as Parquet input names a bad id."""
+    value = next(v for v in ids if v < 0 or v > _INT64_MAX)
+    if value < 0:
+        return InputError(file.name, f"negative token id {value} in '{column}'", line=line_no,
+                          fix="token ids must be >= 0; check the tokenizer output")
+    return InputError(file.name, f"token id {value} in '{column}' does not fit the output dtype {dtype}",
+                      line=line_no, fix="token ids must fit in int64; check the tokenizer output")
+
+
+def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str) -> np.ndarray:
+    try:
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _not_json(file, line_no, raw, f"{exc.__class__.__name__}: {str(exc).split(':')[0]}") from None
+    except RecursionError:
+        raise InputError(file.name, "JSON nested too deeply to read", line=line_no,
+                         fix="repair or remove this line, or pass --on-bad-record skip") from None
+    if not isinstance(record, dict):
+        raise InputError(file.name, "line is not a JSON object", line=line_no,
+                         fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
+    if column not in record:
+        # Escaped: a field name may hold a newline, and the message is one line.
+        keys = ", ".join(json.dumps(key, ensure_ascii=False)[1:-1] for key in record) or "none"
+        raise InputError(file.name, f"no field '{column}'; fields are: {keys[:200]}", line=line_no,
+                         fix="pass --column NAME")
+    ids = record[column]
+    if not isinstance(ids, list):
+        kind = "null" if ids is None else type(ids).__name__
+        raise InputError(file.name, f"'{column}' is {kind}, not a list of token ids", line=line_no,
+                         fix="each line needs a list of integer token ids")
+    if not ids:
+        return np.empty(0, dtype=np.int64)
+    try:
+        arr = np.array(ids)
+    except (ValueError, OverflowError):
+        arr = np.array(ids, dtype=object)
+    only_ints = arr.ndim == 1 and (arr.dtype.kind in "iu" or all(type(v) is int for v in ids))
+    if not only_ints or ((b"true" in raw or b"false" in raw) and any(type(v) is bool for v in ids)):
+        kinds = sorted({type(v).__name__ if v is not None else "null" for v in ids} - {"int"})
+        what = "nested lists" if arr.ndim > 1 or "list" in kinds else ", ".join(kinds)
+        raise InputError(file.name, f"'{column}' holds {what}, not only integer token ids", line=line_no,
+                         fix="token ids must be non-negative integers")
+    if arr.dtype.kind != "i":  # numpy picks uint64 or object only for ids beyond int64
+        raise _out_of_range(file, line_no, ids, column, dtype)
+    return arr
+
+
+def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+    stream, file_position = _open_text(file)
+    line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
+    pending: list[np.ndarray] = []
+    pending_tokens = 0
+    row = 0
+    skipped = Skipped()
+    digest = hashlib.sha256()
+
+    def flush() -> DocBatch:
+        nonlocal row, skipped
+        lengths = np.fromiter((len(a) for a in pending), dtype=np.int64, count=len(pending))
+        offsets = np.zeros(len(pending) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(pending) if pending_tokens else np.empty(0, dtype=np.int64)
+        lines = list(line_numbers)
+        batch_start = row
+
+        def label(r: int) -> dict[str, int]:
+            return {"line": lines[r - batch_start]}
+
+        done = min(file_position() / file.size, 1.0) if file.size else 0.0
+        if opts.skip_bad:
+            kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
+            batch = DocBatch(file_index, row, offsets, kept, done, skipped.merged(more))
+            skipped = Skipped()
+        else:
+            batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
+        row += batch.n_docs
+        pending.clear()
+        line_numbers.clear()
+        return batch
+
+    try:
+        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest), start=1):
+            if not raw.strip():
+                continue
+            try:
+                ids = _parse_line(file, line_no, raw, opts.column, opts.dtype)
+            except InputError as exc:
+                if not opts.skip_bad:
+                    raise
+                skipped = skipped.record(exc)
+                ids = np.empty(0, dtype=np.int64)  # kept in the numbering as an empty document
+            pending.append(ids)
+            line_numbers.append(line_no)
+            pending_tokens += len(ids)
+            if pending_tokens >= BATCH_TOKENS:
+                yield flush()
+                pending_tokens = 0
+    except LineTooLong as exc:
+        raise InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may hold "
+                                    "in memory", line=exc.line_no,
+                         fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or check "
+                             "that the file really is JSON Lines") from None
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        raise unreadable(file, exc, "cannot read", "check the file and its compression") from None
+    finally:
+        if not file.is_stdin:
+            stream.close()
+    # Always a last batch, even one without documents: it carries the content hash of the whole file.
+    yield replace(flush(), content_sha256=digest.hexdigest())
+
+
+class JsonlInput(InputFormat):
+    """JSON Lines, one object a line holding the token ids (``--column``); ``.gz``/``.zst``/``.bz2``/``.lz4``
+    decompressed on the fly. Lines are parsed in order, so there is nothing to check before reading."""
+
+    name = "jsonl"
+    suffixes = (".jsonl", ".ndjson", ".json")
+    description = "JSONL"
+
+    def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+        return read_jsonl(file, file_index, opts)
