@@ -447,10 +447,12 @@ def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, trials
     env = {**os.environ, "BESTFIT_TEST_STEP_DELAY": "0.002"}
 
     def start(workers: str) -> tuple[subprocess.Popen[bytes], float]:
-        """A run over the old output, and the moment it was past start-up (its temporary folder appeared)."""
+        """A run over the old output, and the moment it was past start-up (its own temporary folder appeared: one a
+        killed run left is there from the start, and goes only once the new run has taken the lock)."""
+        stale = set(out.glob(".bestfit-tmp-*"))
         process = subprocess.Popen(pack_command(source, out, "--overwrite", "--workers", workers), env=env,
                                    stderr=subprocess.DEVNULL)
-        while not list(out.glob(".bestfit-tmp-*")) and process.poll() is None:
+        while not set(out.glob(".bestfit-tmp-*")) - stale and process.poll() is None:
             time.sleep(0.002)
         return process, time.monotonic()
 
