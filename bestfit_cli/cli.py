@@ -88,7 +88,7 @@ def input_options(f: Callable[..., Any] | None = None, *, long_docs: bool = True
     no ctx to cut documents at (``histogram``)."""
     decorators: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("--column", default="input_ids", show_default=True,
-                     help="List-of-integers column (Parquet) or field (JSONL) holding token ids."),
+                     help="List-of-integers column (Parquet, Arrow) or field (JSONL) holding token ids."),
         click.option("--eos-id", type=click.IntRange(min=0), default=None,
                      help="Append this token to every non-empty document (it counts in the length)."),
         *([click.option("--long-docs", type=click.Choice(LONG_DOC_POLICIES), default="split", show_default=True,
@@ -252,7 +252,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
          rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
          output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
-    """Pack token documents from IN (Parquet, JSONL, folders, globs, - for stdin) into OUT.
+    """Pack token documents from IN (Parquet, JSONL, Arrow, folders, globs, - for stdin) into OUT.
 
     Writes fixed-length shards (Parquet, or Megatron's .bin + .idx), stats.json and, last, manifest.json to the
     folder OUT.

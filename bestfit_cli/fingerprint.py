@@ -2,9 +2,11 @@
 written, and ``verify`` compares, so an input that changes during a run fails it and one that changed since is named.
 
 A fingerprint is the file's size and modification time (``mtime_ns``) as its filesystem reports them (an object
-store's size and last-modified time), plus, for Parquet, the sha256 of its footer (the schema, the row groups and
-their offsets: a rewritten file has another), and for JSONL the sha256 of every byte read (after decompression),
-computed while reading (``read.read_jsonl``). Standard input has only that content hash.
+store's size and last-modified time), plus its format's signature (``InputFormat.signature``, recorded as
+``footer_sha256``): for Parquet the sha256 of its footer (the schema, the row groups and their offsets: a rewritten
+file has another), for Arrow the sha256 of its first and last 64 KiB (the schema, and the footer or last batch);
+and for JSONL the sha256 of every byte read (after decompression), computed while reading
+(``formats.jsonl.read_jsonl``). Standard input has only that content hash.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Fingerprint:
         if self.bytes != now.bytes:
             found.append(f"size {_count(self.bytes)} -> {_count(now.bytes)} bytes")
         if self.footer_sha256 != now.footer_sha256:
-            found.append("another Parquet footer")
+            found.append("another footer")
         return found
 
 

@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 from .errors import InputError, OptionError, OutputError
 
 if TYPE_CHECKING:
-    from .formats.base import InputFormat
+    from .formats.base import DatasetFolder, InputFormat
 
 Format = str  # the name of a registered input format (``formats.INPUT_FORMATS``)
 STDIN = "-"
@@ -151,8 +151,10 @@ class LeftOut:
         return f"{self.path} = {self.same_as}" if self.same_as else self.path
 
 
-HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP = "hidden", "not Parquet or JSONL by its name", "read already", "link loop"
-LEFT_OUT_REASONS = (HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP)
+HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP = "hidden", "no input format by its name", "read already", "link loop"
+NOT_IN_DATASET = "in a dataset folder, not one of its data files"
+# Formats add their own reasons (``InputFormat.not_data``, such as "one JSON document, not JSON Lines").
+LEFT_OUT_REASONS = (HIDDEN, NOT_INPUT, NOT_IN_DATASET, READ_ALREADY, LINK_LOOP)
 _NOTE_EXAMPLES = 3
 
 
@@ -163,7 +165,7 @@ def left_out_note(left_out: Sequence[LeftOut]) -> str | None:
     if not left_out:
         return None
     parts = []
-    for why in LEFT_OUT_REASONS:
+    for why in dict.fromkeys([*LEFT_OUT_REASONS, *(e.why for e in left_out)]):
         entries = [e for e in left_out if e.why == why]
         if entries:
             shown = ", ".join(str(e) for e in entries[:_NOTE_EXAMPLES])
@@ -283,6 +285,13 @@ class _Entry:
     size: int | None
     mtime_ns: int | None
     identity: tuple[Any, ...]
+    fmt: str = ""  # the input format that reads it, once the scan takes it
+    order: tuple[str, int] | None = None  # a dataset folder's file: (the folder + "/", its place in the dataset)
+
+    @property
+    def sort_key(self) -> tuple[str, int]:
+        """Files sort by path; a dataset folder's files, at the folder's place, in the dataset's own order."""
+        return self.order if self.order is not None else (self.fs_path, 0)
 
 
 def _hidden(name: str) -> bool:
@@ -296,6 +305,12 @@ class _Lister:
         self.arg, self.fs, self.root, self.pattern = arg, fs, root, pattern
         self.files: list[_Entry] = []
         self.left_out: list[LeftOut] = []
+        self.listed: set[str] = set()  # an object store's files (a local disk is asked instead)
+
+    def _claims(self, rel: str) -> bool:
+        """Whether a folder may be taken as one dataset: a folder scan's root, or a folder the pattern takes whole
+        (``data/*`` takes ``data/ds/``); never a glob's literal folder (``ds/*.arrow`` names files of it)."""
+        return self.pattern.whole_folder if not rel else self.pattern.takes(rel)
 
     def display(self, fs_path: str) -> str:
         return _display(self.arg, fs_path)
@@ -305,13 +320,44 @@ class _Lister:
         noted, as is a file taken whose name is no input format."""
         path = posixpath.join(self.root, rel)
         taken = self.pattern.takes(rel) if entry is not None else self.pattern.enters(rel)
-        if taken and entry is not None and format_of(rel) is None:
-            self.left_out.append(LeftOut(self.display(path), NOT_INPUT))
-            return False
+        if taken and entry is not None:
+            fmt = format_of(path, self.exists)
+            reason = input_formats()[fmt].not_data(self.fs, path) if fmt is not None else NOT_INPUT
+            if reason is not None:
+                self.left_out.append(LeftOut(self.display(path), reason))
+                return False
         if not taken and (self.pattern.takes(rel, hidden_ok=True) if entry is not None
                           else self.pattern.enters(rel, hidden_ok=True) and _hidden(posixpath.basename(rel))):
             self.left_out.append(LeftOut(self.display(path) + ("/" if entry is None else ""), HIDDEN))
         return taken
+
+    def exists(self, fs_path: str) -> bool:
+        """Whether a file is at ``fs_path`` (for formats of file pairs: a Megatron ``.bin`` beside its ``.idx``)."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return os.path.isfile(fs_path)
+        return fs_path in self.listed
+
+    def claim(self, folder: str, names: Sequence[str], entry_of: Callable[[str], _Entry | None]) -> bool:
+        """Whether ``folder`` is one dataset (a ``save_to_disk`` folder) of a registered format, whose data files then
+        join the scan in the dataset's own order; a bestfit output folder is refused."""
+        shown = self.display(folder)
+        refuse_bestfit_output(self.fs, folder, names, shown)
+        dataset, fmt = _dataset_of(self.fs, folder, names, shown)
+        if dataset is None:
+            return False
+        start = folder.rstrip("/") + "/"  # sorts before every path inside the folder
+        for place, name in enumerate(dataset.files):
+            path = start + name
+            entry = entry_of(path)
+            if entry is None:
+                raise InputError(self.display(path), "cannot be read (a broken link, or not a regular file?)",
+                                 fix="restore the file, or save the dataset again")
+            self.files.append(replace(entry, fmt=fmt, order=(start, place)))
+        belongs = set(dataset.files) | set(dataset.metadata)
+        for name in names:
+            if name not in belongs:
+                self.left_out.append(LeftOut(self.display(start + name), NOT_IN_DATASET))
+        return True
 
     def walk_local(self) -> None:
         """Follows links to folders, but never a link back into a folder being walked (a loop), and, in a folder
@@ -337,6 +383,8 @@ class _Lister:
                 self.left_out.append(LeftOut(self.display(folder) + "/", READ_ALREADY, seen_folders[key] + "/"))
                 continue
             seen_folders.setdefault(key, self.display(folder))
+            if self._claims(rel) and self.claim(folder, names, _local_entry(self.root)):
+                continue
             below = []
             for name in names:
                 child_rel = f"{rel}/{name}" if rel else name
@@ -363,20 +411,37 @@ class _Lister:
 
     def walk_store(self) -> None:
         """An object store has no links: one recursive listing, filtered by the same rules."""
-        infos = _file_info(self.arg, self.fs, pafs.FileSelector(self.root, recursive=True))
+        infos = sorted(_file_info(self.arg, self.fs, pafs.FileSelector(self.root, recursive=True)),
+                       key=lambda i: i.path)
+        self.listed = {info.path for info in infos if info.type == pafs.FileType.File}
+        children: dict[str, list[str]] = {}
+        for info in infos:
+            children.setdefault(posixpath.dirname(info.path), []).append(posixpath.basename(info.path))
+        by_path = {info.path: info for info in infos}
+
+        def entry_of(path: str) -> _Entry | None:
+            info = by_path.get(path)
+            if info is None or info.type != pafs.FileType.File:
+                return None
+            return _Entry(info.path, posixpath.relpath(info.path, self.root), info.size, info.mtime_ns,
+                          (self.fs.type_name, info.path))
+
+        if self._claims("") and self.claim(self.root, children.get(self.root.rstrip("/"), []), entry_of):
+            return
         pruned: list[str] = []
-        for info in sorted(infos, key=lambda i: i.path):
+        for info in infos:
             rel = posixpath.relpath(info.path, self.root)
             if any(rel.startswith(p + "/") for p in pruned):
                 continue
             is_dir = info.type == pafs.FileType.Directory
-            entry = None if is_dir else _Entry(info.path, rel, info.size, info.mtime_ns,
-                                               (self.fs.type_name, info.path))
+            entry = None if is_dir else entry_of(info.path)
             if not self.consider(rel, entry):
                 if is_dir:
                     pruned.append(rel)
                 continue
-            if entry is not None:
+            if is_dir and self._claims(rel) and self.claim(info.path, children.get(info.path, []), entry_of):
+                pruned.append(rel)
+            elif entry is not None:
                 self.files.append(entry)
 
 
@@ -386,8 +451,62 @@ def _list(arg: str, fs: pafs.FileSystem, root: str, pattern: _Pattern) -> _Liste
         lister.walk_local()
     else:
         lister.walk_store()
-    lister.files.sort(key=lambda e: e.fs_path)
+    lister.files.sort(key=lambda e: e.sort_key)
+    _drop_companions(lister)
     return lister
+
+
+def _drop_companions(lister: _Lister) -> None:
+    """Files read with a file taken (a Megatron ``.idx`` beside its ``.bin``) are not inputs left out."""
+    formats = input_formats()
+    companions = {lister.display(path) for e in lister.files
+                  for path in formats[e.fmt or format_of(e.fs_path, lister.exists) or "jsonl"].companions(e.fs_path)}
+    if companions:
+        lister.left_out = [e for e in lister.left_out if not (e.why == NOT_INPUT and e.path in companions)]
+
+
+def _local_entry(root: str) -> Callable[[str], _Entry | None]:
+    def entry_of(path: str) -> _Entry | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return _Entry(path, posixpath.relpath(path, root), st.st_size, st.st_mtime_ns, ("local", st.st_dev, st.st_ino))
+    return entry_of
+
+
+def _dataset_of(fs: pafs.FileSystem, folder: str, names: Sequence[str], shown: str
+                ) -> tuple[DatasetFolder | None, str]:
+    """The dataset a folder is, and the format it is one of (the first registered format to claim it)."""
+    from .formats.base import Folder
+
+    view = Folder(fs, folder, tuple(sorted(names)), shown)
+    for fmt in input_formats().values():
+        dataset = fmt.dataset_folder(view)
+        if dataset is not None:
+            return dataset, fmt.name
+    return None, ""
+
+
+_BESTFIT_MANIFEST = re.compile(rb'^\s*\{\s*"format"\s*:\s*"bestfit\.packed"')
+
+
+def refuse_bestfit_output(fs: pafs.FileSystem, folder: str, names: Sequence[str], shown: str) -> None:
+    """Refuse a folder ``bestfit pack`` wrote (its ``manifest.json``): its rows are packed sequences, padding and
+    all, not documents, and reading it beside its inputs would count every token twice."""
+    if "manifest.json" not in names:
+        return
+    try:
+        with fs.open_input_stream(folder.rstrip("/") + "/manifest.json") as stream:
+            head = bytes(stream.read(256))
+    except (OSError, pa.ArrowException):
+        return
+    if _BESTFIT_MANIFEST.match(head):
+        raise InputError(shown, "is the output of bestfit pack (it holds its manifest.json), not an input",
+                         fix="pack from the inputs its manifest.json lists; to read its packed rows as documents, "
+                             "name its shards (OUT/train-*.parquet)")
 
 
 def _split_glob(arg: str) -> tuple[str, list[str]]:
@@ -418,9 +537,11 @@ def scan_inputs(args: InputArgs) -> InputScan:
     Arguments keep their order; a folder contributes its files in sorted path order (searched recursively); a
     glob its matches, sorted; ``-`` is JSONL on stdin. An existing path is always taken literally, even when it
     holds ``*``, ``?`` or ``[``. Folder scans and globs follow one rule: no wildcard matches a name starting with
-    ``.`` or ``_`` (spell it out to read it), and only Parquet and JSONL names are read; what either leaves out is
-    listed. A file reached twice (named twice, inside a folder also given, through two links) is read once, at its
-    first place in the numbering; a link back into a folder being walked is never followed.
+    ``.`` or ``_`` (spell it out to read it), only names an input format reads are taken, and a file a format
+    recognizes but finds no data in (``InputFormat.not_data``) is left out; a dataset folder (``save_to_disk``) is
+    taken whole, in its own order, and a bestfit output folder is refused. What is left out is listed. A file
+    reached twice (named twice, inside a folder also given, through two links) is read once, at its first place in
+    the numbering; a link back into a folder being walked is never followed.
     """
     args = input_args(args)
     if not args:
@@ -460,13 +581,22 @@ def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut
     if info.type == pafs.FileType.Directory:
         lister = _list(arg, fs, path, FOLDER_SCAN)
         if not lister.files and not any(e.why == READ_ALREADY for e in lister.left_out):
-            raise InputError(arg, "folder holds no Parquet or JSONL files" + _left_out_hint(lister.left_out),
-                             fix="point at a folder of *.parquet or *.jsonl[.gz|.zst] files")
+            raise InputError(arg, "folder holds no input files" + _left_out_hint(lister.left_out),
+                             fix="point at a folder of *.parquet, *.jsonl[.gz|.zst] or *.arrow files, or a "
+                                 "save_to_disk folder (docs/usage.md#input-formats)")
         return _input_files(lister), lister.left_out
-    fmt = format_of(path)
+
+    def exists(other: str) -> bool:
+        return bool(_file_info(arg, fs, other).type == pafs.FileType.File)
+
+    fmt = format_of(path, exists)
     if fmt is None:
-        raise InputError(arg, "is neither Parquet nor JSONL by its name",
-                         fix="name Parquet files *.parquet and JSON Lines files *.jsonl (optionally .gz or .zst)")
+        raise InputError(arg, "is no input format bestfit reads, by its name",
+                         fix="name Parquet files *.parquet, JSON Lines files *.jsonl (optionally .gz or .zst) and "
+                             "Arrow files *.arrow (docs/usage.md#input-formats)")
+    reason = input_formats()[fmt].not_data(fs, path)
+    if reason is not None:
+        raise InputError(arg, f"holds {reason}", fix="point at the data files (docs/usage.md#input-formats)")
     entry = _Entry(path, posixpath.basename(path), info.size, info.mtime_ns, _identity(fs, path))
     return [(entry, InputFile(_display(arg, path), fmt, fs, path, info.size, info.mtime_ns))], []
 
@@ -483,8 +613,8 @@ def _resolve_glob(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOu
 
 
 def _input_files(lister: _Lister) -> list[tuple[_Entry, InputFile]]:
-    return [(e, InputFile(lister.display(e.fs_path), format_of(e.fs_path) or "jsonl", lister.fs, e.fs_path, e.size,
-                          e.mtime_ns)) for e in lister.files]
+    return [(e, InputFile(lister.display(e.fs_path), e.fmt or format_of(e.fs_path, lister.exists) or "jsonl",
+                          lister.fs, e.fs_path, e.size, e.mtime_ns)) for e in lister.files]
 
 
 def _identity(fs: pafs.FileSystem, path: str) -> tuple[Any, ...]:

@@ -183,7 +183,7 @@ def test_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     assert_fails(invoke("pack", tmp_path / "empty", out, "--ctx", 8), out, 1,
-                 "empty: folder holds no Parquet or JSONL files")
+                 "empty: folder holds no input files")
 
 
 def test_input_that_does_not_exist(tmp_path: Path) -> None:

@@ -161,8 +161,8 @@ def test_folder_scans_and_globs_follow_one_rule(mixed: Path) -> None:
     assert scan.left_out == glob.left_out
     assert {(e.path, e.why) for e in scan.left_out} == {
         (f"{mixed}/.cache/", "hidden"), (f"{mixed}/_tmp/", "hidden"), (f"{mixed}/_e.jsonl", "hidden"),
-        (f"{mixed}/f.jsonl.xz", "not Parquet or JSONL by its name"),
-        (f"{mixed}/README.md", "not Parquet or JSONL by its name")}
+        (f"{mixed}/f.jsonl.xz", "no input format by its name"),
+        (f"{mixed}/README.md", "no input format by its name")}
 
 
 def test_hidden_entries_are_read_when_spelled_out(mixed: Path) -> None:
@@ -178,7 +178,7 @@ def test_what_a_scan_leaves_out_is_one_line(mixed: Path, tmp_path: Path) -> None
     assert result.stderr.count("\n") == 1
     line = result.stderr.strip()
     assert line.startswith("note: inputs left out: 3 hidden (")
-    assert "1 not Parquet or JSONL by its name" in line and "f.jsonl.xz" in line
+    assert "1 no input format by its name" in line and "f.jsonl.xz" in line
     assert "README.md" not in line  # no input suffix: listed in the manifest only
     assert len(manifest_of(out)["inputs_left_out"]) == 5
 
@@ -189,7 +189,7 @@ def test_an_empty_folder_names_what_it_left_out(tmp_path: Path) -> None:
     (folder / "x.jsonl.xz").write_bytes(b"x")
     result, _ = pack_cli(tmp_path, folder)
     assert result.exit_code == 1
-    assert "folder holds no Parquet or JSONL files; inputs left out: 1 not Parquet or JSONL" in result.stderr
+    assert "folder holds no input files; inputs left out: 1 no input format by its name" in result.stderr
 
 
 # ------------------------------------------------------------------------------------------------ histogram -o

@@ -8,6 +8,7 @@ format one ``OutputFormat`` and one entry in ``FORMATS``. The pipeline, the writ
 
 from __future__ import annotations
 
+from .arrow import ArrowInput
 from .base import DatasetFolder, Folder, InputFormat, OutputFormat, PackedRows
 from .jsonl import JsonlInput
 from .megatron import MegatronFormat
@@ -18,8 +19,8 @@ MEGATRON: OutputFormat = MegatronFormat()
 FORMATS: dict[str, OutputFormat] = {"parquet": PARQUET, "megatron": MEGATRON}
 
 # In the order the folder scan asks them: the first format that recognizes a file reads it.
-INPUT_FORMATS: dict[str, InputFormat] = {fmt.name: fmt for fmt in (ParquetInput(), JsonlInput())}
+INPUT_FORMATS: dict[str, InputFormat] = {fmt.name: fmt for fmt in (ParquetInput(), JsonlInput(), ArrowInput())}
 
 
-__all__ = ["FORMATS", "INPUT_FORMATS", "MEGATRON", "PARQUET", "DatasetFolder", "Folder", "InputFormat", "JsonlInput",
-           "MegatronFormat", "OutputFormat", "PackedRows", "ParquetFormat", "ParquetInput"]
+__all__ = ["FORMATS", "INPUT_FORMATS", "MEGATRON", "PARQUET", "ArrowInput", "DatasetFolder", "Folder", "InputFormat",
+           "JsonlInput", "MegatronFormat", "OutputFormat", "PackedRows", "ParquetFormat", "ParquetInput"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -12,6 +14,7 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from ..errors import InputError
 from ..fs import InputFile
@@ -227,3 +230,42 @@ class JsonlInput(InputFormat):
 
     def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
         return read_jsonl(file, file_index, opts)
+
+    def not_data(self, fs: pafs.FileSystem, path: str) -> str | None:
+        """A ``*.json`` file that is one JSON document (indented metadata such as ``stats.json``, a JSON array) or
+        Hugging Face ``datasets`` metadata is no JSON Lines; ``*.jsonl`` and ``*.ndjson`` are taken at their word,
+        and a length histogram of ``bestfit histogram`` is data for ``bestfit stats``."""
+        name = posixpath.basename(path).lower()
+        if not (name.endswith(".json") or ".json." in name):
+            return None
+        if name in DATASETS_METADATA:
+            return "Hugging Face datasets metadata, not JSON Lines"
+        try:
+            with fs.open_input_stream(path, compression="detect") as stream:
+                head = bytes(stream.read(_PEEK_BYTES))
+        except (OSError, pa.ArrowException):
+            return None  # the reader names the file and the cause
+        return json_document(head)
+
+
+DATASETS_METADATA = ("state.json", "dataset_info.json", "dataset_dict.json")
+_PEEK_BYTES = 1 << 16
+_HISTOGRAM = re.compile(rb'^\s*\{\s*"schema"\s*:\s*"bestfit\.histogram/')
+
+
+def json_document(head: bytes) -> str | None:
+    """Why a file starting with ``head`` is one JSON document rather than JSON Lines, or None: it is an array, or
+    its first line is no JSON value of its own (an indented object)."""
+    text = head.lstrip()
+    if not text or _HISTOGRAM.match(text):
+        return None
+    if text.startswith(b"["):
+        return "a JSON array, not JSON Lines (one object a line)"
+    first_line, newline, _ = text.partition(b"\n")
+    if not newline and len(head) >= _PEEK_BYTES:
+        return None  # a first line longer than the peek: a long record, most likely
+    try:
+        json.loads(first_line)
+    except (ValueError, RecursionError):
+        return "one JSON document, not JSON Lines (one object a line)"
+    return None

@@ -1,0 +1,269 @@
+"""Arrow: IPC files and streams (``.arrow``, ``.feather`` v2, ``.ipc``), and Hugging Face ``save_to_disk`` folders.
+
+A ``save_to_disk`` folder (``Dataset.save_to_disk``) holds ``data-NNNNN-of-NNNNN.arrow`` files (Arrow IPC streams),
+``dataset_info.json`` (the features) and ``state.json``, whose ``_data_files`` list the ``.arrow`` files in the order
+``datasets.load_from_disk`` concatenates them; bestfit reads them in that order, so document numbers follow the
+dataset's row numbers. (A folder with ``dataset_info.json`` but no ``state.json``, such as a ``datasets`` cache
+folder, is no ``save_to_disk`` folder: its ``.arrow`` files are read as any others, in name order.) A ``DatasetDict``
+folder (``dataset_dict.json`` and one folder a split) is refused: packing
+every split together would mix evaluation data into training, so the split to pack is named explicitly.
+
+Local files are memory-mapped and read one record batch at a time, so only the token column of the batch at hand is
+touched; a batch is handed on in pieces of about ``read.BATCH_TOKENS`` tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+
+from ..errors import InputError
+from ..fs import InputFile
+from ..read import (
+    BATCH_TOKENS,
+    DocBatch,
+    LengthBatch,
+    ReadOptions,
+    batch_from_arrow,
+    check_list_type,
+    ids_in_range,
+    unreadable,
+)
+from .base import DatasetFolder, Folder, InputFormat
+
+STATE_JSON = "state.json"
+INFO_JSON = "dataset_info.json"
+DICT_JSON = "dataset_dict.json"
+_FILE_MAGIC = b"ARROW1"
+_FEATHER_V1_MAGIC = b"FEA1"
+_SIGNATURE_BYTES = 1 << 16  # the head (schema) and tail (footer, last batch) hashed into the fingerprint
+_REWRITE = "re-create or remove this file; an interrupted copy leaves a truncated file"
+
+
+@dataclass
+class _Opened:
+    """An Arrow file or stream, open: its schema and its record batches in order."""
+
+    source: pa.NativeFile
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    n_batches: int | None  # the file format knows its batches; a stream does not
+    is_stream: bool
+
+    def fraction(self, batches_read: int) -> float:
+        if self.n_batches:
+            return batches_read / self.n_batches
+        size = self.source.size()
+        return min(self.source.tell() / size, 1.0) if size else 0.0
+
+
+def _open(file: InputFile) -> _Opened:
+    assert file.fs is not None
+    try:
+        source = (pa.memory_map(file.fs_path, "r") if isinstance(file.fs, pafs.LocalFileSystem)
+                  else file.fs.open_input_file(file.fs_path))
+    except (pa.ArrowException, OSError) as exc:
+        raise unreadable(file, exc, "cannot open", _REWRITE) from None
+    try:
+        head = source.read(8)
+        source.seek(0)
+        if head.startswith(_FEATHER_V1_MAGIC):
+            raise InputError(file.name, "is a Feather version 1 file, which holds no Arrow IPC data",
+                             fix="write it again as Feather version 2 (pyarrow.feather.write_feather(table, path))")
+        if head.startswith(_FILE_MAGIC):
+            reader = pa.ipc.open_file(source)
+            count = reader.num_record_batches
+            return _Opened(source, reader.schema, (reader.get_batch(i) for i in range(count)), count, False)
+        stream = pa.ipc.open_stream(source)
+        return _Opened(source, stream.schema, iter(stream), None, True)
+    except (pa.ArrowException, OSError) as exc:
+        source.close()
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+            raise unreadable(file, exc, "", "") from None
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(file.name, f"not a readable Arrow IPC file or stream ({detail})", fix=_REWRITE) from None
+
+
+def _checked(file: InputFile, opts: ReadOptions) -> _Opened:
+    """The file open, its token column checked: it exists once and holds lists of integers."""
+    opened = _open(file)
+    schema = opened.schema
+    found = schema.get_all_field_indices(opts.column)
+    if len(found) != 1:
+        opened.source.close()
+        if found:
+            raise InputError(file.name, f"{len(found)} columns are named '{opts.column}'",
+                             fix="write the file again with one token column of that name")
+        raise InputError(file.name, f"no column '{opts.column}'; columns are: {', '.join(schema.names)[:300]}",
+                         fix="pass --column NAME")
+    try:
+        check_list_type(file, opts.column, schema.field(opts.column).type)
+    except InputError:
+        opened.source.close()
+        raise
+    return opened
+
+
+def _corrupt(file: InputFile, row: int, exc: BaseException) -> InputError:
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+        return unreadable(file, exc, "", "")
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return InputError(file.name, f"truncated or corrupt Arrow data after row {row:,} ({detail})", fix=_REWRITE)
+
+
+def _columns(file: InputFile, opts: ReadOptions, opened: _Opened) -> Iterator[tuple[int, pa.Array, float]]:
+    """The token column in pieces of about ``BATCH_TOKENS`` tokens: (first row, list array, fraction read)."""
+    row = 0
+    read = 0
+    try:
+        for record_batch in opened.batches:
+            read += 1
+            column = record_batch.column(opts.column)
+            if pa.types.is_fixed_size_list(column.type):
+                column = column.cast(pa.list_(column.type.value_type))
+            offsets = column.offsets.to_numpy()
+            start = 0
+            while start < len(column):
+                # The rows up to about BATCH_TOKENS tokens, at least one.
+                end = int(np.searchsorted(offsets, offsets[start] + BATCH_TOKENS, side="right")) - 1
+                end = min(max(end, start + 1), len(column))
+                yield row + start, column.slice(start, end - start), opened.fraction(read)
+                start = end
+            row += len(column)
+    except (pa.ArrowException, OSError) as exc:
+        raise _corrupt(file, row, exc) from None
+    finally:
+        opened.source.close()
+
+
+def read_arrow(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+    opened = _checked(file, opts)
+
+    def label(row: int) -> dict[str, int]:
+        return {"row": row}
+
+    for first_row, column, done in _columns(file, opts, opened):
+        batch = batch_from_arrow(file, file_index, first_row, column, opts, label)
+        yield DocBatch(batch.file_index, batch.first_row, batch.offsets, batch.tokens, done, batch.skipped)
+
+
+def read_arrow_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
+    """Lengths from the list offsets, without casting ids; rows ``read_arrow`` refuses are refused the same way."""
+    opened = _checked(file, opts)
+    for first_row, column, done in _columns(file, opts, opened):
+        if column.null_count or column.values.null_count or not ids_in_range(column, opts):
+            batch_from_arrow(file, file_index, first_row, column, opts, lambda r: {"row": r})  # raises, naming it
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        yield LengthBatch(file_index, first_row, lengths, done)
+
+
+# --------------------------------------------------------------------------------------------- save_to_disk
+
+
+def _split_names(folder: Folder) -> list[str]:
+    try:
+        splits = json.loads(folder.read_bytes(DICT_JSON)).get("splits")
+    except (ValueError, AttributeError, OSError, pa.ArrowException):
+        splits = None
+    if isinstance(splits, list) and all(isinstance(s, str) for s in splits):
+        return list(splits)
+    return [name for name in folder.names if "." not in name]
+
+
+def _state_files(folder: Folder) -> tuple[str, ...]:
+    """The ``.arrow`` files ``state.json`` lists, in its order; InputError naming state.json when it cannot say."""
+    shown = f"{folder.shown.rstrip('/')}/{STATE_JSON}"
+    fix = "save the dataset again with Dataset.save_to_disk, or pass its .arrow files by name"
+    try:
+        state = json.loads(folder.read_bytes(STATE_JSON, 64 << 20))
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(shown, f"cannot be read ({str(exc).splitlines()[0] if str(exc) else exc})",
+                         fix="check the file and its permissions") from None
+    except ValueError as exc:
+        raise InputError(shown, f"is not valid JSON ({str(exc).split(':')[0]})", fix=fix) from None
+    entries = state.get("_data_files") if isinstance(state, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise InputError(shown, "lists no data files (no '_data_files'), so it is not a save_to_disk state",
+                         fix=fix)
+    names = []
+    for entry in entries:
+        name = entry.get("filename") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise InputError(shown, f"lists a data file that is not a file name in its folder: {entry!r:.100}",
+                             fix=fix)
+        if name not in folder.names:
+            raise InputError(shown, f"lists {name}, which is not in the folder", fix=fix)
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise InputError(shown, "lists a data file twice", fix=fix)
+    return tuple(names)
+
+
+class ArrowInput(InputFormat):
+    """Arrow IPC files and streams; ``save_to_disk`` folders, read in the order their ``state.json`` lists."""
+
+    name = "arrow"
+    suffixes = (".arrow", ".feather", ".ipc")
+    description = "Arrow"
+
+    def dataset_folder(self, folder: Folder) -> DatasetFolder | None:
+        names = set(folder.names)
+        if STATE_JSON in names:
+            files = _state_files(folder)
+            return DatasetFolder(files, tuple(n for n in (STATE_JSON, INFO_JSON) if n in names))
+        if DICT_JSON in names:
+            splits = _split_names(folder)
+            first = f"{folder.shown.rstrip('/')}/{splits[0]}" if splits else f"{folder.shown.rstrip('/')}/SPLIT"
+            raise InputError(folder.shown, f"is a DatasetDict of splits {', '.join(splits)[:200] or '(none)'}; "
+                                           "bestfit packs the splits you name, not all of them",
+                             fix=f"pass the split to pack, such as {first}")
+        return None
+
+    def check(self, file: InputFile, opts: ReadOptions) -> None:
+        """The schema; and, for a stream on a local disk, every message (cheap: memory-mapped, no data touched),
+        since a stream has no footer to tell a truncated copy by."""
+        if file.size == 0:
+            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+        opened = _checked(file, opts)
+        if not (opened.is_stream and isinstance(file.fs, pafs.LocalFileSystem)):
+            opened.source.close()
+            return
+        row = 0
+        try:
+            for record_batch in opened.batches:
+                row += record_batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise _corrupt(file, row, exc) from None
+        finally:
+            opened.source.close()
+
+    def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+        return read_arrow(file, file_index, opts)
+
+    def read_lengths(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
+        if opts.skip_bad:  # skipped records need the full reader
+            return super().read_lengths(file, file_index, opts)
+        return read_arrow_lengths(file, file_index, opts)
+
+    def signature(self, file: InputFile) -> str | None:
+        """sha256 of the file's first and last 64 KiB: its schema, its footer (IPC file) or last batch (stream)."""
+        assert file.fs is not None
+        try:
+            with file.fs.open_input_file(file.fs_path) as stream:
+                size = stream.size()
+                digest = hashlib.sha256(stream.read(min(size, _SIGNATURE_BYTES)))
+                if size > _SIGNATURE_BYTES:
+                    stream.seek(max(size - _SIGNATURE_BYTES, _SIGNATURE_BYTES))
+                    digest.update(stream.read())
+                return digest.hexdigest()
+        except (OSError, pa.ArrowException):
+            return None
+
+
