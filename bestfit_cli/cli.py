@@ -18,6 +18,7 @@ from .formats import FORMATS
 from .histogram import LONG_DOC_POLICIES
 from .read import BAD_RECORD_POLICIES, DEFAULT_MAX_BAD_RECORDS, TOKEN_DTYPES
 from .strategies import STRATEGIES
+from .window import EOS_MODES
 
 MAX_BAD_RECORDS_HELP = ("With --on-bad-record skip: fail the run when more records than this are bad, a count (100) or "
                         "a share of the records read (1%).")
@@ -213,6 +214,9 @@ def cli() -> None:
 @click.argument("out", metavar="OUT")
 @click.option("--ctx", type=int, multiple=True, required=True, callback=_one_ctx, help="Sequence length in tokens.")
 @input_options
+@click.option("--eos-mode", type=click.Choice(EOS_MODES), default="always", show_default=True,
+              help="With --eos-id: append it to every non-empty document, or only to those not already ending with "
+                   "it (the report counts them either way).")
 @click.option("--pad-id", type=click.IntRange(min=0), default=None,
               help="Padding token id.  [default: the EOS id if given, else 0]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
@@ -248,7 +252,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
-         pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...], pad: bool,
+         eos_mode: str, pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...], pad: bool,
          rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
          output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
@@ -262,7 +266,8 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     from .report import render_report
 
     memory, window_tokens = _memory_or_window(memory, window_tokens)
-    opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, pad_id=pad_id, long_docs=long_docs,  # type: ignore[arg-type]
+    opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, eos_mode=eos_mode, pad_id=pad_id,
+                       long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,

@@ -42,9 +42,12 @@ from .report import PackStats, Report
 from .strategies import ConcatCounts, concat_counts
 from .training import TRAINING_COLUMNS
 from .window import (
+    EOS_MODES,
     MEMORY_IN_FLIGHT,
     Pieces,
     Window,
+    ends_with,
+    eos_appended,
     make_pieces,
     packed_lengths,
     span_steps,
@@ -98,6 +101,7 @@ class PackOptions:
     ctx: int
     column: str = "input_ids"
     eos_id: int | None = None
+    eos_mode: str = "always"  # or "if-missing": no EOS for a document that already ends with eos_id
     pad_id: int | None = None
     long_docs: LongDocs = "split"
     seed: int = 0
@@ -161,6 +165,11 @@ class PackOptions:
         check_field_types(self)
         if not 1 <= self.ctx <= MAX_CTX:
             raise OptionError(f"--ctx {self.ctx} is out of range", fix=f"choose a sequence length in 1..{MAX_CTX}")
+        if self.eos_mode not in EOS_MODES:
+            raise OptionError(f"--eos-mode {self.eos_mode!r} is unknown", fix="use always or if-missing")
+        if self.eos_mode != "always" and self.eos_id is None:
+            raise OptionError(f"--eos-mode {self.eos_mode} needs --eos-id", fix="pass --eos-id with your tokenizer's "
+                              "EOS id, or drop --eos-mode")
         if self.long_docs not in LONG_DOC_POLICIES:
             raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
         if self.dtype not in TOKEN_DTYPES:
@@ -209,6 +218,8 @@ class PackOptions:
             data.pop("columns")
         if self.pad:
             data.pop("pad")
+        if self.eos_mode == "always":
+            data.pop("eos_mode")
         return data
 
 
@@ -290,7 +301,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
     so a window's shards use every core even when it is the only window left.
     """
     ctx = opts.ctx
-    eos = opts.eos_id is not None
+    eos = eos_appended(window, opts.eos_id, opts.eos_mode)
     pieces = make_pieces(window.lengths, ctx, eos, opts.long_docs)
     placement = place(pieces, ctx)
     kill_point("planning")
@@ -337,20 +348,22 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
     parts = range(-(-placement.n_bins // opts.rows_per_shard))
     shards = list(shard_pool.map(write_part, parts) if shard_pool is not None else map(write_part, parts))
     input_tokens = window.n_tokens
+    packed = packed_lengths(window.lengths, eos)
     stats = PackStats(
         documents=pieces.documents, empty_documents=pieces.empty_documents, tokens=pieces.tokens,
-        input_tokens=input_tokens, eos_tokens=int((window.lengths > 0).sum()) if eos else 0,
+        input_tokens=input_tokens, eos_tokens=int(packed.sum()) - input_tokens,
+        documents_ending_with_eos=int(ends_with(window, opts.eos_id).sum()) if opts.eos_id is not None else 0,
         sequences=placement.n_bins, truncated_documents=pieces.truncated_documents, truncations=pieces.truncations,
         dropped_documents=pieces.dropped_documents, dropped_tokens=pieces.dropped_tokens,
         clipped_documents=pieces.clipped_documents, windows=1, window_lower_bound=-(-pieces.tokens // ctx))
-    histogram = LengthHistogram.from_lengths(packed_lengths(window.lengths[window.lengths > 0], eos))
+    histogram = LengthHistogram.from_lengths(packed[window.lengths > 0])
     return WindowResult(window.index, stats, tuple(shards), histogram, first_doc=window.first_doc,
                         n_docs=window.n_docs)
 
 
 def kept_lengths(window: Window, opts: PackOptions) -> np.ndarray:
     """Document lengths in input order as packed (EOS, long-document policy): what concatenation would chunk."""
-    lengths = packed_lengths(window.lengths, opts.eos_id is not None)
+    lengths = packed_lengths(window.lengths, eos_appended(window, opts.eos_id, opts.eos_mode))
     if opts.long_docs == "drop":
         return lengths[lengths <= opts.ctx]
     if opts.long_docs == "truncate":
@@ -476,8 +489,16 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
         if bar is not None:
             bar.close()
     histogram = sum((r.histogram for r in results), LengthHistogram())
-    note = scan.note()
-    return PackResult(report, manifest, histogram, [note] if note else [])
+    notes = [note for note in (scan.note(), _eos_note(opts, report.stats)) if note]
+    return PackResult(report, manifest, histogram, notes)
+
+
+def _eos_note(opts: PackOptions, stats: PackStats) -> str | None:
+    """Documents that got a second EOS: almost always a tokenizer that already added one."""
+    if opts.eos_mode != "always" or not stats.documents_ending_with_eos:
+        return None
+    return (f"{stats.documents_ending_with_eos:,} documents already ended with --eos-id {opts.eos_id} and got a "
+            "second one; --eos-mode if-missing appends it only where it is missing")
 
 
 def _token_rate(bar: Any) -> Callable[[int], None] | None:

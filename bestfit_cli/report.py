@@ -16,7 +16,8 @@ class PackStats:
     empty_documents: int = 0
     tokens: int = 0  # tokens written, EOS included
     input_tokens: int = 0  # tokens read, before EOS and long-document handling
-    eos_tokens: int = 0
+    eos_tokens: int = 0  # EOS tokens appended
+    documents_ending_with_eos: int = 0  # non-empty documents whose last token already was --eos-id
     sequences: int = 0
     truncated_documents: int = 0
     truncations: int = 0
@@ -69,6 +70,7 @@ class Report:
             "empty_documents": s.empty_documents,
             "input_tokens": s.input_tokens,
             "eos_tokens": s.eos_tokens,
+            "documents_ending_with_eos": s.documents_ending_with_eos,
             "tokens": s.tokens,
             "sequences": s.sequences,
             "padding_tokens": self.padding_tokens,
@@ -118,6 +120,8 @@ def render_report(report: Report, title: str = "bestfit pack") -> Any:
     table.add_row("truncated documents", f"{s.truncated_documents:,} ({_pct(s.truncated_documents, s.documents)})",
                   f"{report.concat_truncated_documents:,} ({_pct(report.concat_truncated_documents, s.documents)})")
     table.add_row("truncations", f"{s.truncations:,}", f"{report.concat_truncations:,}")
+    if s.documents_ending_with_eos:
+        table.add_row("documents already ending with EOS", f"{s.documents_ending_with_eos:,}", "")
     if s.clipped_documents:
         # A clipped document did not end where it was cut, so it gets no EOS (docs/usage.md, --long-docs).
         table.add_row("clipped to ctx (no EOS)", f"{s.clipped_documents:,} docs", "")

@@ -41,7 +41,7 @@ from .pipeline import (
 )
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .training import TRAINING_COLUMNS, row_columns
-from .window import UNBOUNDED_TOKENS, Window, WindowBuffer, span_steps
+from .window import EOS_MODES, UNBOUNDED_TOKENS, Window, WindowBuffer, eos_appended, packed_lengths, span_steps
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
 KNOWN_VERSIONS = (MANIFEST_VERSION, UNPADDED_VERSION)  # manifest format versions this verify reads
@@ -125,6 +125,7 @@ class _Options:
     format: str = "parquet"
     pad: bool = True  # False: rows end after their last piece (--no-pad)
     training_columns: tuple[str, ...] = ()
+    eos_mode: str = "always"
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> _Options:
@@ -134,19 +135,21 @@ class _Options:
         return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"),
                    pad=o.get("pad", True),
                    training_columns=tuple(c for c in manifest.get("columns", BASE_COLUMNS)[len(BASE_COLUMNS):]
-                                          if c in TRAINING_COLUMNS))
+                                          if c in TRAINING_COLUMNS),
+                   eos_mode=o.get("eos_mode", "always"))
 
-    def kept_lengths(self, lengths: np.ndarray) -> np.ndarray:
+    def kept_lengths(self, docs: Window) -> np.ndarray:
         """Tokens of each document that must appear in the output (EOS included)."""
-        packed = self.packed_lengths(lengths)
+        packed = self.packed_lengths(docs)
         if self.long_docs == "truncate":
             packed = np.minimum(packed, self.ctx)
         elif self.long_docs == "drop":
             packed = np.where(packed > self.ctx, 0, packed)
         return packed
 
-    def packed_lengths(self, lengths: np.ndarray) -> np.ndarray:
-        return np.asarray(lengths + ((lengths > 0) if self.eos_id is not None else 0), dtype=np.int64)
+    def packed_lengths(self, docs: Window) -> np.ndarray:
+        return np.asarray(packed_lengths(docs.lengths, eos_appended(docs, self.eos_id, self.eos_mode)),
+                          dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -353,6 +356,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     shape.field(options, "eos_id", "options", lambda v: v is None or (_is_count(v) and v <= top),
                 f"null or an id in 0..{top} ({dtype})")
     shape.field(options, "pad_id", "options", lambda v: _is_count(v) and v <= top, f"an id in 0..{top} ({dtype})")
+    shape.field(options, "eos_mode", "options", _one_of(EOS_MODES), _either(EOS_MODES), default="always")
     shape.field(options, "long_docs", "options", _one_of(LONG_DOC_POLICIES), _either(LONG_DOC_POLICIES))
     shape.field(options, "format", "options", _one_of(list(FORMATS)), _either(list(FORMATS)), default="parquet")
     shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
@@ -599,8 +603,8 @@ def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], docs: 
                   shard_info: dict[str, dict[str, Any]], result: VerifyResult) -> None:
     first_doc = int(window["first_doc"])
     lengths = docs.lengths
-    kept = opts.kept_lengths(lengths)
-    _check_dropped(window, lengths, kept, opts, result)
+    kept = opts.kept_lengths(docs)
+    _check_dropped(window, docs, kept, opts, result)
     pieces = _Pieces()
     sequences = tokens_found = 0
     for name in window["shards"]:
@@ -619,9 +623,9 @@ def _check_window(fs: pafs.FileSystem, root: str, window: dict[str, Any], docs: 
     result.sequences += sequences
 
 
-def _check_dropped(window: dict[str, Any], lengths: np.ndarray, kept: np.ndarray, opts: _Options,
+def _check_dropped(window: dict[str, Any], docs: Window, kept: np.ndarray, opts: _Options,
                    result: VerifyResult) -> None:
-    packed = opts.packed_lengths(lengths)
+    packed = opts.packed_lengths(docs)
     long_ = packed > opts.ctx
     expected = {
         "dropped_documents": int(long_.sum()) if opts.long_docs == "drop" else 0,

@@ -185,13 +185,39 @@ class Pieces:
     truncations: int  # cuts: pieces beyond the first of each document
 
 
-def packed_lengths(lengths: np.ndarray, eos: bool) -> np.ndarray:
-    """Document lengths as packed: EOS appended to every non-empty document."""
+EOS_MODES = ("always", "if-missing")  # --eos-mode: append --eos-id to every non-empty document, or where it is not last
+
+
+def ends_with(window: Window, token_id: int) -> np.ndarray:
+    """Which documents of the window are non-empty and end with ``token_id``."""
+    lengths = window.lengths
+    found = lengths > 0
+    found[found] = window.tokens[window.offsets[1:][found] - 1] == token_id
+    return found
+
+
+def eos_appended(window: Window, eos_id: int | None, mode: str = "always") -> bool | np.ndarray:
+    """Whether each document gets ``eos_id`` appended: every non-empty one (``True``), none without an id
+    (``False``), or with ``if-missing`` a mask of the non-empty documents that do not end with it already."""
+    if eos_id is None:
+        return False
+    if mode == "always":
+        return True
+    appended: np.ndarray = (window.lengths > 0) & ~ends_with(window, eos_id)
+    return appended
+
+
+def packed_lengths(lengths: np.ndarray, eos: bool | np.ndarray) -> np.ndarray:
+    """Document lengths as packed: EOS appended to every non-empty document (``eos`` True), or to those of the mask
+    ``eos`` (``eos_appended``)."""
+    if isinstance(eos, np.ndarray):
+        return lengths + (eos & (lengths > 0))
     return lengths + ((lengths > 0) if eos else 0)
 
 
-def make_pieces(lengths: np.ndarray, ctx: int, eos: bool, long_docs: LongDocs) -> Pieces:
-    """Cut documents (given their token counts before EOS) into pieces of ``1..ctx`` tokens.
+def make_pieces(lengths: np.ndarray, ctx: int, eos: bool | np.ndarray, long_docs: LongDocs) -> Pieces:
+    """Cut documents (given their token counts before EOS) into pieces of ``1..ctx`` tokens; ``eos`` says which
+    documents get an EOS appended (``eos_appended``).
 
     First comes each kept document's first piece, in document order, then the further pieces of split documents
     (in document order, each document's in token order). Nearly every document is one piece, so the first part is
@@ -199,7 +225,7 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool, long_docs: LongDocs) -
     ``doc`` and ``start`` are int32 whenever the values fit (they nearly always do): half the memory traffic.
     """
     doc_lengths = np.asarray(lengths, dtype=np.int64)
-    if eos:
+    if isinstance(eos, np.ndarray) or eos:
         doc_lengths = packed_lengths(doc_lengths, eos)
     long_doc = np.flatnonzero(doc_lengths > ctx)
     long_lengths = doc_lengths[long_doc]

@@ -136,8 +136,8 @@ class MegatronFormat:
         real = (np.arange(ctx) < fill[:, None]).reshape(-1)
         for token_id, what, consequence, fix in (
                 (rows.eos_id, "EOS", "split the document there",
-                 "remove it from the document (--eos-id adds one to a document that already ends with it), or use "
-                 "--format parquet"),
+                 "pass --eos-mode if-missing if your documents already end with it, else remove it from the "
+                 "document, or use --format parquet"),
                 (rows.pad_id, "pad", "train no label on it", "choose a --pad-id that no document uses")):
             found = real & (rows.tokens == token_id)
             if what == "EOS":
