@@ -226,6 +226,13 @@ def cli() -> None:
 @click.option("--columns", type=ColumnList(), default="", metavar="NAMES",
               help="Training columns to add to each row, comma-separated: position_ids (restarting at 0 in every "
                    "piece), labels (the ids, -100 on padding and on each piece's first token).  [default: none]")
+@click.option("--keep", multiple=True, metavar="COL",
+              help="Carry this per-document column (id, source, url, ...) into the output: per row, one value per "
+                   "piece, aligned with doc_index. Repeatable.")
+@click.option("--keep-token", multiple=True, metavar="COL:FILL[:EOS]",
+              help="Carry this per-token column (labels, loss_mask, ...) through packing, padded with FILL; an "
+                   "appended EOS gets EOS (default: the EOS id for labels, else the document's last value). "
+                   "Repeatable.")
 @click.option("--pad/--no-pad", default=True, show_default=True,
               help="Pad every row to ctx tokens, or end each row after its last piece (for padding-free "
                    "trainers such as TRL's).")
@@ -252,7 +259,8 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
-         eos_mode: str, pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...], pad: bool,
+         eos_mode: str, pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...],
+         keep: tuple[str, ...], keep_token: tuple[str, ...], pad: bool,
          rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
          output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
@@ -271,7 +279,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
-                       format=output_format, columns=columns, pad=pad)
+                       format=output_format, columns=columns, pad=pad, keep=keep, keep_token=keep_token)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")

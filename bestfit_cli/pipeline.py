@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from . import __version__
+from . import __version__, carry
+from .carry import TokenColumn
 from .errors import InputError, OptionError, check_field_types
 from .fingerprint import Fingerprint, check_unchanged, fingerprint
 from .formats import FORMATS, PackedRows
@@ -118,6 +120,19 @@ class PackOptions:
     columns: tuple[str, ...] = ()  # training columns to add (training.TRAINING_COLUMNS), stored in that order
     pad: bool = True  # False: rows end after their last piece instead of being padded to ctx
     max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count (100) or a share of records read (1%)
+    keep: tuple[str, ...] = ()  # --keep: document columns carried into the output, one value per piece
+    keep_token: tuple[str, ...] = ()  # --keep-token NAME:FILL[:EOS]: token columns carried into the output
+
+    @property
+    def token_columns(self) -> tuple[TokenColumn, ...]:
+        return tuple(TokenColumn.parse(spec) for spec in self.keep_token)
+
+    @property
+    def carried_columns(self) -> tuple[str, ...]:
+        """The carried columns of every shard, after the training columns (a carried ``labels`` with ``--columns
+        labels`` is the training column itself)."""
+        tokens = [c.name for c in self.token_columns if not (c.name == "labels" and "labels" in self.columns)]
+        return (*self.keep, *tokens)
 
     @property
     def bad_record_limit(self) -> BadRecordLimit:
@@ -154,7 +169,8 @@ class PackOptions:
         """These options with ``window_tokens`` derived from the ``memory`` budget (unchanged without one)."""
         if not self.memory:
             return self
-        itemsize = np.dtype(TOKEN_DTYPES[self.dtype]).itemsize
+        # Carried token columns ride in the window beside the ids: they count as wider tokens.
+        itemsize = np.dtype(TOKEN_DTYPES[self.dtype]).itemsize + sum(c.dtype.itemsize for c in self.token_columns)
         try:
             window_tokens = window_tokens_for_memory(self.memory, self.ctx, self.rows_per_shard, itemsize)
         except ValueError as exc:
@@ -200,6 +216,7 @@ class PackOptions:
         if self.memory is not None and self.memory < 1:
             raise OptionError("--memory must be a positive size such as 4GB")
         self.bad_record_limit  # noqa: B018 -- parsing it is the check
+        carry.check_names(self.column, self.keep, self.token_columns, (*BASE_COLUMNS, *TRAINING_COLUMNS))
         unknown = [c for c in self.columns if c not in TRAINING_COLUMNS]
         if unknown:
             raise OptionError(f"--columns: unknown column {unknown[0]!r}",
@@ -220,6 +237,12 @@ class PackOptions:
             data.pop("pad")
         if self.eos_mode == "always":
             data.pop("eos_mode")
+        data.pop("keep")
+        data.pop("keep_token")
+        if self.keep:
+            data["keep"] = list(self.keep)
+        if self.keep_token:
+            data["keep_token"] = {c.name: c.to_json() for c in self.token_columns}
         return data
 
 
@@ -259,16 +282,18 @@ def sequence_order(n_bins: int, opts: PackOptions, window_index: int) -> np.ndar
 
 
 def gather_tokens(window: Window, doc: np.ndarray, start: np.ndarray, length: np.ndarray, dst: np.ndarray,
-                  out: np.ndarray, eos_id: int | None) -> None:
+                  out: np.ndarray, eos_id: int | np.ndarray | None, source: np.ndarray | None = None) -> None:
     """Copy each piece's tokens into ``out`` at ``dst``; an EOS goes where a piece includes its document's end.
 
     Pieces of ``LOOP_PIECE_TOKENS`` or more are copied one slice at a time (a memcpy each, no index arrays); the
-    many short ones in vectorised steps, whose index arrays cost about 24 bytes per token.
+    many short ones in vectorised steps, whose index arrays cost about 24 bytes per token. ``source`` (a carried
+    token column, aligned with the window's tokens) is copied instead of the tokens when given, with ``eos_id`` one
+    value per piece.
     """
     doc_start = window.offsets[doc]
     copy_len = np.minimum(length, window.offsets[doc + 1] - doc_start - start)
     src = doc_start + start
-    tokens = window.tokens
+    tokens = window.tokens if source is None else source
     sliced = copy_len >= LOOP_PIECE_TOKENS
     for to, at, n in zip(dst[sliced].tolist(), src[sliced].tolist(), copy_len[sliced].tolist(), strict=True):
         out[to:to + n] = tokens[at:at + n]
@@ -279,7 +304,7 @@ def gather_tokens(window: Window, doc: np.ndarray, start: np.ndarray, length: np
         out[np.repeat(short_dst[lo:hi], n) + within] = tokens[np.repeat(short_src[lo:hi], n) + within]
     if eos_id is not None:
         ends = copy_len < length
-        out[dst[ends] + length[ends] - 1] = eos_id
+        out[dst[ends] + length[ends] - 1] = eos_id[ends] if isinstance(eos_id, np.ndarray) else eos_id
 
 
 _buffers = threading.local()
@@ -314,6 +339,10 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
     piece_offset = placement.sorted_offset[by_output]
     del sorted_row, by_output
     fmt = FORMATS[opts.format]
+    token_columns = opts.token_columns
+    # What each document's appended EOS gets in each carried token column (carry.eos_values), once per window.
+    column_eos = {c.name: carry.eos_values(c, window.token_columns.get(c.name, np.empty(0, c.dtype)),
+                                           window.offsets, opts.eos_id) for c in token_columns}
 
     def write_part(part: int) -> ShardInfo:
         first_row = part * opts.rows_per_shard
@@ -337,9 +366,16 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
             row_start = token_offsets[local_row]
             tokens = _shard_buffer(int(token_offsets[-1]), window.tokens.dtype)
         gather_tokens(window, doc, start, length, row_start + piece_offset[lo:hi], tokens, opts.eos_id)
+        carried_tokens = {}
+        for column in token_columns:
+            values = np.full(len(tokens), column.fill, dtype=column.dtype)
+            gather_tokens(window, doc, start, length, row_start + piece_offset[lo:hi], values,
+                          column_eos[column.name][doc], window.token_columns.get(column.name, values[:0]))
+            carried_tokens[column.name] = values
+        kept = {name: window.columns[name].take(pa.array(doc)) for name in opts.keep}
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,
                           eos_id=opts.eos_id, pad_id=opts.resolved_pad_id, token_offsets=token_offsets,
-                          training_columns=opts.columns)
+                          training_columns=opts.columns, kept=kept, token_columns=carried_tokens)
         shard = writer.write_shard(window.index, part, fmt, fmt.encode(rows), rows.n_rows, fmt.companions(rows))
         if window.index:
             kill_point("writing")
@@ -431,7 +467,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     files = list(scan.files)
     check_output_location(out, inputs, files)
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
-                            max_line_bytes=line_limit(opts.memory))
+                            max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)
@@ -538,7 +574,7 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "format_version": MANIFEST_VERSION if opts.pad else UNPADDED_VERSION,
         "bestfit_version": __version__,
         "options": opts.to_json(),
-        "columns": [*BASE_COLUMNS, *opts.columns],
+        "columns": [*BASE_COLUMNS, *opts.columns, *opts.carried_columns],
         "inputs": [{"path": f.name, "given": f.given, "resolved": f.resolved, "format": f.format, "documents": n,
                     "skipped_records": k.count, **identity}
                    for f, n, k, identity in zip(files, documents, skipped, identities, strict=True)],

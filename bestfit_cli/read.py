@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import carry
+from .carry import TokenColumn
 from .errors import InputError, OptionError
 from .fs import InputFile
 
@@ -123,6 +125,8 @@ class DocBatch:
     fraction_done: float = 0.0  # share of the file read once this batch is handed on (for progress)
     skipped: Skipped = Skipped()  # bad records left out of this batch (--on-bad-record skip)
     content_sha256: str | None = None  # JSONL: on a file's last batch, sha256 of all its bytes read (decompressed)
+    columns: dict[str, pa.Array] = field(default_factory=dict)  # --keep: one value per document
+    token_columns: dict[str, np.ndarray] = field(default_factory=dict)  # --keep-token: aligned with ``tokens``
 
     @property
     def n_docs(self) -> int:
@@ -143,6 +147,12 @@ class ReadOptions:
     dtype: str = "int32"
     on_bad_record: str = "error"  # or "skip": leave out records that cannot be read, and count them
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer JSONL line is an error (``line_limit``)
+    keep: tuple[str, ...] = ()  # document columns carried into the output (carry.py)
+    keep_token: tuple[TokenColumn, ...] = ()  # token columns carried into the output
+
+    @property
+    def carried(self) -> tuple[str, ...]:
+        return (*self.keep, *(c.name for c in self.keep_token))
 
     @property
     def skip_bad(self) -> bool:
@@ -300,10 +310,13 @@ class InputCounts:
 def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts) -> Iterator[DocBatch]:
     """Batches of every input file, in input order (what ``pack`` and ``verify`` both read); an empty file is an
     error, since it is almost always an interrupted copy."""
+    types = carry.DocumentTypes(opts.keep)
     for index, file in enumerate(files):
         if file.size == 0:
             raise InputError(file.name, "file is empty", fix="remove it from the inputs")
         for batch in read_file(file, index, opts):
+            if batch.columns:
+                batch = replace(batch, columns=types.conform(file.name, batch.columns))
             counts.documents[index] += batch.n_docs
             counts.skipped[index] += batch.skipped
             if batch.content_sha256 is not None:

@@ -108,14 +108,16 @@ def cu_seqlens(segs: Segments) -> np.ndarray:
 
 
 def row_columns(names: Sequence[str], input_ids: np.ndarray, seq_lengths: np.ndarray, piece_offsets: np.ndarray,
-                row_lengths: np.ndarray) -> dict[str, np.ndarray]:
+                row_lengths: np.ndarray, labels_from: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The training columns ``names`` (of ``TRAINING_COLUMNS``) of consecutive rows, flat and aligned with
-    ``input_ids``: what the shard writer stores and what ``verify`` recomputes."""
+    ``input_ids``: what the shard writer stores and what ``verify`` recomputes. ``labels_from`` (a carried
+    ``labels`` column, ``--keep-token labels:-100``) replaces the ids as the labels' base."""
     unknown = [name for name in names if name not in TRAINING_COLUMNS]
     if unknown:
         raise ValueError(f"unknown training column {unknown[0]!r}; known: {', '.join(TRAINING_COLUMNS)}")
     segs = segments(seq_lengths, piece_offsets, row_lengths)
     columns: dict[str, np.ndarray] = {}
     for name in names:
-        columns[name] = position_ids(segs) if name == "position_ids" else labels(input_ids, segs)
+        base = input_ids if labels_from is None else labels_from
+        columns[name] = position_ids(segs) if name == "position_ids" else labels(base, segs)
     return columns

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .carry import TokenColumn, eos_values
 from .errors import InputError, VerifyError
 from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
@@ -38,6 +39,7 @@ from .pipeline import (
     MANIFEST_VERSION,
     MAX_CTX,
     UNPADDED_VERSION,
+    gather_tokens,
 )
 from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
 from .training import TRAINING_COLUMNS, row_columns
@@ -126,17 +128,26 @@ class _Options:
     pad: bool = True  # False: rows end after their last piece (--no-pad)
     training_columns: tuple[str, ...] = ()
     eos_mode: str = "always"
+    carried: tuple[str, ...] = ()  # the carried columns of every shard, after the training columns
+
+    @property
+    def shard_columns(self) -> tuple[str, ...]:
+        return (*BASE_COLUMNS, *self.training_columns, *self.carried)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> _Options:
         """The options of a manifest that ``_check_shape`` accepted."""
         o = manifest["options"]
-        read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"))
+        keep_token = tuple(TokenColumn(name, spec["fill"], None if spec["eos"] == "default" else spec["eos"])
+                           for name, spec in o.get("keep_token", {}).items())
+        read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"),
+                           keep=tuple(o.get("keep", [])), keep_token=keep_token)
+        carried = carried_columns(manifest)
+        extra = manifest.get("columns", BASE_COLUMNS)[len(BASE_COLUMNS):]
         return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"),
                    pad=o.get("pad", True),
-                   training_columns=tuple(c for c in manifest.get("columns", BASE_COLUMNS)[len(BASE_COLUMNS):]
-                                          if c in TRAINING_COLUMNS),
-                   eos_mode=o.get("eos_mode", "always"))
+                   training_columns=tuple(c for c in extra[:len(extra) - len(carried)] if c in TRAINING_COLUMNS),
+                   eos_mode=o.get("eos_mode", "always"), carried=carried)
 
     def kept_lengths(self, docs: Window) -> np.ndarray:
         """Tokens of each document that must appear in the output (EOS included)."""
@@ -283,6 +294,10 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_name(value: Any) -> bool:
     """A plain file name inside OUT, as pack writes them: no folder part, so nothing outside OUT is ever read."""
     return isinstance(value, str) and value not in ("", ".", "..") and "/" not in value and "\\" not in value
@@ -356,6 +371,11 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     shape.field(options, "eos_id", "options", lambda v: v is None or (_is_count(v) and v <= top),
                 f"null or an id in 0..{top} ({dtype})")
     shape.field(options, "pad_id", "options", lambda v: _is_count(v) and v <= top, f"an id in 0..{top} ({dtype})")
+    shape.field(options, "keep", "options", lambda v: _is_list(v) and all(isinstance(c, str) for c in v),
+                "a list of column names", default=[])
+    shape.field(options, "keep_token", "options", lambda v: _is_object(v) and all(
+        _is_object(spec) and _is_number(spec.get("fill")) and (spec.get("eos") == "default" or _is_number(
+            spec.get("eos"))) for spec in v.values()), 'an object of {"fill": N, "eos": N or "default"}', default={})
     shape.field(options, "eos_mode", "options", _one_of(EOS_MODES), _either(EOS_MODES), default="always")
     shape.field(options, "long_docs", "options", _one_of(LONG_DOC_POLICIES), _either(LONG_DOC_POLICIES))
     shape.field(options, "format", "options", _one_of(list(FORMATS)), _either(list(FORMATS)), default="parquet")
@@ -400,14 +420,24 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
                 "a list of locations", default=[])
 
 
+def carried_columns(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The carried columns a manifest's options ask for, as ``PackOptions.carried_columns`` orders them."""
+    o = manifest["options"]
+    training = o.get("columns", [])
+    return (*o.get("keep", []), *(name for name in o.get("keep_token", {})
+                                  if not (name == "labels" and "labels" in training)))
+
+
 def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], result: VerifyResult) -> None:
     """``stats.json`` (the report) must be the one written, and ``columns`` the columns every shard has."""
     columns = manifest.get("columns", list(COLUMNS))
+    carried = list(carried_columns(manifest))
     extra = columns[len(COLUMNS):]
-    if (columns[:len(COLUMNS)] != list(COLUMNS) or len(set(extra)) != len(extra)
-            or [c for c in TRAINING_COLUMNS if c in extra] != extra):  # --columns adds these, in this order
+    training = extra[:len(extra) - len(carried)]
+    if (columns[:len(COLUMNS)] != list(COLUMNS) or len(set(extra)) != len(extra) or extra[len(training):] != carried
+            or [c for c in TRAINING_COLUMNS if c in training] != training):  # --columns adds these, in this order
         result.add(Problem(f"manifest.json lists the columns {', '.join(manifest['columns'])}; a bestfit shard has "
-                           f"exactly {', '.join(COLUMNS)}"))
+                           f"exactly {', '.join([*COLUMNS, *carried])}"))
     try:
         data: bytes | None = read_regular(fs, root, STATS, manifest["stats_bytes"])
     except Refused as exc:
@@ -573,7 +603,9 @@ class _InputDocs:
             if batch.n_docs > take:
                 cut = int(batch.offsets[take])
                 self._held = DocBatch(batch.file_index, batch.first_row + take, batch.offsets[take:] - cut,
-                                      batch.tokens[cut:])
+                                      batch.tokens[cut:],
+                                      columns={n: a.slice(take) for n, a in batch.columns.items()},
+                                      token_columns={n: v[cut:] for n, v in batch.token_columns.items()})
             need -= take
             del batch
         window = buffer.take(0, first_doc, dtype)
@@ -700,7 +732,7 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
                  kept: np.ndarray, docs: Window, opts: _Options, pieces: _Pieces, result: VerifyResult
                  ) -> tuple[int, int] | None:
     """Check one shard's rows and pieces against the window's documents; returns (rows, tokens) or None."""
-    table = _read_shard(fs, root, name, info, result, opts.format, (*BASE_COLUMNS, *opts.training_columns))
+    table = _read_shard(fs, root, name, info, result, opts.format, opts.shard_columns)
     if table is None:
         return None
     ctx = opts.ctx
@@ -739,7 +771,6 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
             bad_row = int(np.flatnonzero(bad_pad.any(axis=1))[0])
             result.add(Problem(f"padding after the last piece is not the pad id {opts.pad_id}", shard=name,
                                row=bad_row))
-    _check_training_columns(table, name, row_offsets, row_tokens, length, piece_offsets, opts, result)
     position = np.cumsum(length) - length - np.repeat(np.cumsum(fill) - fill, np.diff(piece_offsets))
     local = doc - first_doc
     in_window = (local >= 0) & (local < len(kept))
@@ -755,8 +786,14 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
             return Problem(reason, shard=name, row=int(row[i]), document=int(doc[i]))
 
         result.add_many(len(outside), (misplaced(int(i)) for i in outside))
+        _check_training_columns(table, name, row_offsets, row_tokens, length, piece_offsets, opts, result, None)
         keep = fits
         doc, offset, length, row, position, local = (a[keep] for a in (doc, offset, length, row, position, local))
+    else:
+        carried = _check_carried(table, name, docs, local, offset, length, row_offsets[row] + position,
+                                 row_offsets, opts, result)
+        _check_training_columns(table, name, row_offsets, row_tokens, length, piece_offsets, opts, result,
+                                carried.get("labels"))
     _compare_tokens(row_tokens, row_offsets[row] + position, docs, local, offset, length, opts.eos_id,
                     _PieceNames(doc, row, name), result)
     pieces.doc.append(local)
@@ -767,11 +804,15 @@ def _check_shard(fs: pafs.FileSystem, root: str, name: str, info: dict[str, Any]
 
 def _check_training_columns(table: pa.Table, name: str, row_offsets: np.ndarray, row_tokens: np.ndarray,
                             length: np.ndarray, piece_offsets: np.ndarray, opts: _Options,
-                            result: VerifyResult) -> None:
-    """Each training column must be list<int64>, one value per token, equal to what ``training.py`` computes."""
+                            result: VerifyResult, labels_from: np.ndarray | None) -> None:
+    """Each training column must be list<int64>, one value per token, equal to what ``training.py`` computes (from
+    the carried labels, as read from the inputs again, when ``--keep-token labels`` gave them)."""
     if not opts.training_columns:
         return
-    expected = row_columns(opts.training_columns, row_tokens, length, piece_offsets, np.diff(row_offsets))
+    if labels_from is None and "labels" in (c.name for c in opts.read.keep_token):
+        return  # the pieces do not line up with the inputs (reported): there are no carried labels to start from
+    expected = row_columns(opts.training_columns, row_tokens, length, piece_offsets, np.diff(row_offsets),
+                           labels_from=labels_from)
     for column, want in expected.items():
         if table.schema.field(column).type != pa.list_(pa.int64()):
             result.add(Problem(f"{column} holds {table.schema.field(column).type}, expected list<int64>",
@@ -788,6 +829,37 @@ def _check_training_columns(table: pa.Table, name: str, row_offsets: np.ndarray,
             bad = int(np.searchsorted(row_offsets, differs[0], side="right")) - 1
             result.add(Problem(f"column {column} differs from what seq_lengths give at position "
                                f"{int(differs[0] - row_offsets[bad])}", shard=name, row=bad))
+
+
+def _check_carried(table: pa.Table, name: str, docs: Window, local: np.ndarray, offset: np.ndarray,
+                   length: np.ndarray, out_start: np.ndarray, row_offsets: np.ndarray, opts: _Options,
+                   result: VerifyResult) -> dict[str, np.ndarray]:
+    """Carried columns, rebuilt from the inputs read again exactly as ``pack`` gathers them, must equal the shard's:
+    per document, the value of each piece's document; per token, each piece's span with its EOS value, padding
+    filled. Returns the rebuilt token columns (a carried ``labels`` is the base of the training labels)."""
+    rebuilt: dict[str, np.ndarray] = {}
+    n_tokens = int(row_offsets[-1])
+    for column in opts.read.keep_token:
+        source = docs.token_columns.get(column.name, np.empty(0, column.dtype))
+        want = np.full(n_tokens, column.fill, dtype=column.dtype)
+        gather_tokens(docs, local, offset, length, out_start, want,
+                      eos_values(column, source, docs.offsets, opts.eos_id)[local], source)
+        rebuilt[column.name] = want
+        if column.name not in opts.carried:
+            continue  # the base of the training labels: checked by _check_training_columns
+        offsets, values = _list_parts(table, column.name)
+        if not np.array_equal(offsets, row_offsets) or not np.array_equal(values, want):
+            differs = np.flatnonzero(np.diff(offsets) != np.diff(row_offsets)) if len(offsets) != len(
+                row_offsets) or not np.array_equal(offsets, row_offsets) else np.array(
+                [int(np.searchsorted(row_offsets, np.flatnonzero(values != want)[0], side="right")) - 1])
+            result.add(Problem(f"carried column {column.name} differs from the inputs'", shard=name,
+                               row=int(differs[0]) if len(differs) else None))
+    for column_name in opts.read.keep:
+        found = table.column(column_name).combine_chunks().flatten()
+        expected = docs.columns[column_name].take(pa.array(local))
+        if not found.equals(expected.cast(found.type) if found.type != expected.type else expected):
+            result.add(Problem(f"carried column {column_name} differs from the inputs'", shard=name))
+    return rebuilt
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from .histogram import LongDocs
 from .read import DocBatch
@@ -25,6 +26,8 @@ class Window:
     first_doc: int
     offsets: np.ndarray  # int64, n_docs + 1, offsets[0] == 0
     tokens: np.ndarray
+    columns: dict[str, pa.Array] = field(default_factory=dict)  # --keep: one value per document
+    token_columns: dict[str, np.ndarray] = field(default_factory=dict)  # --keep-token: aligned with ``tokens``
 
     @property
     def n_docs(self) -> int:
@@ -70,6 +73,8 @@ class WindowBuffer:
         self.filled = 0
         self.lengths: list[np.ndarray] = []
         self.n_docs = 0
+        self.columns: dict[str, list[pa.Array]] = {}  # chunks of each document column
+        self.token_columns: dict[str, np.ndarray] = {}  # grown with ``tokens``, filled as far
 
     def room(self) -> int:
         return self.window_tokens - self.filled
@@ -78,14 +83,18 @@ class WindowBuffer:
         """Append documents ``lo .. hi - 1`` of ``batch``."""
         a, b = int(batch.offsets[lo]), int(batch.offsets[hi])
         if b > a:
-            self._reserve(self.filled + b - a, batch.tokens.dtype)
+            self._reserve(self.filled + b - a, batch.tokens.dtype, batch.token_columns)
             assert self.tokens is not None
             self.tokens[self.filled:self.filled + b - a] = batch.tokens[a:b]
+            for name, values in batch.token_columns.items():
+                self.token_columns[name][self.filled:self.filled + b - a] = values[a:b]
         self.filled += b - a
         self.lengths.append(np.diff(batch.offsets[lo:hi + 1]))
         self.n_docs += hi - lo
+        for name, array in batch.columns.items():
+            self.columns.setdefault(name, []).append(array.slice(lo, hi - lo))
 
-    def _reserve(self, need: int, dtype: np.dtype) -> None:
+    def _reserve(self, need: int, dtype: np.dtype, token_columns: dict[str, np.ndarray]) -> None:
         capacity = 0 if self.tokens is None else len(self.tokens)
         if need <= capacity:
             return
@@ -96,14 +105,30 @@ class WindowBuffer:
         if self.tokens is not None:
             grown[:self.filled] = self.tokens[:self.filled]
         self.tokens = grown
+        for name, values in token_columns.items():
+            column = np.empty(capacity, dtype=values.dtype)
+            if name in self.token_columns:
+                column[:self.filled] = self.token_columns[name][:self.filled]
+            self.token_columns[name] = column
 
     def take(self, index: int, first_doc: int, dtype: np.dtype) -> Window:
         offsets = np.zeros(self.n_docs + 1, dtype=np.int64)
         if self.lengths:
             np.cumsum(np.concatenate(self.lengths), out=offsets[1:])
         tokens = self.tokens[:self.filled] if self.tokens is not None else np.empty(0, dtype=dtype)
+        columns = {name: concat_arrays(chunks) for name, chunks in self.columns.items()}
+        token_columns = {name: values[:self.filled] for name, values in self.token_columns.items()}
         self.tokens, self.filled, self.lengths, self.n_docs = None, 0, [], 0
-        return Window(index, first_doc, offsets, tokens)
+        self.columns, self.token_columns = {}, {}
+        return Window(index, first_doc, offsets, tokens, columns, token_columns)
+
+
+def concat_arrays(chunks: list[pa.Array]) -> pa.Array:
+    """Chunks of one document column as one array; chunks read before its first value (all null) take its type."""
+    typed = next((c.type for c in chunks if not pa.types.is_null(c.type)), None)
+    if typed is not None:
+        chunks = [c.cast(typed) if pa.types.is_null(c.type) else c for c in chunks]
+    return pa.concat_arrays(chunks)
 
 
 def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: int | None = None
@@ -139,7 +164,9 @@ def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: i
                 window = buffer.take(index, first_doc, dtype)
             else:  # a document longer than a whole window: a window of its own, no copy
                 a, b = int(batch.offsets[pos]), int(batch.offsets[pos + 1])
-                window = Window(index, first_doc, np.array([0, b - a], dtype=np.int64), batch.tokens[a:b])
+                window = Window(index, first_doc, np.array([0, b - a], dtype=np.int64), batch.tokens[a:b],
+                                {name: array.slice(pos, 1) for name, array in batch.columns.items()},
+                                {name: values[a:b] for name, values in batch.token_columns.items()})
                 pos += 1
             yield window
             index += 1

@@ -169,3 +169,220 @@ def test_eos_mode_without_eos_id_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke("pack", source, tmp_path / "out", "--ctx", CTX, "--eos-mode", "if-missing")
     assert result.exit_code == 2 and "--eos-mode if-missing needs --eos-id" in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ --keep, --keep-token
+
+
+def sft_docs(n: int, seed: int) -> list[dict[str, Any]]:
+    """Chat-like documents: a prompt (labels -100, mask 0) then a response (labels = ids, mask 1), some long enough
+    to be split at ctx, with ids, sources (some null) and scores."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n):
+        prompt, response = (int(x) for x in rng.integers(1, 60, size=2))
+        if i % 9 == 4:
+            response = 0  # a document that ends in a prompt
+        if i % 7 == 3:
+            response += 3 * CTX  # split across several rows
+        ids = rng.integers(8, 5000, size=prompt + response).tolist()
+        docs.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:],
+                     "mask": [0] * prompt + [1] * response, "id": f"doc-{seed}-{i}",
+                     "source": None if i % 5 == 0 else ["web", "code"][i % 2], "score": float(i) / 4})
+    return docs
+
+
+def write_sft(folder: Path) -> tuple[Path, list[dict[str, Any]]]:
+    folder.mkdir(parents=True)
+    docs = sft_docs(45, 1)
+    pq.write_table(pa.Table.from_pylist(docs[:30]), folder / "a.parquet", row_group_size=8)
+    (folder / "b.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs[30:]))
+    return folder, docs
+
+
+KEEP = ("--keep", "id", "--keep", "source", "--keep", "score", "--keep-token", "labels:-100",
+        "--keep-token", "mask:0")
+
+
+@pytest.mark.parametrize("pad", ["--pad", "--no-pad"])
+def test_keep_and_keep_token_survive_splitting_and_shuffling(tmp_path: Path, pad: str) -> None:
+    source, docs = write_sft(tmp_path / "data")
+    out = tmp_path / "out"
+    result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, "--pad-id", 1, "--long-docs", "split",
+                    "--window-tokens", 2000, *KEEP, pad, "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    manifest = manifest_of(out)
+    assert manifest["columns"][4:] == ["id", "source", "score", "labels", "mask"]
+    assert json.loads((out / "stats.json").read_text())["truncated_documents"] > 0
+    rebuilt = rebuild(out)
+    assert sorted(rebuilt) == list(range(len(docs)))
+    for index, doc in enumerate(docs):
+        got = rebuilt[index]
+        assert got["tokens"] == [*doc["input_ids"], 2]
+        # The appended EOS belongs to the turn it ends: after a response it is trained (the EOS id as its label, the
+        # response's mask), after a prompt it is not.
+        trained = doc["labels"][-1] != -100
+        assert got["labels"] == [*doc["labels"], 2 if trained else -100]
+        assert got["mask"] == [*doc["mask"], 1 if trained else 0]
+        assert (got["id"], got["source"], got["score"]) == (doc["id"], doc["source"], doc["score"])
+    for shard in manifest["shards"]:
+        table = pq.read_table(out / shard["path"])
+        assert table.schema.field("labels").type == pa.list_(pa.int64())
+        assert table.schema.field("score").type == pa.list_(pa.float64())
+        for row in table.to_pylist():
+            used = sum(row["seq_lengths"])
+            assert len(row["labels"]) == len(row["input_ids"]) == (CTX if pad == "--pad" else used)
+            assert row["labels"][used:] == [-100] * (len(row["labels"]) - used)  # padding gets the fill
+            assert row["mask"][used:] == [0] * (len(row["mask"]) - used)
+            assert len(row["id"]) == len(row["doc_index"])
+
+
+def test_a_carried_labels_column_is_the_training_labels(tmp_path: Path) -> None:
+    source, docs = write_sft(tmp_path / "data")
+    out = tmp_path / "out"
+    result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, "--pad-id", 1, "--keep-token", "labels:-100",
+                    "--columns", "position_ids,labels", "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    assert manifest_of(out)["columns"] == ["input_ids", "seq_lengths", "doc_index", "doc_offset", "position_ids",
+                                           "labels"]
+    by_doc: dict[int, dict[int, list[int]]] = {}
+    for shard in manifest_of(out)["shards"]:
+        for row in pq.read_table(out / shard["path"]).to_pylist():
+            start = 0
+            for length, doc, offset in zip(row["seq_lengths"], row["doc_index"], row["doc_offset"], strict=True):
+                piece = row["labels"][start:start + length]
+                assert piece[0] == -100  # no loss across a boundary
+                by_doc.setdefault(doc, {})[offset] = piece
+                start += length
+            assert all(v == -100 for v in row["labels"][start:])
+    for index, doc in enumerate(docs):
+        expected = [*doc["labels"], 2 if doc["labels"][-1] != -100 else -100]
+        for offset, piece in by_doc[index].items():
+            # The carried labels, not the ids: the prompt stays -100, only a piece's first label is masked.
+            assert piece[1:] == expected[offset + 1:offset + len(piece)]
+
+
+def test_keep_is_byte_identical_with_one_or_two_workers(tmp_path: Path) -> None:
+    source, _ = write_sft(tmp_path / "data")
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, "--window-tokens", 1500,
+                        "--workers", workers, *KEEP, "-q")
+        assert result.exit_code == 0, result.output
+        outputs.append(tree_bytes(out))
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_token_column_of_another_length_names_the_file_and_row(tmp_path: Path, fmt: str) -> None:
+    docs = sft_docs(12, 2)
+    docs[9]["mask"] = docs[9]["mask"][:-1]
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(docs), path, row_group_size=4)
+    else:
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    result = invoke("pack", path, tmp_path / "out", "--ctx", CTX, "--keep-token", "mask:0")
+    where = f"{path} row 9" if fmt == "parquet" else f"{path}:10"
+    assert result.exit_code == 1, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    assert message.startswith(f"Error: {where}: 'mask' has {len(docs[9]['input_ids']) - 1} values, the token ids "
+                              f"{len(docs[9]['input_ids'])}"), message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_a_missing_carried_column_names_the_file(tmp_path: Path, fmt: str) -> None:
+    docs = [{"input_ids": [1, 2, 3]}] * 3
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(docs), path)
+    else:
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    result = invoke("pack", path, tmp_path / "out", "--ctx", CTX, "--keep", "url")
+    assert result.exit_code == 1 and "\n" not in result.output.strip(), result.output
+    assert result.output.startswith(f"Error: {path}") and "no " in result.output and "'url' to carry" in \
+        result.output, result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--keep-token", "labels"), "is not NAME:FILL"),
+    (("--keep-token", "labels:x"), "'x' is not a number"),
+    (("--keep", "input_ids"), "is the token column itself"),
+    (("--keep", "doc_index"), "cannot be named 'doc_index'"),
+    (("--keep", "id", "--keep", "id"), "carried twice"),
+    (("--keep", "labels"), "pass --keep-token labels:-100"),
+    (("--keep-token", "labels:-100", "--format", "megatron", "--eos-id", "2", "--pad-id", "1"),
+     "cannot store --keep-token"),
+])
+def test_bad_carry_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    source, _ = write_sft(tmp_path / "data")
+    result = invoke("pack", source, tmp_path / "out", "--ctx", CTX, *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_keep_in_megatron_goes_to_the_pieces_sidecar(tmp_path: Path) -> None:
+    source, docs = write_sft(tmp_path / "data")
+    out = tmp_path / "out"
+    result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, "--pad-id", 1, "--format", "megatron",
+                    "--keep", "id", "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    seen = {}
+    for path in sorted(out.glob("*.pieces.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            for doc, value in zip(row["doc_index"], row["id"], strict=True):
+                assert seen.setdefault(doc, value) == value
+    assert seen == {i: d["id"] for i, d in enumerate(docs)}
+
+
+def _tamper(out: Path, column: str, change: Any) -> None:
+    """Rewrite the first shard with ``column`` changed by ``change(list of rows' values)``, and list its new bytes in
+    the manifest, so only the re-read inputs can tell."""
+    import hashlib
+
+    manifest = manifest_of(out)
+    shard = manifest["shards"][0]
+    path = out / shard["path"]
+    table = pq.read_table(path)
+    values = table.column(column).to_pylist()
+    change(values)
+    index = table.column_names.index(column)
+    table = table.set_column(index, column, pa.array(values, type=table.schema.field(column).type))
+    pq.write_table(table, path)
+    data = path.read_bytes()
+    shard.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("column", "change"), [
+    ("id", lambda rows: rows[0].__setitem__(0, "someone else")),
+    ("mask", lambda rows: rows[0].__setitem__(0, 1 - rows[0][0])),
+    ("labels", lambda rows: rows[0].__setitem__(1, 7)),
+])
+def test_verify_checks_carried_columns_against_the_inputs(tmp_path: Path, column: str, change: Any) -> None:
+    source, _ = write_sft(tmp_path / "data")
+    out = tmp_path / "out"
+    training = ("--columns", "labels") if column == "labels" else ()
+    result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, *KEEP, *training, "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    _tamper(out, column, change)
+    result = invoke("verify", source, out)
+    assert result.exit_code == 1, result.output
+    assert f"column {column} differs" in result.output, result.output
+
+
+def test_skipped_bad_records_carry_nothing(tmp_path: Path) -> None:
+    docs = sft_docs(10, 4)
+    lines = [json.dumps(d) for d in docs]
+    lines[3] = '{"input_ids": [1, -5], "id": "bad", "labels": [1, 2], "mask": [1, 1]}'
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = invoke("pack", path, out, "--ctx", CTX, "--eos-id", 2, *KEEP, "--on-bad-record", "skip",
+                    "--max-bad-records", 1, "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    rebuilt = rebuild(out)
+    assert sorted(rebuilt) == [i for i in range(10) if i != 3]
+    assert all(rebuilt[i]["id"] == docs[i]["id"] and rebuilt[i]["mask"][:-1] == docs[i]["mask"] for i in rebuilt)

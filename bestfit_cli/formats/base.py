@@ -4,7 +4,7 @@ the format does with them."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,7 +21,8 @@ class PackedRows:
 
     Rows are ``ctx`` tokens each (padded), or, with ``token_offsets``, row ``r`` is
     ``tokens[token_offsets[r]:token_offsets[r+1]]`` (unpadded rows end after their last piece).
-    ``training_columns`` names the per-token columns of ``training.TRAINING_COLUMNS`` to store beside them.
+    ``training_columns`` names the per-token columns of ``training.TRAINING_COLUMNS`` to store beside them, then
+    come the carried columns: ``kept`` (one value per piece) and ``token_columns`` (one per token, padding filled).
     """
 
     ctx: int
@@ -34,6 +35,8 @@ class PackedRows:
     pad_id: int | None = None  # the id the rows are padded with
     token_offsets: np.ndarray | None = None  # n_rows + 1; None: every row is ctx tokens
     training_columns: tuple[str, ...] = ()
+    kept: dict[str, pa.Array] = field(default_factory=dict)  # --keep: one value per piece, in piece order
+    token_columns: dict[str, np.ndarray] = field(default_factory=dict)  # --keep-token: aligned with ``tokens``
 
     @property
     def n_rows(self) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .. import carry
 from ..errors import InputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
@@ -118,7 +119,21 @@ def _out_of_range(file: InputFile, line_no: int, ids: list[Any], column: str, dt
                       line=line_no, fix="token ids must fit in int64; check the tokenizer output")
 
 
-def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str) -> np.ndarray:
+def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str,
+                carried: tuple[str, ...] = (), found: list[Any] | None = None) -> np.ndarray:
+    """The line's token ids; with ``carried`` names, their values are appended to ``found``."""
+    ids = _parse_record(file, line_no, raw, column, dtype)
+    if carried and found is not None:
+        record = json.loads(raw)
+        for name in carried:
+            if name not in record:
+                raise InputError(file.name, f"no field '{name}' to carry (--keep / --keep-token)", line=line_no,
+                                 fix="every record needs the fields --keep and --keep-token name")
+            found.append(record[name])
+    return ids
+
+
+def _parse_record(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str) -> np.ndarray:
     try:
         record = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -160,6 +175,8 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     stream, file_position = _open_text(file)
     line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
     pending: list[np.ndarray] = []
+    carried = opts.carried
+    pending_carried: list[list[Any]] = [[] for _ in carried]  # per carried name, the value of each record
     pending_tokens = 0
     row = 0
     skipped = Skipped()
@@ -173,6 +190,9 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         ids = np.concatenate(pending) if pending_tokens else np.empty(0, dtype=np.int64)
         lines = list(line_numbers)
         batch_start = row
+        carried_values = [list(values) for values in pending_carried]
+        for values in pending_carried:
+            values.clear()
 
         def label(r: int) -> dict[str, int]:
             return {"line": lines[r - batch_start]}
@@ -184,6 +204,8 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
             skipped = Skipped()
         else:
             batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
+        if carried:
+            batch = _carried_from_json(file, batch, carried_values, lines, opts)
         row += batch.n_docs
         pending.clear()
         line_numbers.clear()
@@ -193,13 +215,17 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest), start=1):
             if not raw.strip():
                 continue
+            found: list[Any] = []
             try:
-                ids = _parse_line(file, line_no, raw, opts.column, opts.dtype)
+                ids = _parse_line(file, line_no, raw, opts.column, opts.dtype, carried, found)
             except InputError as exc:
                 if not opts.skip_bad:
                     raise
                 skipped = skipped.record(exc)
                 ids = np.empty(0, dtype=np.int64)  # kept in the numbering as an empty document
+                found = [None] * len(opts.keep) + [[] for _ in opts.keep_token]
+            for values, value in zip(pending_carried, found, strict=True):
+                values.append(value)
             pending.append(ids)
             line_numbers.append(line_no)
             pending_tokens += len(ids)
@@ -218,6 +244,25 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
             stream.close()
     # Always a last batch, even one without documents: it carries the content hash of the whole file.
     yield replace(flush(), content_sha256=digest.hexdigest())
+
+
+def _carried_from_json(file: InputFile, batch: DocBatch, values: list[list[Any]], lines: list[int],
+                      opts: ReadOptions) -> DocBatch:
+    """The batch with its --keep and --keep-token columns, from each record's values (in ``opts.carried`` order)."""
+    columns = {name: carry.json_document_values(file.name, name, values[i], lines)
+               for i, name in enumerate(opts.keep)}
+    token_columns = {}
+    ids_lengths = batch.lengths
+    for i, spec in enumerate(opts.keep_token):
+        records = values[len(opts.keep) + i]
+        if opts.skip_bad:  # a record skipped as bad is an empty document: its values go with it
+            records = [r if n else [] for r, n in zip(records, ids_lengths.tolist(), strict=True)]
+        arrays = [carry.json_token_values(file.name, spec, r, line) for r, line in zip(records, lines, strict=True)]
+        flat = np.concatenate(arrays) if arrays else np.empty(0, dtype=spec.dtype)
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        token_columns[spec.name] = carry.token_values(file.name, spec, flat, lengths, ids_lengths, batch.first_row,
+                                                      lambda r: {"line": lines[r]})
+    return replace(batch, columns=columns, token_columns=token_columns)
 
 
 class JsonlInput(InputFormat):

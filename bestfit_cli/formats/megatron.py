@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from ..errors import OptionError, OutputError
 from .base import PackedRows
-from .parquet import _list_array
+from .parquet import _list_array, kept_columns
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -90,6 +90,9 @@ class MegatronFormat:
     dtype_follows_option: bool = False  # the type is the smallest that holds the shard's ids, not --dtype
 
     def check_options(self, opts: Any) -> None:
+        if opts.keep_token:
+            raise OptionError("--format megatron cannot store --keep-token columns: Megatron's GPTDataset reads "
+                              "token ids only (docs/training.md)", fix="drop --keep-token, or use --format parquet")
         if opts.columns:
             raise OptionError("--format megatron cannot store --columns: Megatron derives positions and loss masks "
                               "itself (docs/training.md)", fix="drop --columns, or use --format parquet")
@@ -118,6 +121,7 @@ class MegatronFormat:
             "seq_lengths": _list_array(rows.piece_offsets, rows.seq_lengths.astype(np.int32), pa.int32()),
             "doc_index": _list_array(rows.piece_offsets, rows.doc_index.astype(np.int64), pa.int64()),
             "doc_offset": _list_array(rows.piece_offsets, rows.doc_offset.astype(np.int64), pa.int64()),
+            **kept_columns(rows),
         }), sink, compression="zstd")
         return {INDEX_SUFFIX: encode_index(rows.n_rows, rows.ctx, self._token_dtype(rows)),
                 PIECES_SUFFIX: sink.getvalue().to_pybytes()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import carry
 from ..errors import InputError, OutputError
 from ..fs import InputFile
 from ..read import (
@@ -32,6 +33,12 @@ _PARQUET_MAGIC = b"PAR1"
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=value_type))
+
+
+def kept_columns(rows: PackedRows) -> dict[str, pa.Array]:
+    """The --keep columns: per row, one value per piece, aligned with ``doc_index``."""
+    offsets = pa.array(rows.piece_offsets.astype(np.int32))
+    return {name: pa.ListArray.from_arrays(offsets, values) for name, values in rows.kept.items()}
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,14 @@ class ParquetFormat:
             "doc_offset": _list_array(rows.piece_offsets, rows.doc_offset.astype(np.int64), pa.int64()),
         }
         if rows.training_columns:
+            # A carried labels column is the base of the training labels (still ignored on boundaries, padding).
             extra = row_columns(rows.training_columns, rows.tokens, rows.seq_lengths, rows.piece_offsets,
-                                np.diff(token_offsets))
+                                np.diff(token_offsets), labels_from=rows.token_columns.get("labels"))
             columns.update({name: _list_array(token_offsets, values, pa.int64()) for name, values in extra.items()})
+        columns.update(kept_columns(rows))
+        for name, values in rows.token_columns.items():
+            if name not in columns:
+                columns[name] = _list_array(token_offsets, values, pa.from_numpy_dtype(values.dtype))
         return pa.table(columns)
 
     def encode(self, rows: PackedRows) -> bytes:
@@ -113,6 +125,13 @@ def open_parquet_checked(file: InputFile, opts: ReadOptions) -> pq.ParquetFile:
         raise InputError(file.name, f"{len(found)} columns are named '{opts.column}'",
                          fix="write the file again with one token column of that name")
     check_list_type(file, opts.column, schema.field(opts.column).type)
+    for name in opts.carried:
+        if not schema.get_all_field_indices(name):
+            raise InputError(file.name, f"no column '{name}' to carry (--keep / --keep-token); columns are: "
+                                        f"{', '.join(schema.names)[:300]}",
+                             fix="every input needs the columns --keep and --keep-token name")
+    for name in opts.keep:
+        carry.check_document_type(file.name, name, schema.field(name).type)
     _check_footer(file, pf.metadata, opts.column)
     return pf
 
@@ -174,7 +193,8 @@ def _corrupt(file: InputFile, pf: pq.ParquetFile, column: str, row: int, exc: Ba
                       fix="re-create or remove this file")
 
 
-def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+def _record_batches(file: InputFile, column: str, batch_rows: int, carried: Sequence[str] = ()
+                    ) -> Iterator[pa.RecordBatch]:
     """One column of a Parquet file in record batches, in row order.
 
     pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead, which keeps both cores busy
@@ -183,7 +203,7 @@ def _record_batches(file: InputFile, column: str, batch_rows: int) -> Iterator[p
     import pyarrow.dataset as pads  # heavy: loaded by the first Parquet read, not by every `bestfit --help`
 
     fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs)
-    yield from fragment.to_batches(columns=[column], batch_size=batch_rows, use_threads=True)
+    yield from fragment.to_batches(columns=[column, *carried], batch_size=batch_rows, use_threads=True)
 
 
 def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
@@ -194,13 +214,37 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
     row = 0
     try:
-        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS):
+        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS, opts.carried):
             column = record_batch.column(0)
             batch = batch_from_arrow(file, file_index, row, column, opts, label)
+            if opts.carried:
+                batch = _carried_from_arrow(file, batch, record_batch, opts)
             row += len(column)
             yield replace(batch, fraction_done=row / max(pf.metadata.num_rows, 1))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _corrupt(file, pf, opts.column, row, exc) from None
+
+
+def _carried_from_arrow(file: InputFile, batch: DocBatch, record_batch: pa.RecordBatch, opts: ReadOptions
+                       ) -> DocBatch:
+    """The batch with its --keep and --keep-token columns (record batch columns 1.. in ``opts.carried`` order)."""
+    columns = {name: record_batch.column(1 + i) for i, name in enumerate(opts.keep)}
+    token_columns = {}
+    ids_lengths = batch.lengths
+    for i, spec in enumerate(opts.keep_token):
+        array = record_batch.column(1 + len(opts.keep) + i)
+        if opts.skip_bad:  # a record skipped as bad is an empty document: its values go with it
+            array = array.filter(pa.array(ids_lengths > 0))
+        token_columns[spec.name] = carry.arrow_token_values(
+            file.name, spec, array, ids_lengths[ids_lengths > 0] if opts.skip_bad else ids_lengths, batch.first_row,
+            _parquet_rows(batch.first_row, ids_lengths, opts.skip_bad))
+    return replace(batch, columns=columns, token_columns=token_columns)
+
+
+def _parquet_rows(first_row: int, ids_lengths: np.ndarray, filtered: bool) -> Callable[[int], dict[str, int]]:
+    """Names row ``i`` of a batch's carried column (of the non-empty rows only, when ``filtered``)."""
+    rows = np.flatnonzero(ids_lengths > 0) if filtered else None
+    return lambda i: {"row": first_row + (int(rows[i]) if rows is not None and len(rows) > i else i)}
 
 
 def read_parquet_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
