@@ -180,8 +180,8 @@ def json_document_values(file_name: str, name: str, values: Sequence[Any], lines
     """One JSONL document column of a batch: scalars or null, a missing field being an error."""
     for value, line in zip(values, lines, strict=True):
         if isinstance(value, (list, dict)):
-            raise InputError(file_name, f"'{name}' is a {'list' if isinstance(value, list) else 'object'}, not "
-                                        "one value", line=line,
+            raise InputError(file_name, f"'{name}' is {'a list' if isinstance(value, list) else 'an object'}, "
+                                        "not one value", line=line,
                              fix=f"--keep carries scalar fields (strings, numbers, ...); per-token lists go with "
                                  f"--keep-token {name}:FILL")
     try:

@@ -386,3 +386,57 @@ def test_skipped_bad_records_carry_nothing(tmp_path: Path) -> None:
     rebuilt = rebuild(out)
     assert sorted(rebuilt) == [i for i in range(10) if i != 3]
     assert all(rebuilt[i]["id"] == docs[i]["id"] and rebuilt[i]["mask"][:-1] == docs[i]["mask"] for i in rebuilt)
+
+
+def test_a_document_column_of_another_type_in_a_later_input_names_both(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"input_ids": [[1, 2]], "id": pa.array([7], pa.int32())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"input_ids": [[3, 4]], "id": pa.array([8], pa.int64())}), tmp_path / "b.parquet")
+    (tmp_path / "c.jsonl").write_text('{"input_ids": [5], "id": "nine"}\n')
+    safe = invoke("pack", tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "ok", "--ctx", 8, "--keep",
+                  "id", "-q")
+    assert safe.exit_code == 0, safe.output  # int64 values that fit are cast to the first input's int32
+    assert rebuild(tmp_path / "ok")[1]["id"] == 8
+    result = invoke("pack", tmp_path / "a.parquet", tmp_path / "c.jsonl", tmp_path / "out", "--ctx", 8, "--keep",
+                    "id")
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (f"Error: {tmp_path / 'c.jsonl'}: column 'id' is string here, int32 in "
+                                     f"{tmp_path / 'a.parquet'} (give 'id' one type in every input)")
+
+
+@pytest.mark.parametrize(("line", "option", "message"), [
+    ('{"input_ids": [1, 2], "meta": {"a": 1}}', ("--keep", "meta"), "'meta' is an object, not one value"),
+    ('{"input_ids": [1, 2], "w": [0.5, 1]}', ("--keep-token", "w:0"), "'w' holds the fractional value 0.5"),
+    ('{"input_ids": [1, 2], "w": null}', ("--keep-token", "w:0"), "'w' is null, not a list of numbers"),
+])
+def test_bad_carried_jsonl_values_name_the_line(tmp_path: Path, line: str, option: tuple[str, str],
+                                                message: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"input_ids": [1], "meta": 1, "w": [1]}\n' + line + "\n")
+    result = invoke("pack", path, tmp_path / "out", "--ctx", 8, *option)
+    assert result.exit_code == 1 and "\n" not in result.output.strip(), result.output
+    assert result.output.startswith(f"Error: {path}:2: {message}"), result.output
+
+
+def test_a_fractional_fill_carries_floats(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"input_ids": [1, 2, 3], "w": [0.5, 1, 0.25]}\n')
+    out = tmp_path / "out"
+    result = invoke("pack", path, out, "--ctx", 8, "--keep-token", "w:0.0", "--eos-id", 9, "-q", "--verify")
+    assert result.exit_code == 0, result.output
+    (row,) = pq.read_table(next(out.glob("*.parquet"))).to_pylist()
+    assert row["w"] == [0.5, 1.0, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0]
+    assert pq.read_schema(next(out.glob("*.parquet"))).field("w").type == pa.list_(pa.float32())
+
+
+def test_keep_and_keep_token_from_a_config_file(tmp_path: Path) -> None:
+    source, docs = write_sft(tmp_path / "data")
+    config = tmp_path / "sft.toml"
+    config.write_text(f'ctx = {CTX}\neos_id = 2\neos_mode = "if-missing"\nkeep = ["id"]\n'
+                      'keep_token = ["labels:-100", "mask:0:1"]\n')
+    out = tmp_path / "out"
+    result = invoke("pack", source, out, "--config", config, "-q")
+    assert result.exit_code == 0, result.output
+    options = manifest_of(out)["options"]
+    assert (options["keep"], options["eos_mode"]) == (["id"], "if-missing")
+    assert options["keep_token"] == {"labels": {"fill": -100, "eos": "default"}, "mask": {"fill": 0, "eos": 1}}
+    assert all(entry["mask"][-1] == 1 for entry in rebuild(out).values())  # the EOS value given: 1
