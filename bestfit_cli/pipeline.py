@@ -64,6 +64,7 @@ MANIFEST_VERSION = 2  # 2: inputs' fingerprints, inputs_left_out, stats.json's s
 COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
 UNPADDED_VERSION = 3  # rows of fewer than ctx tokens (--no-pad): a reader of version 2 would misread them
 BASE_COLUMNS = COLUMNS
+CARRYING_FORMATS = ("parquet", "jsonl")  # input formats whose readers carry --keep and --keep-token columns
 DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
 MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
@@ -466,6 +467,10 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     scan = scan_inputs(inputs)
     files = list(scan.files)
     check_output_location(out, inputs, files)
+    cannot_carry = next((f for f in files if f.format not in CARRYING_FORMATS), None)
+    if (opts.keep or opts.keep_token) and cannot_carry is not None:
+        raise OptionError(f"{cannot_carry.name}: --keep and --keep-token read Parquet and JSONL inputs only, not "
+                          f"{cannot_carry.format}", fix="leave them out, or convert this input to Parquet")
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched

@@ -440,3 +440,17 @@ def test_keep_and_keep_token_from_a_config_file(tmp_path: Path) -> None:
     assert (options["keep"], options["eos_mode"]) == (["id"], "if-missing")
     assert options["keep_token"] == {"labels": {"fill": -100, "eos": "default"}, "mask": {"fill": 0, "eos": 1}}
     assert all(entry["mask"][-1] == 1 for entry in rebuild(out).values())  # the EOS value given: 1
+
+
+def test_keep_on_an_input_format_that_cannot_carry_is_a_one_line_error(tmp_path: Path) -> None:
+    import pyarrow.feather as feather
+
+    from bestfit_cli.formats import INPUT_FORMATS
+
+    if "arrow" not in INPUT_FORMATS:
+        pytest.skip("no Arrow input format to try (issue 10 item 1)")
+    feather.write_feather(pa.table({"input_ids": [[1, 2, 3]], "id": ["a"]}), tmp_path / "in.arrow")
+    result = invoke("pack", tmp_path / "in.arrow", tmp_path / "out", "--ctx", 8, "--keep", "id")
+    assert result.exit_code == 2, result.output
+    assert "--keep and --keep-token read Parquet and JSONL inputs only" in result.output, result.output
+    assert not (tmp_path / "out").exists()
