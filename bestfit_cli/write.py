@@ -200,7 +200,7 @@ class ShardWriter:
         finally:
             os.close(fd)
 
-    def _stage(self, name: str, data: bytes) -> None:
+    def _stage(self, name: str, data: bytes | memoryview) -> None:
         """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere."""
         tmp_path = posixpath.join(self.tmp, name)
         try:
@@ -213,7 +213,7 @@ class ShardWriter:
     def _failed(self, name: str, exc: BaseException) -> OutputError:
         return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
 
-    def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes, rows: int,
+    def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes | memoryview, rows: int,
                     companions: dict[str, bytes] | None = None) -> ShardInfo:
         """Stage one shard and its companion files (by suffix), named after the window, the part and the bytes of
         all of them (``outdir.shard_name``), so two shards of the same name always have the same files."""

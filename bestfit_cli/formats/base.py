@@ -71,8 +71,8 @@ class OutputFormat(Protocol):
         """Raise ``OptionError`` for pack options (a ``PackOptions``) this format cannot honour."""
         ...
 
-    def encode(self, rows: PackedRows) -> bytes:
-        """The main file's bytes."""
+    def encode(self, rows: PackedRows) -> bytes | memoryview:
+        """The main file's bytes (a ``memoryview`` of an encoder's buffer is fine: it is hashed and written as is)."""
         ...
 
     def companions(self, rows: PackedRows) -> dict[str, bytes]:
