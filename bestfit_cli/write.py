@@ -22,6 +22,7 @@ import signal
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -127,6 +128,10 @@ class ShardWriter:
         self._old_files: set[str] = set()  # what it lists
         self._moved: list[str] = []  # new shards moved into OUT so far
         self._state = "writing"  # then "moving", "renamed" (manifest in place), "committed" (durable), "done"
+        # Shards are flushed to the disk by a thread of their own, so the threads that encode shards do not wait on
+        # the disk; ``commit`` waits for every flush before the first rename (``_await_syncs``).
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bestfit-sync")  # a thread once used
+        self._syncs: list[tuple[str, Future[None]]] = []
 
     def __enter__(self) -> ShardWriter:
         try:
@@ -200,15 +205,30 @@ class ShardWriter:
         finally:
             os.close(fd)
 
-    def _stage(self, name: str, data: bytes | memoryview) -> None:
-        """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere."""
+    def _stage(self, name: str, data: bytes | memoryview, *, sync_later: bool = False) -> None:
+        """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere.
+
+        ``sync_later``: the flush runs on the writer's sync thread; ``commit`` waits for it before any rename.
+        """
         tmp_path = posixpath.join(self.tmp, name)
         try:
             with self.fs.open_output_stream(tmp_path) as stream:
                 stream.write(data)
-            self._sync(tmp_path)
+            if sync_later and self.local:
+                self._syncs.append((name, self._syncer.submit(self._sync, tmp_path)))
+            else:
+                self._sync(tmp_path)
         except (OSError, pa.ArrowException) as exc:
             raise self._failed(name, exc) from None
+
+    def _await_syncs(self) -> None:
+        """Every shard staged so far is on the disk (or the first flush that failed is an ``OutputError``)."""
+        for name, flushed in self._syncs:
+            try:
+                flushed.result()
+            except OSError as exc:
+                raise self._failed(name, exc) from None
+        self._syncs.clear()
 
     def _failed(self, name: str, exc: BaseException) -> OutputError:
         return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
@@ -225,9 +245,9 @@ class ShardWriter:
         files = []
         for suffix, content in (companions or {}).items():
             companion = companion_name(name, fmt, suffix)
-            self._stage(companion, content)
+            self._stage(companion, content, sync_later=True)
             files.append(FileInfo(companion, len(content), digests[suffix]))
-        self._stage(name, data)
+        self._stage(name, data, sync_later=True)
         return ShardInfo(name, rows, len(data), sha256, tuple(files))
 
     # -------------------------------------------------------------------------------------------- the swap
@@ -247,6 +267,7 @@ class ShardWriter:
             if name in old_sha and old_sha[name] != sha256:
                 raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that "
                                   "name", fix="move the old output away, or check OUT/manifest.json")
+        self._await_syncs()
         # The journal (new manifest, and the one it replaces) reaches the disk before any new name appears in OUT, so
         # whatever a crash leaves, the next run and verify can tell which files were this run's.
         self._stage(MANIFEST, _json_bytes(manifest))
@@ -308,6 +329,7 @@ class ShardWriter:
     # -------------------------------------------------------------------------------------------- after the run
 
     def _close(self, *, failed: bool) -> None:
+        self._syncer.shutdown(wait=True)  # no flush still running on files about to be removed
         consistent = True
         try:
             if self._state in ("moving", "renamed"):
