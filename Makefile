@@ -36,7 +36,8 @@ fuzz: install  ## many more hypothesis examples than CI runs
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_fuzz.py tests/test_fuzz_hostile.py
 	BESTFIT_KILL_TRIALS=300 $(BIN)/python -m pytest -q -s tests/test_faults.py -k random_kills
 
-bench: install  ## benchmarks on synthetic data; results go to bench/results/
+bench: install  ## benchmarks on synthetic data; results go to bench/results/ (installs the bench extra: peers)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench
 
 docs: install  ## regenerate docs/cli.md from --help

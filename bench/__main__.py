@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import end_to_end, planner, reader, short_docs, stats_bench, window_quality
+from . import end_to_end, peers, planner, reader, short_docs, stats_bench, targets, window_quality
 from .common import log, remove, scratch_dir
 from .corpus import build
 
-BENCHMARKS = ("planner", "windows", "end_to_end", "memory", "stats", "short_docs", "reader")
+BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "memory", "stats", "short_docs", "reader")
 
 
 def main() -> None:
@@ -24,12 +24,15 @@ def main() -> None:
     args = parser.parse_args()
     chosen = set(args.only or BENCHMARKS)
     started = time.perf_counter()
+    started_at = time.time()
     scratch = scratch_dir()
     try:
         if "planner" in chosen:
             sizes = [1_000_000, 10_000_000] if args.quick else [1_000_000, 10_000_000, 100_000_000]
             planner.main(sizes, reference_sizes=[1_000_000, 10_000_000], textbook_sizes=[1_000_000, 10_000_000],
                          ctxs=[2048, 8192])
+        if "peers" in chosen:
+            peers.main(10_000_000 if args.quick else 100_000_000, ctx=2048, repeats=3)
         if "windows" in chosen:
             window_quality.main(scratch, [2048, 8192])
         if chosen & {"end_to_end", "memory", "stats"}:
@@ -52,6 +55,9 @@ def main() -> None:
         if not args.keep:
             remove(scratch)
     log(f"done in {time.perf_counter() - started:.0f}s; results in bench/results/")
+    summary = targets.table(since=started_at)
+    if summary.count("\n"):
+        print(summary)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Benchmarks 2 and 3: ``bestfit pack`` against a bare pyarrow copy, and peak memory at 1x and 10x the corpus.
+"""Benchmarks 2 and 3: ``bestfit pack`` against a pyarrow copy of the same shards (``copy_baseline.py``), and
+peak memory at 1x and 10x the corpus.
 
 Every command runs in its own process; wall time and that process's peak resident memory come from ``wait4``.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from .common import BESTFIT, dir_bytes, log, remove, run, save
@@ -36,35 +38,41 @@ def timed_pack(folders: list[Path], out: Path, *extra: str) -> dict[str, Any]:
     return row
 
 
-def _copy(folders: list[Path], out: Path) -> dict[str, Any]:
-    result = run([*BESTFIT[:1], "-m", COPY_MODULE, str(out), *map(str, folders)])
-    row = {"seconds": round(result.seconds, 2), "peak_rss_mib": round(result.peak_rss_bytes / 2**20),
-           "output_bytes": dir_bytes(out)}
+def _copy(folders: list[Path], out: Path, *flags: str) -> dict[str, Any]:
+    result = run([*BESTFIT[:1], "-m", COPY_MODULE, *flags, str(out), *map(str, folders)])
+    row = {"args": list(flags), "seconds": round(result.seconds, 2),
+           "peak_rss_mib": round(result.peak_rss_bytes / 2**20), "output_bytes": dir_bytes(out),
+           "load_average": os.getloadavg()[0]}
     remove(out)
-    log(f"pyarrow copy: {row['seconds']}s")
+    log(f"pyarrow copy {' '.join(flags)}: {row['seconds']}s, peak {row['peak_rss_mib']} MiB")
     return row
 
 
-def _median(rows: list[dict[str, Any]]) -> float:
-    values = sorted(r["seconds"] for r in rows)
-    return float(values[len(values) // 2]) if len(values) % 2 else (values[len(values) // 2 - 1] + values[
-        len(values) // 2]) / 2
+def _median(rows: list[dict[str, Any]], key: str = "seconds") -> float:
+    return float(median(r[key] for r in rows))
 
 
-def end_to_end(folders: list[Path], scratch: Path, repeats: int = 2) -> dict[str, Any]:
+def end_to_end(folders: list[Path], scratch: Path, repeats: int = 3) -> dict[str, Any]:
+    """``pack`` at 2 and 1 workers against the copy floor (two files in flight, no dictionary pages, the inputs'
+    zstd), with and without an fsync per file, interleaved ``repeats`` times; medians."""
     input_bytes = sum(dir_bytes(f) for f in folders)
     log(f"end to end on {input_bytes / 2**30:.2f} GiB of Parquet in {len(folders)} folders")
-    copies, packs2, packs1 = [], [], []
+    runs: dict[str, list[dict[str, Any]]] = {"copy": [], "copy_fsync": [], "pack_workers_2": [],
+                                             "pack_workers_1": []}
     # Interleaved, so a slow spell of a shared machine hits every contender; the page cache holds the input for all.
     for _ in range(repeats):
-        copies.append(_copy(folders, scratch / "copy-out"))
-        packs2.append(timed_pack(folders, scratch / "pack-out", "--workers", "2"))
-        packs1.append(timed_pack(folders, scratch / "pack-out", "--workers", "1"))
-    copy_s, pack2_s, pack1_s = _median(copies), _median(packs2), _median(packs1)
-    payload = {"input_bytes": input_bytes, "ctx": CTX, "repeats": repeats, "copy": copies,
-               "pack_workers_2": packs2, "pack_workers_1": packs1,
-               "median_seconds": {"copy": copy_s, "pack_workers_2": pack2_s, "pack_workers_1": pack1_s},
-               "pack_over_copy": round(pack2_s / copy_s, 2), "speedup_workers_2_over_1": round(pack1_s / pack2_s, 2),
+        runs["copy"].append(_copy(folders, scratch / "copy-out"))
+        runs["pack_workers_2"].append(timed_pack(folders, scratch / "pack-out", "--workers", "2"))
+        runs["copy_fsync"].append(_copy(folders, scratch / "copy-out", "--fsync"))
+        runs["pack_workers_1"].append(timed_pack(folders, scratch / "pack-out", "--workers", "1"))
+    med = {name: _median(rows) for name, rows in runs.items()}
+    peak = {name: _median(rows, "peak_rss_mib") for name, rows in runs.items()}
+    payload = {"input_bytes": input_bytes, "ctx": CTX, "repeats": repeats, **runs, "median_seconds": med,
+               "median_peak_rss_mib": peak,
+               "pack_over_copy": round(med["pack_workers_2"] / med["copy"], 2),
+               "pack_over_copy_fsync": round(med["pack_workers_2"] / med["copy_fsync"], 2),
+               "peak_over_copy": round(peak["pack_workers_2"] / peak["copy"], 2),
+               "speedup_workers_2_over_1": round(med["pack_workers_1"] / med["pack_workers_2"], 2),
                "load_average": os.getloadavg()}
     save("end_to_end", payload)
     return payload

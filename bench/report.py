@@ -13,6 +13,20 @@ def _load(name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def peers(data: dict[str, Any]) -> str:
+    lines = ["| packer | median | runs | sequences | bestfit's lead |", "|---|---:|---|---:|---:|",
+             f"| bestfit (make_pieces + place) | {data['bestfit_median_seconds']:.2f} s | "
+             f"{', '.join(f'{s:.2f}' for s in data['bestfit_seconds'])} | {data['sequences']:,} | |"]
+    for name, peer in data["peers"].items():
+        if "median_seconds" not in peer:
+            lines.append(f"| {name} | not installed: {peer['why']} | | | |")
+            continue
+        lines.append(f"| {name} {peer['version']} (`obfd` on the pieces) | {peer['median_seconds']:.1f} s | "
+                     f"{', '.join(f'{s:.1f}' for s in peer['seconds'])} | {peer['sequences']:,} | "
+                     f"{peer['bestfit_speedup']}× |")
+    return "\n".join(lines)
+
+
 def planner(data: dict[str, Any]) -> str:
     lines = ["| documents | ctx | long docs | sequences | bestfit | bucketed BFD (Python) | speed-up | textbook BFD "
              "(Python) | speed-up |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -29,8 +43,12 @@ def planner(data: dict[str, Any]) -> str:
 def end_to_end(data: dict[str, Any]) -> str:
     med = data["median_seconds"]
     lines = ["| run | median wall time | runs | peak RSS |", "|---|---:|---|---:|"]
-    for key, label in (("copy", "pyarrow copy (read + write, zstd)"), ("pack_workers_2", "`bestfit pack --workers 2`"),
+    for key, label in (("copy", "pyarrow copy, 2 files in flight, no dictionary (zstd)"),
+                       ("copy_fsync", "the same copy, each file fsynced"),
+                       ("pack_workers_2", "`bestfit pack --workers 2`"),
                        ("pack_workers_1", "`bestfit pack --workers 1`")):
+        if key not in data:
+            continue
         runs = ", ".join(f"{r['seconds']:.1f}" for r in data[key])
         peak = max(r["peak_rss_mib"] for r in data[key])
         lines.append(f"| {label} | {med[key]:.1f} s | {runs} | {peak:,} MiB |")
@@ -70,7 +88,7 @@ def short_docs(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    for name, render in (("planner", planner), ("end_to_end", end_to_end), ("memory", memory),
+    for name, render in (("planner", planner), ("peers", peers), ("end_to_end", end_to_end), ("memory", memory),
                          ("window_quality", window_quality), ("short_docs", short_docs)):
         data = _load(name)
         if data is not None:

@@ -1,0 +1,71 @@
+"""The ratios issue 12 sets as targets, side by side, from the results this run wrote (``python -m bench`` prints
+them at the end; ``python -m bench.targets`` prints them from whatever results are there)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .common import RESULTS
+
+Row = tuple[str, str, str, bool | None]  # what, measured, target, met (None: no target)
+
+
+def _end_to_end(data: dict[str, Any]) -> Iterator[Row]:
+    med = data["median_seconds"]
+    yield ("Parquet pack --workers 2 / copy, 2 files in flight", f"{data['pack_over_copy']:.2f}x "
+           f"({med['pack_workers_2']:.1f} s / {med['copy']:.1f} s)", "<= 1.1x", data["pack_over_copy"] <= 1.1)
+    yield ("  the same against the copy with an fsync per file", f"{data['pack_over_copy_fsync']:.2f}x "
+           f"({med['copy_fsync']:.1f} s)", "", None)
+    peak = data["median_peak_rss_mib"]
+    yield ("Parquet pack peak memory / copy's", f"{data['peak_over_copy']:.2f}x ({peak['pack_workers_2']:,.0f} MiB / "
+           f"{peak['copy']:,.0f} MiB)", "<= 1.2x", data["peak_over_copy"] <= 1.2)
+    yield ("pack --workers 2 speed-up over --workers 1", f"{data['speedup_workers_2_over_1']:.2f}x "
+           f"({med['pack_workers_1']:.1f} s / {med['pack_workers_2']:.1f} s)", ">= 1.8x",
+           data["speedup_workers_2_over_1"] >= 1.8)
+
+
+def _peers(data: dict[str, Any]) -> Iterator[Row]:
+    seconds = data["bestfit_median_seconds"]
+    yield (f"planner: {data['documents']:,} documents at ctx {data['ctx']}", f"{seconds:.2f} s", "<= 8 s",
+           seconds <= 8 if data["documents"] >= 100_000_000 else None)
+    fastest = data.get("fastest_peer")
+    if fastest is None:
+        yield ("planner lead over the fastest compiled peer", "no peer installed", ">= 8x", None)
+        return
+    peer = data["peers"][fastest]
+    yield (f"planner lead over {fastest} {peer['version']}", f"{data['lead_over_fastest_peer']:.1f}x "
+           f"({peer['median_seconds']:.1f} s)", ">= 8x", data["lead_over_fastest_peer"] >= 8)
+
+
+SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {"end_to_end": _end_to_end, "peers": _peers}
+
+
+def rows(since: float | None = None) -> list[tuple[Row, dict[str, Any]]]:
+    """Every target row of the results present (written at or after ``since``, a time.time(), when given)."""
+    found = []
+    for name, render in SOURCES.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists() or (since is not None and path.stat().st_mtime < since):
+            continue
+        data = json.loads(path.read_text())
+        found.extend((row, data) for row in render(data))
+    return found
+
+
+def table(since: float | None = None) -> str:
+    lines = [f"{'target':55s} {'measured':42s} {'goal':8s} met  load (1 min) / date"]
+    for (what, measured, goal, met), data in rows(since):
+        verdict = "-" if met is None else ("yes" if met else "NO")
+        load = data.get("load_average", [float("nan")])[0]
+        lines.append(f"{what:55s} {measured:42s} {goal:8s} {verdict:4s} {load:4.1f} / {data['date']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
