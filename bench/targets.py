@@ -27,16 +27,18 @@ def _end_to_end(data: dict[str, Any]) -> Iterator[Row]:
 
 
 def _peers(data: dict[str, Any]) -> Iterator[Row]:
-    seconds = data["bestfit_median_seconds"]
-    yield (f"planner: {data['documents']:,} documents at ctx {data['ctx']}", f"{seconds:.2f} s", "<= 8 s",
-           seconds <= 8 if data["documents"] >= 100_000_000 else None)
+    planner = data["planner"]
+    seconds = planner["median_seconds"]
+    yield (f"planner: {planner['documents']:,} documents at ctx {data['ctx']}", f"{seconds:.2f} s", "<= 8 s",
+           seconds <= 8 if planner["documents"] >= 100_000_000 else None)
     fastest = data.get("fastest_peer")
     if fastest is None:
         yield ("planner lead over the fastest compiled peer", "no peer installed", ">= 8x", None)
         return
     peer = data["peers"][fastest]
-    yield (f"planner lead over {fastest} {peer['version']}", f"{data['lead_over_fastest_peer']:.1f}x "
-           f"({peer['median_seconds']:.1f} s)", ">= 8x", data["lead_over_fastest_peer"] >= 8)
+    yield (f"planner lead over {fastest} {peer['version']} ({data['documents']:,} docs)",
+           f"{data['lead_over_fastest_peer']:.1f}x ({peer['median_seconds']:.1f} s)", ">= 8x",
+           data["lead_over_fastest_peer"] >= 8)
 
 
 SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {"end_to_end": _end_to_end, "peers": _peers}
