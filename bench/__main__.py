@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import end_to_end, peers, planner, reader, short_docs, stats_bench, targets, window_quality
+from . import encoding, end_to_end, peers, planner, reader, short_docs, stats_bench, targets, window_quality
 from .common import log, remove, scratch_dir
 from .corpus import build
 
-BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "memory", "stats", "short_docs", "reader")
+BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "encoding", "memory", "stats", "short_docs", "reader")
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
             peers.main(args.peer_docs or (10_000_000 if args.quick else 100_000_000), ctx=2048, repeats=3)
         if "windows" in chosen:
             window_quality.main(scratch, [2048, 8192])
-        if chosen & {"end_to_end", "memory", "stats"}:
+        if chosen & {"end_to_end", "memory", "stats", "encoding"}:
             # About 1 GB of Parquet: 23 copies of the 43 MB shared corpora (1x = 2 copies, 10x = 20 copies).
             copies = 4 if args.quick else 23
             folders = build(scratch / "corpus", copies)
@@ -48,6 +48,8 @@ def main() -> None:
                 end_to_end.memory(one, folders[: 10 * len(one)], scratch, window_tokens=1 << 24)
             if "stats" in chosen:
                 stats_bench.main(folders)
+            if "encoding" in chosen:
+                encoding.main(folders[:1], scratch)
         if "short_docs" in chosen:
             short_docs.main(scratch, scale=0.25 if args.quick else 1.0)
         if "reader" in chosen:

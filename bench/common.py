@@ -55,6 +55,7 @@ class Run:
     seconds: float
     peak_rss_bytes: int
     stdout: str
+    cpu_seconds: float = 0.0  # user + system time of the process and its children (less sensitive to load)
 
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
@@ -70,7 +71,7 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {chr(10).join(lines[-20:])}")
     measured = json.loads(lines[-1])
-    return Run(measured["seconds"], measured["peak_rss_bytes"], proc.stdout.decode())
+    return Run(measured["seconds"], measured["peak_rss_bytes"], proc.stdout.decode(), measured["cpu_seconds"])
 
 
 def remove(path: Path) -> None:

@@ -28,7 +28,7 @@ def pack_cmd(folders: list[Path], out: Path, *extra: str) -> list[str]:
 def timed_pack(folders: list[Path], out: Path, *extra: str) -> dict[str, Any]:
     result = run(pack_cmd(folders, out, *extra))
     report = json.loads(result.stdout)
-    row = {"args": list(extra), "seconds": round(result.seconds, 2),
+    row = {"args": list(extra), "seconds": round(result.seconds, 2), "cpu_seconds": round(result.cpu_seconds, 2),
            "peak_rss_mib": round(result.peak_rss_bytes / 2**20),
            "input_tokens": report["input_tokens"], "sequences": report["sequences"], "windows": report["windows"],
            "output_bytes": dir_bytes(out)}
@@ -40,7 +40,7 @@ def timed_pack(folders: list[Path], out: Path, *extra: str) -> dict[str, Any]:
 
 def _copy(folders: list[Path], out: Path, *flags: str) -> dict[str, Any]:
     result = run([*BESTFIT[:1], "-m", COPY_MODULE, *flags, str(out), *map(str, folders)])
-    row = {"args": list(flags), "seconds": round(result.seconds, 2),
+    row = {"args": list(flags), "seconds": round(result.seconds, 2), "cpu_seconds": round(result.cpu_seconds, 2),
            "peak_rss_mib": round(result.peak_rss_bytes / 2**20), "output_bytes": dir_bytes(out),
            "load_average": os.getloadavg()[0]}
     remove(out)
@@ -67,8 +67,9 @@ def end_to_end(folders: list[Path], scratch: Path, repeats: int = 3) -> dict[str
         runs["pack_workers_1"].append(timed_pack(folders, scratch / "pack-out", "--workers", "1"))
     med = {name: _median(rows) for name, rows in runs.items()}
     peak = {name: _median(rows, "peak_rss_mib") for name, rows in runs.items()}
+    cpu = {name: _median(rows, "cpu_seconds") for name, rows in runs.items()}
     payload = {"input_bytes": input_bytes, "ctx": CTX, "repeats": repeats, **runs, "median_seconds": med,
-               "median_peak_rss_mib": peak,
+               "median_peak_rss_mib": peak, "median_cpu_seconds": cpu,
                "pack_over_copy": round(med["pack_workers_2"] / med["copy"], 2),
                "pack_over_copy_fsync": round(med["pack_workers_2"] / med["copy_fsync"], 2),
                "peak_over_copy": round(peak["pack_workers_2"] / peak["copy"], 2),

@@ -24,7 +24,8 @@ def main() -> None:
             os._exit(127)
     _, status, usage = os.wait4(pid, 0)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_rss_bytes": usage.ru_maxrss * 1024}), file=sys.stderr)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_rss_bytes": usage.ru_maxrss * 1024}), file=sys.stderr)
     sys.exit(os.waitstatus_to_exitcode(status))
 
 

@@ -43,10 +43,14 @@ def _lightbinpack() -> Callable[[list[int], int], int]:
 LOADERS: dict[str, Callable[[], Callable[[list[int], int], int]]] = {"lightbinpack": _lightbinpack}
 
 
-def _timed(fn: Callable[..., int], *args: Any) -> tuple[float, int]:
+CPU: dict[str, list[float]] = {}  # CPU seconds of each timed call, by what was timed (less sensitive to load)
+
+
+def _timed(fn: Callable[..., int], *args: Any, label: str = "") -> tuple[float, int]:
     gc.collect()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
+    CPU.setdefault(label or getattr(fn, "__name__", "run"), []).append(round(time.process_time() - cpu, 3))
     return time.perf_counter() - started, result
 
 
@@ -54,10 +58,11 @@ def _planner_alone(n_docs: int, ctx: int, repeats: int) -> dict[str, Any]:
     lengths = lognormal_lengths(n_docs)
     runs = []
     for _ in range(repeats):
-        seconds, sequences = _timed(bestfit_plan, lengths, ctx)
+        seconds, sequences = _timed(bestfit_plan, lengths, ctx, label="planner")
         runs.append(round(seconds, 3))
         log(f"planner: {n_docs:,} documents in {seconds:.2f}s, {sequences:,} sequences")
-    return {"documents": n_docs, "seconds": runs, "median_seconds": median(runs), "sequences": sequences}
+    return {"documents": n_docs, "seconds": runs, "median_seconds": median(runs), "sequences": sequences,
+            "cpu_seconds": CPU["planner"], "median_cpu_seconds": median(CPU["planner"])}
 
 
 def main(n_docs: int = 100_000_000, ctx: int = 2048, repeats: int = 3,
@@ -81,11 +86,11 @@ def main(n_docs: int = 100_000_000, ctx: int = 2048, repeats: int = 3,
     bestfit_runs: list[float] = []
     sequences = None
     for _ in range(repeats):
-        seconds, sequences = _timed(bestfit_plan, lengths, ctx)
+        seconds, sequences = _timed(bestfit_plan, lengths, ctx, label="bestfit")
         bestfit_runs.append(round(seconds, 3))
         log(f"peers: bestfit {seconds:.2f}s, {sequences:,} sequences")
         for name, run in available.items():
-            seconds, bins = _timed(run, pieces, ctx)
+            seconds, bins = _timed(run, pieces, ctx, label=name)
             peers[name]["seconds"].append(round(seconds, 3))
             peers[name]["sequences"] = bins
             log(f"peers: {name} {seconds:.2f}s, {bins:,} sequences")
@@ -94,11 +99,14 @@ def main(n_docs: int = 100_000_000, ctx: int = 2048, repeats: int = 3,
         peers[name]["median_seconds"] = median(peers[name]["seconds"])
         peers[name]["bestfit_speedup"] = round(peers[name]["median_seconds"] / bestfit_s, 2)
         peers[name]["same_sequences"] = peers[name]["sequences"] == sequences
+        peers[name]["cpu_seconds"] = CPU[name]
+        peers[name]["bestfit_speedup_cpu"] = round(median(CPU[name]) / median(CPU["bestfit"]), 2)
     fastest = min(available, key=lambda n: peers[n]["median_seconds"], default=None)
     if planner_runs is None:
         planner_runs = {"documents": n_docs, "seconds": bestfit_runs, "median_seconds": bestfit_s}
     payload = {"documents": n_docs, "ctx": ctx, "pieces": len(pieces), "sequences": sequences, "repeats": repeats,
-               "bestfit_seconds": bestfit_runs, "bestfit_median_seconds": bestfit_s, "peers": peers,
+               "bestfit_seconds": bestfit_runs, "bestfit_median_seconds": bestfit_s,
+               "bestfit_cpu_seconds": CPU.get("bestfit", []), "peers": peers,
                "fastest_peer": fastest,
                "lead_over_fastest_peer": peers[fastest]["bestfit_speedup"] if fastest else None,
                "planner": planner_runs, "load_average": os.getloadavg()}
