@@ -14,16 +14,21 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def peers(data: dict[str, Any]) -> str:
-    lines = ["| packer | median | runs | sequences | bestfit's lead |", "|---|---:|---|---:|---:|",
-             f"| bestfit (make_pieces + place) | {data['bestfit_median_seconds']:.2f} s | "
-             f"{', '.join(f'{s:.2f}' for s in data['bestfit_seconds'])} | {data['sequences']:,} | |"]
+    def cpu(runs: list[float]) -> str:
+        return f"{sorted(runs)[len(runs) // 2]:.2f} s" if runs else "-"
+
+    lines = ["| packer | median wall | runs (wall) | median CPU | sequences | bestfit's lead (wall, CPU) |",
+             "|---|---:|---|---:|---:|---:|",
+             f"| bestfit (`make_pieces` + `place`) | {data['bestfit_median_seconds']:.2f} s | "
+             f"{', '.join(f'{s:.2f}' for s in data['bestfit_seconds'])} | {cpu(data.get('bestfit_cpu_seconds', []))} | "
+             f"{data['sequences']:,} | |"]
     for name, peer in data["peers"].items():
         if "median_seconds" not in peer:
-            lines.append(f"| {name} | not installed: {peer['why']} | | | |")
+            lines.append(f"| {name} | not installed: {peer['why']} | | | | |")
             continue
-        lines.append(f"| {name} {peer['version']} (`obfd` on the pieces) | {peer['median_seconds']:.1f} s | "
-                     f"{', '.join(f'{s:.1f}' for s in peer['seconds'])} | {peer['sequences']:,} | "
-                     f"{peer['bestfit_speedup']}× |")
+        lines.append(f"| {name} {peer['version']} (`obfd` on the same pieces) | {peer['median_seconds']:.1f} s | "
+                     f"{', '.join(f'{s:.1f}' for s in peer['seconds'])} | {cpu(peer.get('cpu_seconds', []))} | "
+                     f"{peer['sequences']:,} | {peer['bestfit_speedup']}×, {peer.get('bestfit_speedup_cpu', '-')}× |")
     return "\n".join(lines)
 
 
