@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -150,8 +150,7 @@ def read_arrow(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         return {"row": row}
 
     for first_row, column, done in _columns(file, opts, opened):
-        batch = batch_from_arrow(file, file_index, first_row, column, opts, label)
-        yield DocBatch(batch.file_index, batch.first_row, batch.offsets, batch.tokens, done, batch.skipped)
+        yield replace(batch_from_arrow(file, file_index, first_row, column, opts, label), fraction_done=done)
 
 
 def read_arrow_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
