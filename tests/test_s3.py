@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from .conftest import SAMPLES
 from .s3_server import S3Server
 
@@ -47,3 +50,28 @@ def test_verify_on_s3_exits_0(s3: S3Server) -> None:
     done = bestfit(s3, "verify", f"s3://{s3.bucket}/in", remote, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_a_save_to_disk_folder_on_s3_packs_like_the_local_one(s3: S3Server, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(1, 50_000, size=int(n)).tolist() for n in rng.integers(1, 900, size=300)]
+    source = tmp_path / "ds"
+    datasets.Dataset.from_dict({"input_ids": docs}).save_to_disk(str(source), num_shards=3)
+    state = json.loads((source / "state.json").read_text())
+    state["_data_files"].reverse()  # read in state.json's order, not the listing's
+    (source / "state.json").write_text(json.dumps(state))
+    (source / "notes.txt").write_text("not data")
+    local = tmp_path / "local"
+    done = bestfit(s3, "pack", str(source), str(local), *PACK)
+    assert done.returncode == 0, done.stderr
+    s3.upload(source, f"s3://{s3.bucket}/ds")
+    fetched = tmp_path / "fetched"
+    done = bestfit(s3, "pack", f"s3://{s3.bucket}/ds", str(fetched), *PACK)
+    assert done.returncode == 0, done.stderr
+    shards = {name: data for name, data in files_of(local).items() if name.startswith("train-")}
+    assert shards and {name: files_of(fetched)[name] for name in shards} == shards
+    manifest = json.loads((fetched / "manifest.json").read_text())
+    assert [i["path"].rsplit("/", 1)[-1] for i in manifest["inputs"]] == [f["filename"] for f in state["_data_files"]]
+    assert [e["reason"] for e in manifest["inputs_left_out"]] == ["in a dataset folder, not one of its data files"]
