@@ -16,7 +16,7 @@ from . import __version__
 from .errors import BestfitError
 from .formats import FORMATS
 from .histogram import LONG_DOC_POLICIES
-from .read import BAD_RECORD_POLICIES, DEFAULT_MAX_BAD_RECORDS, TOKEN_DTYPES
+from .read import BAD_RECORD_POLICIES, DEFAULT_MAX_BAD_RECORDS, STREAM_DTYPES, TOKEN_DTYPES
 from .strategies import STRATEGIES
 from .window import EOS_MODES
 
@@ -97,6 +97,12 @@ def input_options(f: Callable[..., Any] | None = None, *, long_docs: bool = True
           if long_docs else []),
         click.option("--dtype", type=click.Choice(list(TOKEN_DTYPES)), default="int32", show_default=True,
                      help="Integer type of token ids in the output."),
+        click.option("--split-at", type=click.IntRange(min=0), default=None, metavar="ID",
+                     help="Flat token streams (.bin without .idx, .npy): split into documents after each ID (e.g. "
+                          "the EOS already in the stream), which stays as the document's last token."),
+        click.option("--stream-dtype", type=click.Choice(list(STREAM_DTYPES)), default=None,
+                     help="Type of the ids in a raw .bin token stream (nanoGPT: uint16); a .npy or a Megatron "
+                          ".idx gives its own."),
         config_option,
     ]
 
@@ -261,6 +267,7 @@ def cli() -> None:
 def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int | None, long_docs: str, dtype: str,
          eos_mode: str, pad_id: int | None, seed: int, shuffle: bool, columns: tuple[str, ...],
          keep: tuple[str, ...], keep_token: tuple[str, ...], pad: bool,
+         split_at: int | None, stream_dtype: str | None,
          rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
          output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
          as_json: bool, quiet: bool) -> None:
@@ -279,7 +286,8 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
-                       format=output_format, columns=columns, pad=pad, keep=keep, keep_token=keep_token)
+                       format=output_format, columns=columns, pad=pad, keep=keep, keep_token=keep_token,
+                       split_at=split_at, stream_dtype=stream_dtype)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")
@@ -366,7 +374,8 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
               help="Write truncations per document against document length to FILE.png or FILE.svg.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
 def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
-          eos_id: int | None, long_docs: str, dtype: str, window_tokens: int | None, memory: int | None,
+          eos_id: int | None, long_docs: str, dtype: str, split_at: int | None, stream_dtype: str | None,
+          window_tokens: int | None, memory: int | None,
           rows_per_shard: int | None, on_bad_record: str, max_bad_records: str, as_json: bool, plot: str | None,
           quiet: bool) -> None:
     """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
@@ -381,7 +390,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
                         long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
                         on_bad_record=on_bad_record, max_bad_records=max_bad_records, dtype=dtype, memory=memory,
-                        rows_per_shard=rows_per_shard or 0)
+                        rows_per_shard=rows_per_shard or 0, split_at=split_at, stream_dtype=stream_dtype)
     if plot:
         from .plot import check_plot_target
 
@@ -391,7 +400,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     seconds = time.perf_counter() - started
     from .fs import left_out_note
 
-    _notes([left_out_note(result.left_out)])
+    _notes([left_out_note(result.left_out), *(note for item in result.inputs for note in item.get("notes", []))])
     if plot:
         from .plot import plot_truncations
 
@@ -420,6 +429,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
               help=MAX_BAD_RECORDS_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, dtype: str,
+              split_at: int | None, stream_dtype: str | None,
               on_bad_record: str, max_bad_records: str, quiet: bool) -> None:
     """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
 
@@ -432,8 +442,9 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
 
     document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
                                  on_bad_record=on_bad_record, dtype=dtype, output=output,
-                                 max_bad_records=max_bad_records)
-    _notes([left_out_note([LeftOut.from_json(e) for e in document["inputs_left_out"]])])
+                                 max_bad_records=max_bad_records, split_at=split_at, stream_dtype=stream_dtype)
+    _notes([left_out_note([LeftOut.from_json(e) for e in document["inputs_left_out"]]),
+            *(note for item in document["inputs"] for note in item.get("notes", []))])
     if output == "-":
         click.echo(json.dumps(document))
     else:

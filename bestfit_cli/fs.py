@@ -27,6 +27,7 @@ Format = str  # the name of a registered input format (``formats.INPUT_FORMATS``
 STDIN = "-"
 
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4")
+_BIN, _IDX, _NPY = ".bin", ".idx", ".npy"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class LeftOut:
 HIDDEN, NOT_INPUT, READ_ALREADY, LINK_LOOP = "hidden", "no input format by its name", "read already", "link loop"
 NOT_IN_DATASET = "in a dataset folder, not one of its data files"
 # Formats add their own reasons (``InputFormat.not_data``, such as "one JSON document, not JSON Lines").
-LEFT_OUT_REASONS = (HIDDEN, NOT_INPUT, NOT_IN_DATASET, READ_ALREADY, LINK_LOOP)
+NO_BIN = "a Megatron .idx without its .bin"
+LEFT_OUT_REASONS = (HIDDEN, NOT_INPUT, NO_BIN, NOT_IN_DATASET, READ_ALREADY, LINK_LOOP)
 _NOTE_EXAMPLES = 3
 
 
@@ -304,6 +306,7 @@ class _Lister:
     def __init__(self, arg: str, fs: pafs.FileSystem, root: str, pattern: _Pattern) -> None:
         self.arg, self.fs, self.root, self.pattern = arg, fs, root, pattern
         self.files: list[_Entry] = []
+        self.indexes: list[_Entry] = []  # Megatron .idx files found: companions of the .bin beside them
         self.left_out: list[LeftOut] = []
         self.listed: set[str] = set()  # an object store's files (a local disk is asked instead)
 
@@ -320,6 +323,9 @@ class _Lister:
         noted, as is a file taken whose name is no input format."""
         path = posixpath.join(self.root, rel)
         taken = self.pattern.takes(rel) if entry is not None else self.pattern.enters(rel)
+        if taken and entry is not None and rel.lower().endswith(_IDX):
+            self.indexes.append(entry)  # read with its .bin; one without is noted once the folder is listed
+            return False
         if taken and entry is not None:
             fmt = format_of(path, self.exists)
             reason = input_formats()[fmt].not_data(self.fs, path) if fmt is not None else NOT_INPUT
@@ -453,6 +459,9 @@ def _list(arg: str, fs: pafs.FileSystem, root: str, pattern: _Pattern) -> _Liste
         lister.walk_store()
     lister.files.sort(key=lambda e: e.sort_key)
     _drop_companions(lister)
+    bins = {e.fs_path[: -len(_BIN)] for e in lister.files if e.fs_path.lower().endswith(_BIN)}
+    lister.left_out.extend(LeftOut(lister.display(e.fs_path), NO_BIN) for e in lister.indexes
+                           if e.fs_path[: -len(_IDX)] not in bins)
     return lister
 
 
@@ -577,6 +586,9 @@ def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut
     if info.type == pafs.FileType.NotFound and _has_wildcard(arg):
         return _resolve_glob(arg)
     if info.type == pafs.FileType.NotFound:
+        prefixed = _megatron_prefix(arg, fs, path)
+        if prefixed is not None:
+            return prefixed
         raise InputError(arg, "does not exist", fix="check the path")
     if info.type == pafs.FileType.Directory:
         lister = _list(arg, fs, path, FOLDER_SCAN)
@@ -585,6 +597,13 @@ def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut
                              fix="point at a folder of *.parquet, *.jsonl[.gz|.zst] or *.arrow files, or a "
                                  "save_to_disk folder (docs/usage.md#input-formats)")
         return _input_files(lister), lister.left_out
+    if path.lower().endswith(_IDX):  # a Megatron dataset named by its index: read through its .bin
+        info = _file_info(arg, fs, path[: -len(_IDX)] + _BIN)
+        if info.type != pafs.FileType.File:
+            raise InputError(arg, "is a Megatron .idx without its .bin beside it",
+                             fix="restore the .bin, or leave the dataset out of the inputs")
+        path = path[: -len(_IDX)] + _BIN
+        arg = arg[: -len(_IDX)] + _BIN
 
     def exists(other: str) -> bool:
         return bool(_file_info(arg, fs, other).type == pafs.FileType.File)
@@ -599,6 +618,32 @@ def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut
         raise InputError(arg, f"holds {reason}", fix="point at the data files (docs/usage.md#input-formats)")
     entry = _Entry(path, posixpath.basename(path), info.size, info.mtime_ns, _identity(fs, path))
     return [(entry, InputFile(_display(arg, path), fmt, fs, path, info.size, info.mtime_ns))], []
+
+
+def _megatron_prefix(arg: str, fs: pafs.FileSystem, path: str) -> tuple[list[tuple[_Entry, InputFile]],
+                                                                          list[LeftOut]] | None:
+    """A Megatron dataset given as its prefix (``data/corpus`` for ``corpus.bin`` + ``corpus.idx``), or None when
+    ``PREFIX.bin`` does not exist either."""
+    info = _file_info(arg, fs, path + _BIN)
+    if info.type != pafs.FileType.File:
+        return None
+    if _file_info(arg, fs, path + _IDX).type != pafs.FileType.File:
+        raise InputError(arg + _IDX, "does not exist: a Megatron prefix needs its .bin and its .idx",
+                         fix=f"restore the .idx, or pass {arg + _BIN} with --stream-dtype and --split-at if it is a "
+                             "flat token stream")
+    return _resolve_arg(arg + _BIN)
+
+
+def _binary_format(fs: pafs.FileSystem, bin_path: str, listed: set[str] | None) -> Format:
+    """A ``.bin`` is a Megatron dataset when its ``.idx`` is beside it (in ``listed``, the paths a listing found,
+    or asked of the filesystem), else a flat token stream."""
+    idx = bin_path[: -len(_BIN)] + _IDX
+    if listed is not None and idx in listed:
+        return "megatron"
+    try:
+        return "megatron" if fs.get_file_info(idx).type == pafs.FileType.File else "bin"
+    except (OSError, pa.ArrowException):
+        return "bin"
 
 
 def _resolve_glob(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut]]:

@@ -30,6 +30,7 @@ from .plan import Placement, assign_slots, plan_capacities
 from .read import (
     BAD_RECORD_POLICIES,
     DEFAULT_MAX_BAD_RECORDS,
+    STREAM_DTYPES,
     TOKEN_DTYPES,
     BadRecordLimit,
     DocBatch,
@@ -134,6 +135,8 @@ class PackOptions:
         labels`` is the training column itself)."""
         tokens = [c.name for c in self.token_columns if not (c.name == "labels" and "labels" in self.columns)]
         return (*self.keep, *tokens)
+    split_at: int | None = None  # flat token streams: the separator id that ends each document
+    stream_dtype: str | None = None  # a raw .bin stream: the type of its ids
 
     @property
     def bad_record_limit(self) -> BadRecordLimit:
@@ -218,6 +221,11 @@ class PackOptions:
             raise OptionError("--memory must be a positive size such as 4GB")
         self.bad_record_limit  # noqa: B018 -- parsing it is the check
         carry.check_names(self.column, self.keep, self.token_columns, (*BASE_COLUMNS, *TRAINING_COLUMNS))
+        if self.split_at is not None and self.split_at < 0:
+            raise OptionError(f"--split-at {self.split_at} is negative", fix="give the separator's token id (>= 0)")
+        if self.stream_dtype is not None and self.stream_dtype not in STREAM_DTYPES:
+            raise OptionError(f"--stream-dtype {self.stream_dtype!r} is unknown",
+                              fix=f"use one of {', '.join(STREAM_DTYPES)}")
         unknown = [c for c in self.columns if c not in TRAINING_COLUMNS]
         if unknown:
             raise OptionError(f"--columns: unknown column {unknown[0]!r}",
@@ -244,6 +252,9 @@ class PackOptions:
             data["keep"] = list(self.keep)
         if self.keep_token:
             data["keep_token"] = {c.name: c.to_json() for c in self.token_columns}
+        for key in ("split_at", "stream_dtype"):
+            if data[key] is None:
+                data.pop(key)
         return data
 
 
@@ -472,7 +483,8 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
         raise OptionError(f"{cannot_carry.name}: --keep and --keep-token read Parquet and JSONL inputs only, not "
                           f"{cannot_carry.format}", fix="leave them out, or convert this input to Parquet")
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
-                            max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns)
+                            max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
+                            split_at=opts.split_at, stream_dtype=opts.stream_dtype)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)
@@ -531,7 +543,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             bar.close()
     histogram = sum((r.histogram for r in results), LengthHistogram())
     notes = [note for note in (scan.note(), _eos_note(opts, report.stats)) if note]
-    return PackResult(report, manifest, histogram, notes)
+    return PackResult(report, manifest, histogram, notes + tracker.counts.notes)
 
 
 def _eos_note(opts: PackOptions, stats: PackStats) -> str | None:

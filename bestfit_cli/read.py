@@ -30,6 +30,7 @@ BATCH_TOKENS = 1 << 20
 
 TOKEN_DTYPES: dict[str, type[np.integer[Any]]] = {"uint16": np.uint16, "int32": np.int32, "uint32": np.uint32,
                                                   "int64": np.int64}
+STREAM_DTYPES = ("uint16", "uint32", "int32", "int64")  # --stream-dtype: the ids of a raw .bin token stream
 BAD_RECORD_POLICIES = ("error", "skip")
 SKIPPED_EXAMPLES = 5  # locations of skipped records kept for the report and the manifest
 # The longest JSONL line read: parsing a line holds about 8 bytes of memory per byte of it (the line, Python's list
@@ -127,6 +128,7 @@ class DocBatch:
     content_sha256: str | None = None  # JSONL: on a file's last batch, sha256 of all its bytes read (decompressed)
     columns: dict[str, pa.Array] = field(default_factory=dict)  # --keep: one value per document
     token_columns: dict[str, np.ndarray] = field(default_factory=dict)  # --keep-token: aligned with ``tokens``
+    notes: tuple[str, ...] = ()  # one line each on what reading the file found (a stream's trailing document)
 
     @property
     def n_docs(self) -> int:
@@ -153,6 +155,8 @@ class ReadOptions:
     @property
     def carried(self) -> tuple[str, ...]:
         return (*self.keep, *(c.name for c in self.keep_token))
+    split_at: int | None = None  # flat token streams: the separator id that ends each document
+    stream_dtype: str | None = None  # a raw .bin stream: the type of its ids (a .npy says its own)
 
     @property
     def skip_bad(self) -> bool:
@@ -301,6 +305,7 @@ class InputCounts:
     documents: list[int]
     skipped: list[Skipped]
     content_sha256: list[str | None] = field(default_factory=list)  # JSONL files, once read to the end
+    notes: list[str] = field(default_factory=list)  # what reading found, one line each, in input order
 
     @classmethod
     def for_files(cls, n_files: int) -> InputCounts:
@@ -321,6 +326,7 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
             counts.skipped[index] += batch.skipped
             if batch.content_sha256 is not None:
                 counts.content_sha256[index] = batch.content_sha256
+            counts.notes.extend(batch.notes)
             yield batch
 
 
@@ -334,6 +340,11 @@ def input_format(file: InputFile) -> InputFormat:
 def check_schemas(files: Sequence[InputFile], opts: ReadOptions) -> None:
     """Check every input (its schema, its footer: ``InputFormat.check``) before any work, so a wrong ``--column``
     or a damaged footer in the last file fails at once rather than after the files before it are packed."""
+    streams = [file for file in files if file.format in ("bin", "npy")]
+    for flag, value in (("--split-at", opts.split_at), ("--stream-dtype", opts.stream_dtype)):
+        if value is not None and not streams:
+            raise OptionError(f"{flag} applies to flat token streams (a .bin without a .idx, a .npy), and no input "
+                              "is one", fix=f"drop {flag}, or name the stream among the inputs")
     for file in files:
         input_format(file).check(file, opts)
 
@@ -355,6 +366,7 @@ class LengthBatch:
     lengths: np.ndarray  # int64, one per document, in file order
     fraction_done: float = 0.0
     skipped: Skipped = Skipped()  # bad records left out (--on-bad-record skip)
+    notes: tuple[str, ...] = ()  # as ``DocBatch.notes``
 
 
 def ids_in_range(column: pa.Array, opts: ReadOptions) -> bool:

@@ -73,6 +73,8 @@ class StatsOptions:
     rows_per_shard: int = 0  # pack's --rows-per-shard: with memory, it changes pack's window
     window_documents: int = 0
     max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count or a share of the records read
+    split_at: int | None = None  # pack's --split-at: flat token streams split at this separator id
+    stream_dtype: str | None = None  # pack's --stream-dtype: the ids of a raw .bin stream
 
     def pack_windows(self, ctx: int) -> tuple[int, int]:
         """``(window_tokens, window_documents)`` of ``pack`` with these options at ``ctx``: the same definition."""
@@ -95,7 +97,8 @@ class StatsOptions:
             raise OptionError(f"--long-docs {self.long_docs!r} is unknown", fix="use split, truncate or drop")
         for ctx in self.ctx:  # what pack refuses at this ctx (a window smaller than ctx, a budget too small)
             PackOptions(ctx=ctx, window_tokens=self.window_tokens, memory=self.memory,
-                        rows_per_shard=self.rows_per_shard, window_documents=self.window_documents).validate()
+                        rows_per_shard=self.rows_per_shard, window_documents=self.window_documents,
+                        split_at=self.split_at, stream_dtype=self.stream_dtype).validate()
             self.pack_windows(ctx)
         if self.on_bad_record not in BAD_RECORD_POLICIES:
             raise OptionError(f"--on-bad-record {self.on_bad_record!r} is unknown", fix="use error or skip")
@@ -109,6 +112,9 @@ class StatsOptions:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ctx"], data["strategies"] = list(self.ctx), list(self.strategies)
+        for key in ("split_at", "stream_dtype"):  # recorded only when used, as pack's manifest records them
+            if data[key] is None:
+                data.pop(key)
         return data
 
 
@@ -205,10 +211,12 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
         documents = 0
         done = 0
         skipped = Skipped()
+        notes: list[str] = []
         for batch in read_lengths(file, index, opts):
             chunks.append(batch.lengths)
             documents += len(batch.lengths)
             skipped += batch.skipped
+            notes.extend(batch.notes)
             if batch.skipped.count:  # a count limit fails as soon as it is passed
                 limit.check(all_skipped + skipped, read_so_far + documents, names, final=False)
             now = int((file.size or 0) * batch.fraction_done)
@@ -218,6 +226,8 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
         described.append({"path": file.name, "format": file.format, "documents": documents})
         if skipped.count:
             described[-1].update(skipped_records=skipped.count, skipped_first=list(skipped.where))
+        if notes:
+            described[-1]["notes"] = notes
         all_skipped += skipped
         read_so_far += documents
     in_order = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
@@ -390,7 +400,8 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
               progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
     """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
     opts.validate()
-    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record)
+    read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
+                            split_at=opts.split_at, stream_dtype=opts.stream_dtype)
     limit = BadRecordLimit.parse(opts.max_bad_records)
     return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory, limit), opts)
 
@@ -414,7 +425,8 @@ def _read_with_progress(scan: InputScan, opts: ReadOptions, progress_factory: Ca
 def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: int | None = None,
                       progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error",
                       dtype: str = "int32", output: str | None = None,
-                      max_bad_records: str = DEFAULT_MAX_BAD_RECORDS) -> dict[str, Any]:
+                      max_bad_records: str = DEFAULT_MAX_BAD_RECORDS, split_at: int | None = None,
+                      stream_dtype: str | None = None) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options.
 
     Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
@@ -425,7 +437,9 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
     if eos_id is not None and eos_id > np.iinfo(TOKEN_DTYPES[dtype]).max:
         raise OptionError(f"--eos-id {eos_id} does not fit the token dtype {dtype}",
                           fix="use a smaller id, or a wider --dtype")  # the words pack and stats use
-    read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record)
+    PackOptions(ctx=1, split_at=split_at, stream_dtype=stream_dtype).validate()  # the words pack uses for them
+    read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record, split_at=split_at,
+                            stream_dtype=stream_dtype)
     scan = scan_inputs(inputs)
     if output is not None:
         check_histogram_output(output, inputs, scan)
@@ -433,7 +447,8 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
             "inputs_left_out": [e.to_json() for e in corpus.left_out],
             "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype,
-                        "max_bad_records": max_bad_records},
+                        "max_bad_records": max_bad_records,
+                        **{k: v for k, v in (("split_at", split_at), ("stream_dtype", stream_dtype)) if v is not None}},
             "note": "lengths are token counts as read, before EOS; empty documents have length 0"}
 
 

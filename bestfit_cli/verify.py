@@ -41,7 +41,16 @@ from .pipeline import (
     UNPADDED_VERSION,
     gather_tokens,
 )
-from .read import BAD_RECORD_POLICIES, TOKEN_DTYPES, DocBatch, InputCounts, ReadOptions, Skipped, read_inputs
+from .read import (
+    BAD_RECORD_POLICIES,
+    STREAM_DTYPES,
+    TOKEN_DTYPES,
+    DocBatch,
+    InputCounts,
+    ReadOptions,
+    Skipped,
+    read_inputs,
+)
 from .training import TRAINING_COLUMNS, row_columns
 from .window import EOS_MODES, UNBOUNDED_TOKENS, Window, WindowBuffer, eos_appended, packed_lengths, span_steps
 
@@ -141,7 +150,8 @@ class _Options:
         keep_token = tuple(TokenColumn(name, spec["fill"], None if spec["eos"] == "default" else spec["eos"])
                            for name, spec in o.get("keep_token", {}).items())
         read = ReadOptions(column=o["column"], dtype=o["dtype"], on_bad_record=o.get("on_bad_record", "error"),
-                           keep=tuple(o.get("keep", [])), keep_token=keep_token)
+                           keep=tuple(o.get("keep", [])), keep_token=keep_token,
+                           split_at=o.get("split_at"), stream_dtype=o.get("stream_dtype"))
         carried = carried_columns(manifest)
         extra = manifest.get("columns", BASE_COLUMNS)[len(BASE_COLUMNS):]
         return cls(o["ctx"], o["eos_id"], o["pad_id"], o["long_docs"], read, o.get("format", "parquet"),
@@ -382,6 +392,10 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
     shape.field(options, "on_bad_record", "options", _one_of(BAD_RECORD_POLICIES), _either(BAD_RECORD_POLICIES),
                 default="error")
     shape.field(options, "pad", "options", lambda v: isinstance(v, bool), "true or false", default=True)
+    shape.field(options, "split_at", "options", lambda v: v is None or _is_count(v), "null or an id >= 0",
+                default=None)
+    shape.field(options, "stream_dtype", "options", lambda v: v is None or v in STREAM_DTYPES,
+                f"null or {_either(list(STREAM_DTYPES))}", default=None)
     shape.field(manifest, "columns", "", lambda v: _is_list(v) and all(isinstance(c, str) for c in v),
                 "a list of column names", default=list(BASE_COLUMNS))
     for key in ("documents", "tokens", "sequences", "stats_bytes"):
@@ -410,7 +424,7 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
         shape.field(listed, "path", name, lambda v: isinstance(v, str), "a path")
         shape.field(listed, "documents", name, _is_count, COUNT)
         shape.field(listed, "skipped_records", name, _is_count, COUNT, default=0)
-        for key in ("bytes", "mtime_ns"):
+        for key in ("bytes", "mtime_ns", "index_bytes", "index_mtime_ns"):
             shape.field(listed, key, name, lambda v: v is None or _is_count(v), "null or an integer >= 0",
                         default=None)
         for key in ("footer_sha256", "content_sha256"):
@@ -543,7 +557,7 @@ def _check_fingerprints(files: Sequence[InputFile], listed_inputs: Sequence[dict
         changed = before.differences(now)
         if changed:
             result.add(Problem(f"input {file.name} changed since packing ({', '.join(changed)})"))
-        elif before.mtime_ns != now.mtime_ns:
+        elif before.times_differ(now):
             result.notes.append(f"input {file.name}: modified time differs from packing (a copy?); its documents "
                                 "are checked all the same")
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 from .arrow import ArrowInput
 from .base import DatasetFolder, Folder, InputFormat, OutputFormat, PackedRows
 from .jsonl import JsonlInput
-from .megatron import MegatronFormat
+from .megatron import MegatronFormat, MegatronInput
 from .parquet import ParquetFormat, ParquetInput
+from .stream import BIN_STREAM, NPY_STREAM
 
 PARQUET: OutputFormat = ParquetFormat()
 MEGATRON: OutputFormat = MegatronFormat()
 FORMATS: dict[str, OutputFormat] = {"parquet": PARQUET, "megatron": MEGATRON}
 
 # In the order the folder scan asks them: the first format that recognizes a file reads it.
-INPUT_FORMATS: dict[str, InputFormat] = {fmt.name: fmt for fmt in (ParquetInput(), JsonlInput(), ArrowInput())}
+# A .bin is Megatron when its .idx is beside it, else a token stream: Megatron is asked first.
+INPUT_FORMATS: dict[str, InputFormat] = {fmt.name: fmt for fmt in (ParquetInput(), JsonlInput(), ArrowInput(),
+                                                                   MegatronInput(), BIN_STREAM, NPY_STREAM)}
 
 
 __all__ = ["FORMATS", "INPUT_FORMATS", "MEGATRON", "PARQUET", "ArrowInput", "DatasetFolder", "Folder", "InputFormat",

@@ -157,7 +157,8 @@ class InputFormat:
     def read_lengths(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
         """The documents' token counts, accepting exactly what ``read`` accepts; by default through ``read``."""
         for batch in self.read(file, file_index, opts):
-            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped)
+            yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
+                              batch.notes)
 
     def signature(self, file: InputFile) -> str | None:
         """A hex digest of what identifies the file's contents beyond its size and time (a Parquet footer), cheap to
