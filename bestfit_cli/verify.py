@@ -195,7 +195,8 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
         result.add(Problem(f"{len(files)} input file(s) given, the manifest lists {len(listed_inputs)}"))
     _check_fingerprints(files, listed_inputs, result)
     _check_stats_file(fs, root, manifest, result)
-    reader = _InputDocs(files, opts.read)
+    _check_window_claims(manifest, result)
+    reader = _InputDocs(files, opts.read, reserve_limit=_reserve_limit(files))
     # Every window is checked, however many problems come up, so problem_count counts them all; only a window
     # that cannot be lined up with the inputs stops the check.
     for window in manifest["windows"]:
@@ -205,7 +206,7 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
             result.stopped = f"window {window['index']} does not start where the one before it ended"
             return result
         # The window's input tokens are at most its packed tokens plus those --long-docs removed.
-        docs = reader.take(window["documents"], window.get("tokens", 0) + window.get("dropped_tokens", 0))
+        docs = reader.take(window["documents"], _claimed_input_tokens(manifest, window))
         if docs.n_docs < window["documents"]:
             result.add(Problem(f"the inputs end after {reader.position:,} documents; the manifest lists "
                                f"{manifest['documents']:,}", document=reader.position))
@@ -271,6 +272,8 @@ def read_regular(fs: pafs.FileSystem, root: str, name: str, limit: int | None = 
     """
     path = posixpath.join(root, name)
     if not isinstance(fs, pafs.LocalFileSystem):  # an object store has no links, pipes or devices
+        if limit is not None:  # read() reserves what it is asked for: ask no more than the object holds
+            limit = min(limit, fs.get_file_info(path).size or 0)
         with fs.open_input_stream(path) as stream:
             return bytes(stream.read() if limit is None else stream.read(limit + 1))
     try:
@@ -461,6 +464,7 @@ def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], 
         data = None
     if data is not None and len(data) == manifest["stats_bytes"] and (
             hashlib.sha256(data).hexdigest() == manifest["stats_sha256"]):
+        _check_report_totals(data, manifest, result)
         return
     pending = pending_report(fs, root, manifest["stats_sha256"])
     if pending is not None:
@@ -471,6 +475,69 @@ def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], 
         return
     result.add(Problem("missing (manifest.json lists it)" if data is None else
                        "size or sha256 differs from manifest.json (the report changed after packing)", shard=STATS))
+
+
+TOKENS_PER_INPUT_BYTE = 8  # far more than tokenized data packs into a byte (the shared corpora: 0.7), even gzipped
+
+
+def _reserve_limit(files: Sequence[InputFile]) -> int | None:
+    """The most tokens a window's buffer reserves before its tokens are read: what the inputs' real sizes could
+    hold, so a manifest's claim cannot make verify reserve more than its inputs could fill (None: a size unknown)."""
+    sizes = [file.size for file in files]
+    if any(size is None for size in sizes):
+        return None
+    return TOKENS_PER_INPUT_BYTE * sum(size for size in sizes if size is not None)
+
+
+def _claimed_input_tokens(manifest: dict[str, Any], window: dict[str, Any]) -> int:
+    """The input tokens a window claims (its packed tokens plus those --long-docs removed), no more than the
+    window limits recorded in the options allow: only a hint for what to reserve, never trusted further."""
+    claimed = int(window["tokens"]) + int(window.get("dropped_tokens", 0))
+    limit = manifest["options"].get("window_tokens")
+    if _is_count(limit) and window["documents"] > 1:
+        claimed = min(claimed, limit + window["documents"])  # + one EOS a document
+    return claimed
+
+
+def _check_report_totals(data: bytes, manifest: dict[str, Any], result: VerifyResult) -> None:
+    """The report's totals must be the manifest's (which the shards are checked against): a report edited along
+    with the sha256 the manifest records for it would otherwise tell a user numbers no check has seen."""
+    try:
+        report = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        result.add(Problem("is not valid JSON", shard=STATS))
+        return
+    if not isinstance(report, dict):
+        result.add(Problem("is not a bestfit report", shard=STATS))
+        return
+    expected = {"ctx": manifest["options"]["ctx"], "tokens": manifest["tokens"], "sequences": manifest["sequences"],
+                "windows": len(manifest["windows"])}
+    found = report
+    for key, value in expected.items():
+        if found.get(key) != value:
+            shown = json.dumps(found.get(key))[:40]
+            result.add(Problem(f"says {key} = {shown}, manifest.json {value}", shard=STATS))
+
+
+def _check_window_claims(manifest: dict[str, Any], result: VerifyResult) -> None:
+    """What each window claims must be possible for the run the manifest records, before anything is reserved for
+    it: windows numbered in order, and no more documents or input tokens than the recorded window limits allow.
+    (Its tokens and sequences are compared with what its shards hold, window by window.)"""
+    options = manifest["options"]
+    window_tokens, window_documents = options.get("window_tokens"), options.get("window_documents")
+    for position, window in enumerate(manifest["windows"]):
+        name = f"window {window['index']}"
+        if window["index"] != position:
+            result.add(Problem(f"{name} is number {position} in manifest.json's windows (windows are numbered "
+                               "0, 1, 2, ... in order)"))
+        claimed = window["tokens"] + window.get("dropped_tokens", 0)
+        if _is_count(window_tokens) and window["documents"] > 1 and claimed > window_tokens + window["documents"]:
+            result.add(Problem(f"{name}: manifest.json says it holds {claimed:,} input tokens in "
+                               f"{window['documents']:,} documents, more than its window_tokens {window_tokens:,} "
+                               "allow (only a window of one document may be larger)"))
+        if _is_count(window_documents) and window_documents and window["documents"] > window_documents:
+            result.add(Problem(f"{name}: manifest.json says it holds {window['documents']:,} documents, more than "
+                               f"its window_documents {window_documents:,}"))
 
 
 def _check_shard_lists(manifest: dict[str, Any], result: VerifyResult) -> None:
@@ -589,8 +656,9 @@ def _check_input_counts(manifest: dict[str, Any], reader: _InputDocs, result: Ve
 class _InputDocs:
     """The input documents in order, handed out in runs of a given count (one manifest window at a time)."""
 
-    def __init__(self, files: Sequence[Any], opts: ReadOptions) -> None:
+    def __init__(self, files: Sequence[Any], opts: ReadOptions, reserve_limit: int | None = None) -> None:
         self.files = files
+        self.reserve_limit = reserve_limit
         counts = InputCounts.for_files(len(files))
         self.documents, self.skipped = counts.documents, counts.skipped
         self.content_sha256 = counts.content_sha256
@@ -601,7 +669,9 @@ class _InputDocs:
     def take(self, n_docs: int, expected_tokens: int) -> Window:
         """The next ``n_docs`` documents (fewer when the inputs end), their tokens copied once into one buffer as
         ``pack`` builds a window, so a window costs verify what it cost pack. ``expected_tokens`` (what the
-        manifest implies) is reserved first; more is found room for."""
+        manifest implies, at most ``reserve_limit``) is reserved first; more is found room for as it is read."""
+        if self.reserve_limit is not None:
+            expected_tokens = min(expected_tokens, self.reserve_limit)
         buffer = WindowBuffer(UNBOUNDED_TOKENS, expected_tokens)
         first_doc = self.position
         dtype = np.dtype(np.int64)

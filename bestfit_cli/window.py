@@ -101,7 +101,13 @@ class WindowBuffer:
         first = min(self.window_tokens, reservable_bytes() // np.dtype(dtype).itemsize,
                     self.expected_tokens if self.expected_tokens is not None else self.window_tokens)
         capacity = min(self.window_tokens, max(need, 2 * capacity, first))
-        grown = np.empty(capacity, dtype=dtype)
+        try:
+            grown = np.empty(capacity, dtype=dtype)
+        except MemoryError:  # a reservation ahead of the tokens (a hint) that the address space refuses:
+            if capacity <= need:  # grow by what is read instead
+                raise
+            capacity = need
+            grown = np.empty(capacity, dtype=dtype)
         if self.tokens is not None:
             grown[:self.filled] = self.tokens[:self.filled]
         self.tokens = grown

@@ -556,6 +556,20 @@ def test_edited_stats_json_is_found(damaged: tuple[Path, Path]) -> None:
         "stats.json: size or sha256 differs from manifest.json (the report changed after packing)"]
 
 
+def test_stats_json_edited_with_its_sha256_is_found(damaged: tuple[Path, Path]) -> None:
+    """A report edited and re-hashed in the manifest still has to agree with the manifest's checked totals."""
+    source, out = damaged
+    report = json.loads((out / "stats.json").read_text())
+    report["sequences"] -= 1
+    data = (json.dumps(report, indent=2) + "\n").encode()
+    (out / "stats.json").write_bytes(data)
+    manifest = manifest_of(out)
+    manifest.update(stats_bytes=len(data), stats_sha256=hashlib.sha256(data).hexdigest())
+    save_manifest(out, manifest)
+    assert problems(source, out) == [
+        f"stats.json: says sequences = {report['sequences']}, manifest.json {manifest['sequences']}"]
+
+
 @pytest.mark.parametrize("version", [999, "2", None, True])
 def test_unknown_format_version_is_refused(damaged: tuple[Path, Path], version: Any) -> None:
     source, out = damaged
