@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .errors import BestfitError
 from .formats import FORMATS
+from .fs import storage_error
 from .histogram import LONG_DOC_POLICIES
 from .read import BAD_RECORD_POLICIES, DEFAULT_MAX_BAD_RECORDS, STREAM_DTYPES, TOKEN_DTYPES
 from .strategies import STRATEGIES
@@ -49,6 +50,12 @@ class BestfitGroup(click.Group):
         except BrokenPipeError:
             # click would end a closed stdout with exit 1; main() ends it quietly with 141, as a shell pipe does.
             raise StdoutClosed() from None
+        except OSError as exc:
+            # An object store's refusal that no stage wrapped (pyarrow raises OSError): still one line, exit 1.
+            failure = storage_error(None, exc)
+            if failure is None:
+                raise
+            raise _click_error(str(failure), failure.exit_code) from None
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         from .config import name_env_vars

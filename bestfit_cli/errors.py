@@ -45,6 +45,10 @@ class OutputError(BestfitError):
     """The output location cannot be used or written."""
 
 
+class StorageError(BestfitError):
+    """An object store refused a request or could not be reached: names the path and what to set or fix."""
+
+
 class VerifyError(BestfitError):
     """Packed output does not match its inputs or manifest."""
 

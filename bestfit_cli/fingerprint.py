@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import InputError
-from .fs import InputFile
+from .fs import InputFile, storage_error
 from .read import input_format
 
 
@@ -74,8 +74,8 @@ def fingerprint(file: InputFile, *, stat_again: bool = True) -> Fingerprint:
         try:
             info = file.fs.get_file_info(file.fs_path)
         except (OSError, pa.ArrowException) as exc:
-            raise InputError(file.name, f"cannot be read any more ({exc})",
-                             fix="restore the file, then rerun") from None
+            raise storage_error(file.name, exc) or InputError(file.name, f"cannot be read any more ({exc})",
+                                                              fix="restore the file, then rerun") from None
         if info.type != pafs.FileType.File:
             raise InputError(file.name, "is gone (deleted or replaced while bestfit ran)",
                              fix="restore the file, then rerun")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import InputError, OptionError, OutputError
+from .errors import InputError, OptionError, OutputError, StorageError
 
 if TYPE_CHECKING:
     from .formats.base import DatasetFolder, InputFormat
@@ -69,9 +69,12 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and in-filesystem path for a local path or a URI."""
     if _is_uri(path):
         try:
-            fs, fs_path = pafs.FileSystem.from_uri(path)
+            fs, fs_path = pafs.FileSystem.from_uri(_with_configured_endpoint(path))
             return fs, str(fs_path)
         except Exception as exc:  # pyarrow raises several types for unsupported schemes
+            failure = storage_error(path, exc)
+            if failure is not None:
+                raise failure from None
             # Only the first line: HDFS appends one line for every libjvm path it tried (about a hundred).
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             fix = ("HDFS needs Java and libhdfs: set JAVA_HOME and HADOOP_HOME, or copy the data to a local disk"
@@ -79,6 +82,127 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
                    "use a local path or a URI pyarrow supports, such as s3://bucket/prefix")
             raise InputError(path, f"cannot open this location: {detail}", fix=fix) from None
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+# ------------------------------------------------------------------------------------------------ object stores
+
+
+def _aws_config_value(key: str) -> str | None:
+    """``key`` of the active profile in the AWS config file (``AWS_CONFIG_FILE``, else ``~/.aws/config``), at the
+    profile's top level or in its ``s3 =`` block; None when absent or unreadable."""
+    import configparser
+
+    path = os.environ.get("AWS_CONFIG_FILE") or os.path.join(os.path.expanduser("~"), ".aws", "config")
+    profile = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read(path)
+    except (OSError, configparser.Error):
+        return None
+    for name in ((profile,) if profile == "default" else (f"profile {profile}", profile)):
+        if parser.has_section(name):
+            section = parser[name]
+            nested = dict(line.split("=", 1) for line in section.get("s3", "").splitlines() if "=" in line)
+            value = {k.strip(): v.strip() for k, v in nested.items()}.get(key) or section.get(key)
+            return value.strip() if value else None
+    return None
+
+
+def s3_endpoint() -> str | None:
+    """The endpoint an ``s3://`` path goes to when it is not AWS: ``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL`` (both
+    read by pyarrow itself), or the profile's ``endpoint_url`` in the AWS config file (which pyarrow ignores)."""
+    for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return None
+    return _aws_config_value("endpoint_url")
+
+
+def _with_configured_endpoint(uri: str) -> str:
+    """``uri`` with the config file's endpoint as a query, for the one source of it pyarrow does not read."""
+    if not uri.startswith("s3://") or "?" in uri or any(os.environ.get(v) for v in (
+            "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")):
+        return uri
+    endpoint = s3_endpoint()
+    if not endpoint:
+        return uri
+    from urllib.parse import quote, urlsplit
+
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    return f"{uri}?endpoint_override={quote(parts.netloc, safe='')}&scheme={parts.scheme or 'https'}"
+
+
+def _has_credentials() -> bool:
+    """Whether the AWS SDK's chain can find credentials without asking an instance metadata service: keys in the
+    environment, a profile, a web identity or container role, or a credentials or config file."""
+    if any(os.environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                                        "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                                        "AWS_CONTAINER_CREDENTIALS_FULL_URI")):
+        return True
+    home = os.path.expanduser("~")
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
+    return os.path.isfile(credentials) or _aws_config_value("aws_access_key_id") is not None
+
+
+_AWS_CODE = re.compile(r"AWS Error (\w+)")
+_BUCKET = re.compile(r"[Bb]ucket '([^']+)'")
+_KEY = re.compile(r"key '([^']*)'")
+_CREDENTIALS_FIX = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials "
+                    "(docs/usage.md#object-storage)")
+
+
+def storage_error(path: str | None, exc: BaseException) -> StorageError | None:
+    """An object store's failure (no such bucket, access denied, no or bad credentials, endpoint unreachable) as a
+    one-line error naming ``path`` and the fix; None when ``exc`` is not one (a local error, bad data).
+
+    With ``path`` None (an error no caller wrapped), the path is taken from pyarrow's message."""
+    text = str(exc)
+    code = (_AWS_CODE.search(text) or [None, ""])[1]
+    if path is None:
+        bucket, key = _BUCKET.search(text), _KEY.search(text)
+        if bucket is None:
+            return None
+        path = f"s3://{bucket[1]}" + (f"/{key[1]}" if key else "")
+    endpoint = s3_endpoint() or "AWS S3"
+    if code == "NO_SUCH_BUCKET" or "NoSuchBucket" in text or re.search(r"Bucket '[^']+' not found", text):
+        bucket = _BUCKET.search(text)
+        name = f"s3://{bucket[1]}" if bucket else "the bucket"
+        return StorageError(f"{path}: {name} does not exist (at {endpoint})",
+                            fix="create the bucket first (bestfit never creates one), or check its name and "
+                                "AWS_ENDPOINT_URL")
+    if code in ("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH") or any(
+            word in text for word in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                                      "InvalidToken")):
+        return StorageError(f"{path}: the object store at {endpoint} rejected the AWS credentials",
+                            fix="check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) or the "
+                                "profile's keys in ~/.aws/credentials")
+    if code == "ACCESS_DENIED" or "AccessDenied" in text or "HTTP status 403" in text:
+        if not _has_credentials():
+            return StorageError(f"{path}: access denied, and no AWS credentials were found", fix=_CREDENTIALS_FIX)
+        return StorageError(f"{path}: access denied for these AWS credentials",
+                            fix="check that AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) name valid "
+                                "keys whose policy grants s3:ListBucket and s3:GetObject on the bucket, and "
+                                "s3:PutObject and s3:DeleteObject to write OUT")
+    if code == "NETWORK_CONNECTION" or "curlCode" in text:
+        return StorageError(f"{path}: cannot reach the object store at {endpoint}",
+                            fix="check AWS_ENDPOINT_URL (for MinIO and other S3-compatible stores) and the network")
+    return None
+
+
+def check_bucket(arg: str, fs: pafs.FileSystem, path: str) -> None:
+    """On an object store, a path that is not found because its bucket is not: say so (a listing of a missing
+    bucket looks like an empty folder)."""
+    if isinstance(fs, pafs.LocalFileSystem) or fs.type_name != "s3" or not path.strip("/"):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    try:
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except (OSError, pa.ArrowException) as exc:
+        raise storage_error(arg, exc) or InputError(arg, f"cannot be read ({exc})",
+                                                    fix="check the path and its permissions") from None
+    if not found:
+        raise storage_error(arg, OSError(f"Bucket '{bucket}' not found")) or AssertionError(bucket)
 
 
 def input_formats() -> dict[str, InputFormat]:
@@ -113,6 +237,9 @@ def _file_info(arg: str, fs: pafs.FileSystem, target: str | pafs.FileSelector) -
     try:
         return fs.get_file_info(target)
     except (OSError, pa.ArrowException) as exc:
+        failure = storage_error(arg, exc)
+        if failure is not None:
+            raise failure from None
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(arg, f"cannot be read ({detail})", fix="check the path and its permissions") from None
 
@@ -589,6 +716,7 @@ def _resolve_arg(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut
         prefixed = _megatron_prefix(arg, fs, path)
         if prefixed is not None:
             return prefixed
+        check_bucket(arg, fs, path)
         raise InputError(arg, "does not exist", fix="check the path")
     if info.type == pafs.FileType.Directory:
         lister = _list(arg, fs, path, FOLDER_SCAN)

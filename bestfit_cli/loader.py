@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from . import training
 from .errors import InputError, OptionError
-from .fs import filesystem_for
+from .fs import filesystem_for, storage_error
 from .write import MANIFEST
 
 MANIFEST_FORMAT = "bestfit.packed"
@@ -329,6 +329,9 @@ def load_manifest(out: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(out, "has no manifest.json, so it is not a finished bestfit output", fix=fix) from None
     except (OSError, pa.ArrowException) as exc:
+        failure = storage_error(out, exc)
+        if failure is not None:
+            raise failure from None
         raise InputError(out, f"manifest.json cannot be read ({str(exc).splitlines()[0] if str(exc) else exc!r})",
                          fix="check the path and its permissions") from None
     try:
@@ -368,6 +371,9 @@ def _scan_shards(out: str, manifest: dict[str, Any]) -> tuple[RowGroups, list[st
             raise InputError(f"{out}/{shard['path']}", "is listed in manifest.json but missing",
                              fix="restore the shard, or rerun bestfit pack") from None
         except (OSError, pa.ArrowException) as exc:
+            failure = storage_error(f"{out}/{shard['path']}", exc)
+            if failure is not None:
+                raise failure from None
             raise InputError(f"{out}/{shard['path']}", f"is not a readable Parquet shard ({str(exc).splitlines()[0]})",
                              fix="restore the shard, or rerun bestfit pack") from None
         if metadata.num_rows != shard["rows"]:

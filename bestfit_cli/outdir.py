@@ -21,13 +21,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import OutputError
+from .fs import storage_error
 
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 TMP_PREFIX = ".bestfit-tmp-"
 NEXT = "next.json"  # in a run's temporary folder while it swaps: the manifest it puts in place
 PREVIOUS = "previous.json"  # and the manifest it replaces
+CLAIM_PREFIX = "claim-"  # on an object store, in a run's temporary folder: claim-NAME is put before OUT/NAME is
 LOCK = ".bestfit-lock"
+STORE_LOCK_REFRESH = 30.0  # seconds between refreshes of an object store's run marker
+STORE_LOCK_STALE = 120.0  # a marker older than this is a dead run's
 SHARD_PREFIX = "train-"  # the split name datasets.load_dataset recognises in a file name
 WINDOW_DIGITS = PART_DIGITS = 8
 DIGEST_CHARS = 16
@@ -111,11 +115,16 @@ def manifest_files(raw: bytes) -> set[str] | None:
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
+    """A file's bytes, None when it cannot be read; an object store that refuses (access denied, unreachable) raises
+    its ``StorageError`` instead, or an OUT it may not read would look like one without a manifest."""
     try:
         with fs.open_input_stream(path) as stream:
             data: bytes = stream.read()
             return data
-    except (OSError, pa.ArrowException):
+    except (OSError, pa.ArrowException) as exc:
+        failure = None if isinstance(fs, pafs.LocalFileSystem) else storage_error(None, exc)
+        if failure is not None:
+            raise failure from None
         return None
 
 
@@ -149,10 +158,14 @@ class Contents:
 
 
 def leftover_files(fs: pafs.FileSystem, root: str) -> set[str]:
-    """Files of OUT that an interrupted run's journal names: the shards it was moving in or replacing."""
+    """Files of OUT that an interrupted run's journal names: the shards it was moving in or replacing, and on an
+    object store the shards it claimed (``CLAIM_PREFIX``) before writing them into OUT."""
     names: set[str] = set()
     for name, info in _listing(fs, root).items():
         if is_temp_folder(name) and info.type == pafs.FileType.Directory:
+            if not isinstance(fs, pafs.LocalFileSystem):  # shards are written straight into OUT, each claimed first
+                names |= {claim.removeprefix(CLAIM_PREFIX) for claim in _listing(fs, info.path)
+                          if claim.startswith(CLAIM_PREFIX)}
             for journal in (NEXT, PREVIOUS):
                 raw = _read(fs, posixpath.join(root, name, journal))
                 names |= (manifest_files(raw) or set()) if raw is not None else set()
@@ -210,6 +223,92 @@ def refuse_foreign(out: str, contents: Contents) -> None:
         shown = ", ".join(contents.foreign[:3]) + (", ..." if len(contents.foreign) > 3 else "")
         raise OutputError(f"{out}: OUT holds files bestfit did not write ({shown}); --overwrite deletes only what "
                           f"OUT/{MANIFEST} lists", fix="choose another OUT, or move those files away")
+
+
+class StoreLock:
+    """The guard an object store allows instead of ``flock``: a marker object ``OUT/.bestfit-lock`` naming the run,
+    put at the start and refreshed every ``STORE_LOCK_REFRESH`` seconds by a thread while the run lives.
+
+    A second run that finds a marker refreshed less than ``stale_seconds`` ago (``BESTFIT_S3_LOCK_STALE``, default
+    ``STORE_LOCK_STALE``) refuses OUT as busy; an older one is a dead run's and is taken over. Before its commit a
+    run reads the marker again, and one that finds another run's there stops without committing (``lost``). It is
+    not a lock: pyarrow has no conditional put, so two runs started within the same moment can both begin; the
+    check before the commit then stops the one whose marker was overwritten (docs/guarantees.md).
+    """
+
+    def __init__(self, out: str, fs: pafs.FileSystem, folder: str) -> None:
+        import uuid
+
+        self.out, self.fs = out, fs
+        self.path = posixpath.join(folder, LOCK)
+        self.run = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.held = False
+        self.lost = False
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def _marker(self) -> tuple[dict[str, Any] | None, float | None]:
+        """The marker in OUT and how many seconds ago the store says it was written; (None, None) if none."""
+        import time
+
+        info = self.fs.get_file_info(self.path)
+        if info.type != pafs.FileType.File:
+            return None, None
+        raw = _read(self.fs, self.path)
+        marker = _parse(raw) if raw is not None else None
+        age = time.time() - info.mtime.timestamp() if info.mtime is not None else None
+        return (marker if isinstance(marker, dict) else {}), age
+
+    def _put(self) -> None:
+        import time
+
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(json.dumps({"run": self.run, "refreshed": time.time()}).encode())
+
+    def acquire(self) -> None:
+        import threading
+
+        marker, age = self._marker()
+        stale = float(os.environ.get("BESTFIT_S3_LOCK_STALE", STORE_LOCK_STALE))
+        if marker is not None and (age is None or age < stale):
+            who = marker.get("run", "unknown") if marker else "unknown"
+            raise OutputError(f"{self.out}: another bestfit run is writing to OUT ({LOCK} of run {who} was refreshed "
+                              f"{max(age or 0, 0):.0f}s ago)",
+                              fix=f"wait for that run to finish, or choose another OUT; a marker not refreshed for "
+                                  f"{stale:.0f}s is a dead run's and is taken over")
+        self._put()
+        self.held = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._refresh, name="bestfit-lock", daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(STORE_LOCK_REFRESH):
+            try:
+                if self.still_ours():
+                    self._put()
+            except (OSError, pa.ArrowException):
+                pass  # the check before the commit decides
+
+    def still_ours(self) -> bool:
+        marker, _ = self._marker()
+        ours = marker is not None and marker.get("run") == self.run
+        self.lost = self.lost or not ours
+        return ours
+
+    def release(self) -> None:
+        """Stop the refresher (joined: no request of it may outlive the run) and remove the marker if ours."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self.held:
+            self.held = False
+            try:
+                if self.still_ours():
+                    self.fs.delete_file(self.path)
+            except (OSError, pa.ArrowException):
+                pass
 
 
 class OutLock:

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from . import carry
 from .carry import TokenColumn
-from .errors import InputError, OptionError
-from .fs import InputFile
+from .errors import BestfitError, InputError, OptionError
+from .fs import InputFile, storage_error
 
 if TYPE_CHECKING:
     from .formats.base import InputFormat
@@ -221,9 +221,12 @@ def drop_bad_ids(file: InputFile, ids: np.ndarray, offsets: np.ndarray, opts: Re
     return ids.astype(TOKEN_DTYPES[opts.dtype], copy=False), offsets, keep, skipped
 
 
-def unreadable(file: InputFile, exc: BaseException, what: str, fix: str) -> InputError:
+def unreadable(file: InputFile, exc: BaseException, what: str, fix: str) -> BestfitError:
     """The error for a file that could not be opened or read: named after its cause (a missing file, a permission,
     an I/O error) when the operating system gives one, else ``what`` with ``fix``."""
+    failure = storage_error(file.name, exc)
+    if failure is not None:
+        return failure
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     code = getattr(exc, "errno", None)
     if isinstance(exc, FileNotFoundError) or code == errno.ENOENT:

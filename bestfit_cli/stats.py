@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from . import __version__
 from .errors import InputError, OptionError, OutputError, check_field_types
-from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs
+from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
 from .read import (
@@ -144,7 +144,8 @@ def _peek(file: InputFile) -> bytes:
         with file.fs.open_input_stream(file.fs_path, compression="detect") as stream:
             return bytes(stream.read(_PEEK_BYTES))
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(file.name, f"cannot open ({exc})", fix="check the file and its compression") from None
+        raise storage_error(file.name, exc) or InputError(file.name, f"cannot open ({exc})",
+                                                          fix="check the file and its compression") from None
 
 
 def _is_json_document(file: InputFile, head: bytes) -> bool:
@@ -171,7 +172,8 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
         raise InputError(file.name, f"not a valid bestfit length histogram ({exc})",
                          fix="write it again with `bestfit histogram`") from None
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(file.name, f"cannot read ({exc})", fix="check the file") from None
+        raise storage_error(file.name, exc) or InputError(file.name, f"cannot read ({exc})",
+                                                          fix="check the file") from None
 
 
 def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = None,
@@ -495,6 +497,9 @@ def save_json(document: dict[str, Any], out: str) -> None:
             pass  # never created, or already renamed
         if not isinstance(exc, (pa.ArrowException, OSError)):
             raise
+        failure = storage_error(out, exc)
+        if failure is not None:
+            raise failure from None
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
         raise OutputError(f"{out}: cannot write ({reason})", fix="free disk space, or choose another path" if full

@@ -28,7 +28,7 @@ from .carry import TokenColumn, eos_values
 from .errors import InputError, VerifyError
 from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
-from .fs import InputFile, filesystem_for, scan_inputs
+from .fs import InputFile, check_bucket, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES
 from .outdir import MANIFEST, STATS, TMP_PREFIX, companion_name, is_ignored, leftover_files, pending_report
 from .pipeline import (
@@ -224,8 +224,13 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
 
 
 def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
-    info = fs.get_file_info(root)
+    try:
+        info = fs.get_file_info(root)
+    except (OSError, pa.ArrowException) as exc:
+        raise storage_error(out, exc) or VerifyError(f"{out}: cannot be read ({exc})",
+                                                     fix="check the path and its permissions") from None
     if info.type == pafs.FileType.NotFound:
+        check_bucket(out, fs, root)
         raise VerifyError(f"{out}: does not exist", fix="give the OUT folder of a bestfit pack run")
     if info.type != pafs.FileType.Directory:
         raise VerifyError(f"{out}: is not a folder", fix="give the OUT folder of a bestfit pack run")
@@ -233,7 +238,10 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
         raw = read_regular(fs, root, MANIFEST)
     except Refused as exc:
         raise VerifyError(f"{out}: manifest.json {exc}", fix=RERUN) from None
-    except (FileNotFoundError, OSError, pa.ArrowException):
+    except (FileNotFoundError, OSError, pa.ArrowException) as exc:
+        failure = storage_error(posixpath.join(out, MANIFEST), exc)
+        if failure is not None:
+            raise failure from None
         raise VerifyError(f"{out}: no manifest.json, so this output is incomplete (its pack run was interrupted, "
                           "failed or is still running)", fix=RERUN) from None
     try:
@@ -255,6 +263,14 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
                           f"reads {', '.join(map(str, KNOWN_VERSIONS))})",
                           fix="verify with the bestfit that wrote it (its bestfit_version), or rerun pack")
     return manifest
+
+
+def _raise_if_refused_by_store(fs: pafs.FileSystem, root: str, name: str, exc: BaseException) -> None:
+    """A file an object store refuses to give (access denied, unreachable) is no problem of the output: say what
+    the store said, instead of reporting the file as missing."""
+    failure = None if isinstance(fs, pafs.LocalFileSystem) else storage_error(None, exc)
+    if failure is not None:
+        raise failure from None
 
 
 class Refused(Exception):
@@ -460,7 +476,8 @@ def _check_stats_file(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], 
     except Refused as exc:
         result.add(Problem(str(exc), shard=STATS))
         return
-    except (OSError, pa.ArrowException):
+    except (OSError, pa.ArrowException) as exc:
+        _raise_if_refused_by_store(fs, root, STATS, exc)
         data = None
     if data is not None and len(data) == manifest["stats_bytes"] and (
             hashlib.sha256(data).hexdigest() == manifest["stats_sha256"]):
@@ -762,7 +779,8 @@ def _read_file(fs: pafs.FileSystem, root: str, name: str, listed: dict[str, Any]
     except Refused as exc:
         result.add(Problem(str(exc) if name == shard else f"{name}: {exc}", shard=shard))
         return None
-    except (FileNotFoundError, OSError, pa.ArrowException):
+    except (FileNotFoundError, OSError, pa.ArrowException) as exc:
+        _raise_if_refused_by_store(fs, root, name, exc)
         return None
     if listed is not None and (listed["bytes"] != len(data) or listed["sha256"] != hashlib.sha256(data).hexdigest()):
         what = "size or sha256" if name == shard else f"{name}: size or sha256"

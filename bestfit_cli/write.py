@@ -30,16 +30,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from .errors import OutputError
+from .errors import BestfitError, OutputError
 from .formats import OutputFormat
-from .fs import filesystem_for
+from .fs import filesystem_for, storage_error
 from .outdir import (
+    CLAIM_PREFIX,
     MANIFEST,
     NEXT,
     PREVIOUS,
     STATS,
     TMP_PREFIX,
     OutLock,
+    StoreLock,
     companion_name,
     listed_sha256,
     manifest_files,
@@ -123,6 +125,9 @@ class ShardWriter:
         self.tmp = posixpath.join(self.root, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
         self.overwrite = overwrite
         self._lock = OutLock(out, self.root)
+        self._store_lock = None if self.local else StoreLock(out, self.fs, self.root)
+        self._old_sha: dict[str, Any] = {}  # what the old manifest lists, with each file's sha256
+        self._new_names: set[str] = set()  # every file of the new output's shards (set by commit)
         self._created: list[str] = []  # folders this run made (OUT and missing parents), removed if it fails
         self._previous: bytes | None = None  # the old output's manifest, as read
         self._old_files: set[str] = set()  # what it lists
@@ -157,10 +162,15 @@ class ShardWriter:
             if self.local:
                 self._create_folders()
                 self._lock.acquire()  # before looking inside: a busy OUT is refused as busy, not as "not empty"
+            if self._store_lock is not None:
+                self._store_lock.acquire()
             if info.type == pafs.FileType.Directory or self.local:
                 self._check_contents()
             self.fs.create_dir(self.tmp, recursive=True)
         except (OSError, pa.ArrowException) as exc:
+            failure = None if self.local else storage_error(self.out, exc)
+            if failure is not None:
+                raise failure from None
             raise OutputError(f"{self.out}: cannot write here ({_describe(exc)})",
                               fix="choose a folder you can write to") from None
 
@@ -191,6 +201,7 @@ class ShardWriter:
         for name in contents.temp_folders:
             self._remove_folder(posixpath.join(self.root, name))
         self._previous = contents.manifest
+        self._old_sha = listed_sha256(contents.manifest) if contents.manifest is not None else {}
         self._old_files = (manifest_files(contents.manifest) or set()) if contents.manifest is not None else set()
 
     # -------------------------------------------------------------------------------------------- during the run
@@ -230,7 +241,10 @@ class ShardWriter:
                 raise self._failed(name, exc) from None
         self._syncs.clear()
 
-    def _failed(self, name: str, exc: BaseException) -> OutputError:
+    def _failed(self, name: str, exc: BaseException) -> BestfitError:
+        failure = None if self.local else storage_error(posixpath.join(self.out, name), exc)
+        if failure is not None:
+            return failure
         return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
 
     def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes | memoryview, rows: int,
@@ -245,10 +259,33 @@ class ShardWriter:
         files = []
         for suffix, content in (companions or {}).items():
             companion = companion_name(name, fmt, suffix)
-            self._stage(companion, content, sync_later=True)
+            self._write_shard_file(companion, content, digests[suffix])
             files.append(FileInfo(companion, len(content), digests[suffix]))
-        self._stage(name, data, sync_later=True)
+        self._write_shard_file(name, data, sha256)
         return ShardInfo(name, rows, len(data), sha256, tuple(files))
+
+    def _write_shard_file(self, name: str, data: bytes | memoryview, sha256: str) -> None:
+        """Stage a shard's file (a local disk), or, on an object store, which has no rename (a "move" is a copy and
+        a delete), put it straight into OUT under its final name: the name carries a digest of the bytes, so it
+        never replaces an old shard with other bytes, and no manifest lists it until the commit. A claim in the
+        temporary folder is put first, so whatever a kill leaves in OUT is known to be this run's."""
+        if self.local:
+            self._stage(name, data, sync_later=True)
+            return
+        if name in self._old_sha:
+            if self._old_sha[name] == sha256:
+                return  # the old output's file of that name holds these very bytes: it stays, shared by both
+            raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that name",
+                              fix="move the old output away, or check OUT/manifest.json")
+        try:
+            with self.fs.open_output_stream(posixpath.join(self.tmp, CLAIM_PREFIX + name)):
+                pass
+            self._moved.append(name)  # before the put: a put that fails halfway is removed too
+            with self.fs.open_output_stream(posixpath.join(self.root, name)) as stream:
+                stream.write(data)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._failed(name, exc) from None
+        kill_point("store-shard")
 
     # -------------------------------------------------------------------------------------------- the swap
 
@@ -261,8 +298,12 @@ class ShardWriter:
 
     def commit(self, shards: Sequence[ShardInfo], manifest: dict[str, Any]) -> None:
         """Swap the staged output in for the old one (or into an empty OUT); see the module's docstring."""
-        old_sha = listed_sha256(self._previous) if self._previous is not None else {}
+        old_sha = self._old_sha
         new_files = [entry for shard in shards for entry in shard.all_files]
+        self._new_names = {name for name, _ in new_files}
+        if not self.local:
+            self._commit_to_store(_json_bytes(manifest))
+            return
         for name, sha256 in new_files:
             if name in old_sha and old_sha[name] != sha256:
                 raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that "
@@ -292,6 +333,37 @@ class ShardWriter:
         kill_point("swap-committed")
         self._finish()
 
+    def _commit_to_store(self, manifest: bytes) -> None:
+        """An object store's commit: every shard is in OUT already; the journal goes to the temporary folder, then
+        one put of ``manifest.json`` replaces the old manifest (a put is atomic: a reader sees the old one or the
+        new one, whole). Before it, the run marker is read again: a run whose marker another run replaced stops."""
+        self._stage(NEXT, manifest)
+        if self._previous is not None:
+            self._stage(PREVIOUS, self._previous)
+        assert self._store_lock is not None
+        kill_point("swap-manifest")
+        try:
+            ours = self._store_lock.still_ours()
+        except (OSError, pa.ArrowException) as exc:
+            raise self._failed(MANIFEST, exc) from None
+        if not ours:
+            raise OutputError(f"{self.out}: another bestfit run started writing to OUT while this one ran; this run "
+                              "did not commit (its shards are left for that run or the next --overwrite)",
+                              fix="let the other run finish, then verify OUT; never run two packs on one OUT")
+        self._state = "moving"
+        try:
+            self._put_in_out(MANIFEST, manifest)
+            self._state = "renamed"
+        except (OSError, pa.ArrowException) as exc:
+            raise self._failed(MANIFEST, exc) from None
+        self._state = "committed"
+        kill_point("swap-committed")
+        self._finish()
+
+    def _put_in_out(self, name: str, data: bytes) -> None:
+        with self.fs.open_output_stream(posixpath.join(self.root, name)) as stream:
+            stream.write(data)
+
     def _move(self, name: str) -> None:
         self.fs.move(posixpath.join(self.tmp, name), posixpath.join(self.root, name))
 
@@ -300,7 +372,7 @@ class ShardWriter:
         try:
             if self.fs.get_file_info(posixpath.join(self.tmp, STATS)).type == pafs.FileType.File:
                 self._move(STATS)
-            new = set(self._moved) | {MANIFEST, STATS}
+            new = set(self._moved) | self._new_names | {MANIFEST, STATS}
             for name in sorted(self._old_files - new):
                 kill_point("swap-cleanup")
                 if self.fs.get_file_info(posixpath.join(self.root, name)).type == pafs.FileType.File:
@@ -314,15 +386,26 @@ class ShardWriter:
     def _roll_back(self) -> None:
         """Before the commit: take the new manifest back (if it was renamed) and then the new shards."""
         if self._state == "renamed":
-            if self._previous is not None:
+            if self._previous is not None and not self.local:
+                self._put_in_out(MANIFEST, self._previous)
+            elif self._previous is not None:
                 self._stage(MANIFEST, self._previous)  # a copy: the journal keeps naming both outputs' files
                 self._move(MANIFEST)
             else:
                 self.fs.delete_file(posixpath.join(self.root, MANIFEST))
             self._sync(self.root)
+        if self._store_lock is not None and self._store_lock.lost:
+            # Another run writes here now, and its shards may carry the same names (same input, same bytes): leave
+            # them; the claims in the temporary folder let the next --overwrite tell them apart.
+            self._moved.clear()
+            self._state = "writing"
+            return
         for name in reversed(self._moved):
             if name not in self._old_files:  # an old name holds the same bytes as before: it is the old shard
-                self.fs.delete_file(posixpath.join(self.root, name))
+                try:
+                    self.fs.delete_file(posixpath.join(self.root, name))
+                except FileNotFoundError:
+                    pass  # an object store's put that failed before it completed
         self._moved.clear()
         self._state = "writing"
 
@@ -332,15 +415,17 @@ class ShardWriter:
         self._syncer.shutdown(wait=True)  # no flush still running on files about to be removed
         consistent = True
         try:
-            if self._state in ("moving", "renamed"):
+            if self._state in ("moving", "renamed") or (self._state == "writing" and self._moved):
                 self._roll_back()
             elif self._state == "committed":
                 self._finish()
         except (OSError, pa.ArrowException, OutputError):
             consistent = False  # the journal in the temporary folder tells the next run what is whose
-        if consistent:
+        if consistent and not (self._store_lock is not None and self._store_lock.lost):
             self._remove_folder(self.tmp, quiet=True)
         self._lock.release()
+        if self._store_lock is not None:
+            self._store_lock.release()
         if failed and consistent and self._state != "done":
             for folder in reversed(self._created):
                 try:

@@ -63,6 +63,7 @@ class S3Server:
     folder: Path
     port: int
     process: subprocess.Popen[bytes]
+    log: Path  # the server's request log: one line per HTTP request
     bucket: str = ""  # the test's own bucket (set by the ``s3`` fixture)
     _buckets: list[str] = field(default_factory=list)
 
@@ -81,7 +82,7 @@ class S3Server:
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(_moto_command(port), cwd=folder, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, env={**os.environ, **(server_env or {})})
-            server = cls(folder, port, process)
+            server = cls(folder, port, process, log_path)
             if server._wait_ready(log_path):
                 return server
             server.stop()
@@ -186,6 +187,11 @@ class S3Server:
         local.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(uri.removeprefix("s3://"), str(local), source_filesystem=self.filesystem())
 
+    def read(self, uri: str) -> bytes:
+        with self.filesystem().open_input_stream(uri.removeprefix("s3://")) as stream:
+            data: bytes = stream.read()
+            return data
+
     def keys(self, uri: str) -> list[str]:
         """Every object below ``s3://bucket/prefix``, relative to it, sorted."""
         import pyarrow.fs as pafs
@@ -197,7 +203,7 @@ class S3Server:
     def require_auth(self, after_requests: int = 0) -> None:
         """From now on (after ``after_requests`` more), check every request's signature and IAM policy."""
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=str(after_requests).encode(),
-                                         method="POST")
+                                         method="POST", headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(request, timeout=10) as response:
             json.load(response)
 

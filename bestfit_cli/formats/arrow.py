@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from ..errors import InputError
+from ..errors import BestfitError, InputError
 from ..fs import InputFile
 from ..read import (
     BATCH_TOKENS,
@@ -111,7 +111,7 @@ def _checked(file: InputFile, opts: ReadOptions) -> _Opened:
     return opened
 
 
-def _corrupt(file: InputFile, row: int, exc: BaseException) -> InputError:
+def _corrupt(file: InputFile, row: int, exc: BaseException) -> BestfitError:
     if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
         return unreadable(file, exc, "", "")
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import carry
-from ..errors import InputError, OutputError
+from ..errors import BestfitError, InputError, OutputError
 from ..fs import InputFile
 from ..read import (
     DocBatch,
@@ -190,7 +190,7 @@ def _failing_row_group(pf: pq.ParquetFile, column: str, row: int) -> str:
     return f"the rows after row {row:,}"
 
 
-def _corrupt(file: InputFile, pf: pq.ParquetFile, column: str, row: int, exc: BaseException) -> InputError:
+def _corrupt(file: InputFile, pf: pq.ParquetFile, column: str, row: int, exc: BaseException) -> BestfitError:
     if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
         return unreadable(file, exc, "", "")
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
