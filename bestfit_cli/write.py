@@ -7,8 +7,10 @@ output in: the new shards move into OUT (their names carry a digest of their byt
 shard with other bytes), then the new manifest replaces the old one in one rename, then the old shards and the
 temporary folder go. At every instant OUT holds the old manifest with all its shards or the new one with all its
 shards; a failure before the swap leaves the old output as it was (docs/guarantees.md). On a local disk each file
-is fsynced before its rename and the folder before and after the manifest's, so that holds after a power loss too;
-an object store's put is atomic already.
+is fsynced before its rename and the folder before and after the manifest's, so that holds after a power loss too.
+An object store has no rename: there each shard is put straight into OUT under its final name (claimed in the
+temporary folder first), the manifest put is the commit, and a refreshed marker (``outdir.StoreLock``) stands in
+for the lock (docs/guarantees.md#on-an-object-store).
 """
 
 from __future__ import annotations
