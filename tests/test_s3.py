@@ -94,11 +94,11 @@ def test_a_save_to_disk_folder_on_s3_packs_like_the_local_one(s3: S3Server, tmp_
     (source / "state.json").write_text(json.dumps(state))
     (source / "notes.txt").write_text("not data")
     local = tmp_path / "local"
-    done = bestfit(s3, "pack", str(source), str(local), *PACK)
+    done = bestfit(s3, "pack", str(source), str(local), *PACK, "--ctx", "2048")
     assert done.returncode == 0, done.stderr
     s3.upload(source, f"s3://{s3.bucket}/ds")
     fetched = tmp_path / "fetched"
-    done = bestfit(s3, "pack", f"s3://{s3.bucket}/ds", str(fetched), *PACK)
+    done = bestfit(s3, "pack", f"s3://{s3.bucket}/ds", str(fetched), *PACK, "--ctx", "2048")
     assert done.returncode == 0, done.stderr
     shards = {name: data for name, data in tree_bytes(local).items() if name.startswith("train-")}
     assert shards and {name: tree_bytes(fetched)[name] for name in shards} == shards
