@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import encoding, end_to_end, peers, planner, reader, short_docs, stats_bench, targets, window_quality
+from . import (encoding, end_to_end, jsonl_bench, peers, planner, reader, short_docs, stats_bench, targets,
+               verify_bench, window_quality)
 from .common import log, remove, scratch_dir
 from .corpus import build
 
-BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "encoding", "memory", "stats", "short_docs", "reader")
+BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "encoding", "memory", "stats", "short_docs", "reader",
+              "jsonl", "verify")
 
 
 def main() -> None:
@@ -37,7 +39,7 @@ def main() -> None:
             peers.main(args.peer_docs or (10_000_000 if args.quick else 100_000_000), ctx=2048, repeats=3)
         if "windows" in chosen:
             window_quality.main(scratch, [2048, 8192])
-        if chosen & {"end_to_end", "memory", "stats", "encoding"}:
+        if chosen & {"end_to_end", "memory", "stats", "encoding", "verify"}:
             # About 1 GB of Parquet: 23 copies of the 43 MB shared corpora (1x = 2 copies, 10x = 20 copies).
             copies = 4 if args.quick else 23
             folders = build(scratch / "corpus", copies)
@@ -47,14 +49,20 @@ def main() -> None:
                 one = folders[: max(1, copies // 10)]
                 end_to_end.memory(one, folders[: 10 * len(one)], scratch, window_tokens=1 << 24)
             if "stats" in chosen:
-                stats_bench.main(folders)
+                stats_bench.main(folders, repeats=2 if args.quick else 3)
             if "encoding" in chosen:
                 encoding.main(folders[:1], scratch)
+            if "verify" in chosen:
+                # verify re-reads the inputs and every shard; a third of the corpus keeps three rounds short.
+                verify_bench.main(folders[: max(1, copies // 3)], scratch, repeats=2 if args.quick else 3)
         if "short_docs" in chosen:
             short_docs.main(scratch, scale=0.25 if args.quick else 1.0)
         if "reader" in chosen:
             # The shared corpora once (43 MB of Parquet, 30M tokens), packed in several windows, then read back.
             reader.main(build(scratch / "reader-corpus", 1), scratch, repeats=2 if args.quick else 3)
+        if "jsonl" in chosen:
+            # About 650 MB of JSONL (4 copies of the shared corpora's 30M tokens).
+            jsonl_bench.main(scratch, copies=1 if args.quick else 4, repeats=2 if args.quick else 3)
     finally:
         if not args.keep:
             remove(scratch)

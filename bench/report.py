@@ -92,12 +92,31 @@ def short_docs(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(data: dict[str, Any], title: str) -> str:
+    """The interleaved runs of one benchmark (``bench/timing.py``): medians, every run, CPU time and peak."""
+    load = data.get("load_average", {})
+    lines = [f"### {data['benchmark']} ({data['date']}, load average {load.get('before', ['?'])[0]:.1f} before, "
+             f"{load.get('after', ['?'])[0]:.1f} after)\n", title + "\n",
+             "| run | median wall | runs | median CPU | peak RSS |", "|---|---:|---|---:|---:|"]
+    for name, row in data["runs"].items():
+        runs = ", ".join(f"{s:.1f}" for s in row["seconds"])
+        lines.append(f"| {name} | {row['median_seconds']:.1f} s | {runs} | {row.get('median_cpu_seconds', 0):.1f} s | "
+                     f"{row['peak_rss_mib']:,} MiB |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     for name, render in (("planner", planner), ("peers", peers), ("end_to_end", end_to_end), ("memory", memory),
                          ("window_quality", window_quality), ("short_docs", short_docs)):
         data = _load(name)
         if data is not None:
             print(f"### {name} ({data['date']})\n\n{render(data)}\n")
+    for name, ratio, what in (("jsonl", "pack_over_parse", "JSONL pack over the fastest per-line parse"),
+                              ("verify", "verify_over_pack", "verify over pack"),
+                              ("stats", "stats_over_lengths", "stats over a lengths-only read")):
+        data = _load(name)
+        if data is not None and "runs" in data:
+            print(side_by_side(data, f"{what}: {data[ratio]}× wall, {data.get(ratio + '_cpu', '?')}× CPU"))
     stats = _load("stats")
     if stats is not None and "skipped" not in stats:
         print(f"### stats ({stats['date']})\n\nstats {stats['stats']['seconds']} s, lengths alone "
