@@ -59,8 +59,9 @@ FIXED = [b'{"x":"\xff","input_ids":[1]}', b'\xef\xbb\xbf{"input_ids":[1]}', b'{"
          b'{"input_ids":[9223372036854775808]}', b'{"input_ids":[true]}', b'{"input_ids":[1.0]}',
          b'{"input_ids":[1e2]}', b'{"input_ids":[-0]}', b'{"input_ids":[]}', b'{"input_ids":null}', b'[1, 2]',
          b'{"x":' + b"[" * 3000 + b"]" * 3000 + b',"input_ids":[1]}', b'{"input_ids":[1]}\r', b'{"input_ids":[1]} x',
-         b'{"input_ids":[1,]}', b'{"input_ids":[01]}', b'{"x":"\t","input_ids":[1]}', b'{"x": 1.5e999, "input_ids":[3]}',
-         b'{"x":"\xc3\xa9","input_ids":[4]}', b'{"input_ids": [5] }', b' {"input_ids":[6]}']
+         b'{"input_ids":[1,]}', b'{"input_ids":[01]}', b'{"x":"\t","input_ids":[1]}',
+         b'{"x": 1.5e999, "input_ids":[3]}', b'{"x":"\xc3\xa9","input_ids":[4]}',
+         b'{"input_ids": [5] }', b' {"input_ids":[6]}']
 
 
 def _slow(raw: bytes) -> np.ndarray | str:
