@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bestfit_cli.formats import jsonl
 from bestfit_cli.errors import InputError
-from bestfit_cli.fs import resolve_inputs
+from bestfit_cli.formats import jsonl
 from bestfit_cli.formats.jsonl import _parse_line, fast_line_parser
+from bestfit_cli.fs import resolve_inputs
 from bestfit_cli.read import ReadOptions, read_file
 
 from .test_fuzz_hostile import json_values, jsonl_lines
