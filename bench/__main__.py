@@ -9,8 +9,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import (encoding, end_to_end, jsonl_bench, peers, planner, reader, short_docs, stats_bench, targets,
-               verify_bench, window_quality)
+from . import (
+    encoding,
+    end_to_end,
+    jsonl_bench,
+    peers,
+    planner,
+    reader,
+    short_docs,
+    stats_bench,
+    targets,
+    verify_bench,
+    window_quality,
+)
 from .common import log, remove, scratch_dir
 from .corpus import build
 
