@@ -762,18 +762,6 @@ def _megatron_prefix(arg: str, fs: pafs.FileSystem, path: str) -> tuple[list[tup
     return _resolve_arg(arg + _BIN)
 
 
-def _binary_format(fs: pafs.FileSystem, bin_path: str, listed: set[str] | None) -> Format:
-    """A ``.bin`` is a Megatron dataset when its ``.idx`` is beside it (in ``listed``, the paths a listing found,
-    or asked of the filesystem), else a flat token stream."""
-    idx = bin_path[: -len(_BIN)] + _IDX
-    if listed is not None and idx in listed:
-        return "megatron"
-    try:
-        return "megatron" if fs.get_file_info(idx).type == pafs.FileType.File else "bin"
-    except (OSError, pa.ArrowException):
-        return "bin"
-
-
 def _resolve_glob(arg: str) -> tuple[list[tuple[_Entry, InputFile]], list[LeftOut]]:
     base, parts = _split_glob(arg)
     fs, root = filesystem_for(base)
