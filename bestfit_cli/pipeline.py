@@ -38,6 +38,7 @@ from .read import (
     ReadOptions,
     Skipped,
     check_schemas,
+    input_format,
     line_limit,
     read_inputs,
 )
@@ -65,7 +66,6 @@ MANIFEST_VERSION = 2  # 2: inputs' fingerprints, inputs_left_out, stats.json's s
 COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
 UNPADDED_VERSION = 3  # rows of fewer than ctx tokens (--no-pad): a reader of version 2 would misread them
 BASE_COLUMNS = COLUMNS
-CARRYING_FORMATS = ("parquet", "jsonl")  # input formats whose readers carry --keep and --keep-token columns
 DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
 MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
@@ -478,10 +478,11 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     scan = scan_inputs(inputs)
     files = list(scan.files)
     check_output_location(out, inputs, files)
-    cannot_carry = next((f for f in files if f.format not in CARRYING_FORMATS), None)
+    cannot_carry = next((f for f in files if not input_format(f).carries_columns), None)
     if (opts.keep or opts.keep_token) and cannot_carry is not None:
-        raise OptionError(f"{cannot_carry.name}: --keep and --keep-token read Parquet and JSONL inputs only, not "
-                          f"{cannot_carry.format}", fix="leave them out, or convert this input to Parquet")
+        raise OptionError(f"{cannot_carry.name}: {input_format(cannot_carry).description} holds token ids only, no "
+                          "columns for --keep and --keep-token to carry",
+                          fix="leave them out, or convert this input to Parquet with its columns")
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
                             split_at=opts.split_at, stream_dtype=opts.stream_dtype)
@@ -535,7 +536,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             stats_file = writer.write_json(STATS, report.to_json())
             identities = _input_identities(taken, tracker.counts.content_sha256)
             manifest = _manifest(opts, scan, tracker.documents, results, report, tracker.skipped, stats_file,
-                                 identities)
+                                 identities, tracker.counts.notes)
             kill_point("manifest")
             writer.commit([s for r in results for s in r.shards], manifest)
     finally:
@@ -543,7 +544,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
             bar.close()
     histogram = sum((r.histogram for r in results), LengthHistogram())
     notes = [note for note in (scan.note(), _eos_note(opts, report.stats)) if note]
-    return PackResult(report, manifest, histogram, notes + tracker.counts.notes)
+    return PackResult(report, manifest, histogram, notes + [n for file in tracker.counts.notes for n in file])
 
 
 def _eos_note(opts: PackOptions, stats: PackStats) -> str | None:
@@ -583,7 +584,7 @@ def _input_identities(taken: Sequence[Fingerprint], content: Sequence[str | None
 
 def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results: list[WindowResult],
               report: Report, skipped: Sequence[Skipped], stats_file: tuple[int, str],
-              identities: Sequence[dict[str, Any]]) -> dict[str, Any]:
+              identities: Sequence[dict[str, Any]], notes: Sequence[Sequence[str]]) -> dict[str, Any]:
     files = scan.files
     shards = [s.to_json() for r in results for s in r.shards]
     return {
@@ -593,8 +594,8 @@ def _manifest(opts: PackOptions, scan: InputScan, documents: list[int], results:
         "options": opts.to_json(),
         "columns": [*BASE_COLUMNS, *opts.columns, *opts.carried_columns],
         "inputs": [{"path": f.name, "given": f.given, "resolved": f.resolved, "format": f.format, "documents": n,
-                    "skipped_records": k.count, **identity}
-                   for f, n, k, identity in zip(files, documents, skipped, identities, strict=True)],
+                    "skipped_records": k.count, **identity, **({"notes": list(said)} if said else {})}
+                   for f, n, k, identity, said in zip(files, documents, skipped, identities, notes, strict=True)],
         "inputs_left_out": scan.left_out_json(),
         "documents": sum(documents),
         "sequences": report.stats.sequences,

@@ -301,6 +301,43 @@ def batch_from_arrow(file: InputFile, file_index: int, first_row: int, column: p
     return DocBatch(file_index, first_row, offsets, ids)
 
 
+def check_carried_schema(file: InputFile, schema: pa.Schema, opts: ReadOptions) -> None:
+    """The columns --keep and --keep-token name exist, once each, in a columnar input's schema; --keep columns hold
+    one scalar per document."""
+    for name in opts.carried:
+        found = schema.get_all_field_indices(name)
+        if not found:
+            raise InputError(file.name, f"no column '{name}' to carry (--keep / --keep-token); columns are: "
+                                        f"{', '.join(schema.names)[:300]}",
+                             fix="every input needs the columns --keep and --keep-token name")
+        if len(found) > 1:
+            raise InputError(file.name, f"{len(found)} columns are named '{name}'",
+                             fix="write the file again with one column of that name")
+    for name in opts.keep:
+        carry.check_document_type(file.name, name, schema.field(name).type)
+
+
+def with_carried(file: InputFile, batch: DocBatch, arrays: Callable[[str], pa.Array], opts: ReadOptions) -> DocBatch:
+    """``batch`` with its --keep and --keep-token columns, from a columnar input's rows of the same batch
+    (``arrays(name)``): document columns as they are, token columns checked against the token ids' lengths."""
+    columns = {name: arrays(name) for name in opts.keep}
+    token_columns = {}
+    ids_lengths = batch.lengths
+    nonempty = ids_lengths > 0
+    rows = np.flatnonzero(nonempty) if opts.skip_bad else None
+
+    def where(i: int) -> dict[str, int]:  # row i of the carried column (of the non-empty rows only, when skipping)
+        return {"row": batch.first_row + (int(rows[i]) if rows is not None and len(rows) > i else i)}
+
+    for spec in opts.keep_token:
+        array = arrays(spec.name)
+        if opts.skip_bad:  # a record skipped as bad is an empty document: its values go with it
+            array = array.filter(pa.array(nonempty))
+        token_columns[spec.name] = carry.arrow_token_values(
+            file.name, spec, array, ids_lengths[nonempty] if opts.skip_bad else ids_lengths, batch.first_row, where)
+    return replace(batch, columns=columns, token_columns=token_columns)
+
+
 @dataclass
 class InputCounts:
     """Records read and bad records skipped, per input file, tallied as ``read_inputs`` hands batches on."""
@@ -308,11 +345,11 @@ class InputCounts:
     documents: list[int]
     skipped: list[Skipped]
     content_sha256: list[str | None] = field(default_factory=list)  # JSONL files, once read to the end
-    notes: list[str] = field(default_factory=list)  # what reading found, one line each, in input order
+    notes: list[list[str]] = field(default_factory=list)  # per input file: what reading found, one line each
 
     @classmethod
     def for_files(cls, n_files: int) -> InputCounts:
-        return cls([0] * n_files, [Skipped()] * n_files, [None] * n_files)
+        return cls([0] * n_files, [Skipped()] * n_files, [None] * n_files, [[] for _ in range(n_files)])
 
 
 def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts) -> Iterator[DocBatch]:
@@ -329,7 +366,7 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
             counts.skipped[index] += batch.skipped
             if batch.content_sha256 is not None:
                 counts.content_sha256[index] = batch.content_sha256
-            counts.notes.extend(batch.notes)
+            counts.notes[index].extend(batch.notes)
             yield batch
 
 

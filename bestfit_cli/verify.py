@@ -448,6 +448,8 @@ def _check_shape(out: str, manifest: dict[str, Any]) -> None:
                         default=None)
         for key in ("footer_sha256", "content_sha256"):
             shape.field(listed, key, name, _is_sha256, "64 hex digits", default=None)
+        shape.field(listed, "notes", name, lambda v: _is_list(v) and all(isinstance(n, str) for n in v),
+                    "a list of strings", default=[])
     skipped = shape.field(manifest, "skipped_records", "", _is_object, "an object", default={})
     shape.field(skipped, "first", "skipped_records", lambda v: _is_list(v) and all(isinstance(w, str) for w in v),
                 "a list of locations", default=[])

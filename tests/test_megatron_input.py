@@ -157,3 +157,12 @@ def test_a_prefix_without_its_idx_and_an_idx_without_its_bin(tmp_path: Path) -> 
     assert "d.idx" in result.stderr and "a Megatron .idx without its .bin" in result.stderr
 
 
+def test_keep_on_a_megatron_dataset_is_a_one_line_error(tmp_path: Path) -> None:
+    """A Megatron dataset holds token ids only: there is no column for --keep or --keep-token to carry."""
+    prefix = write_megatron(tmp_path / "corpus", [[5, 6, 7], [8, 9]])
+    result = invoke("pack", f"{prefix}.bin", tmp_path / "out", "--ctx", CTX, "--keep-token", "labels:-100")
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "a Megatron dataset holds token ids only, no columns for --keep" in message, \
+        message
+    assert not (tmp_path / "out").exists()

@@ -442,15 +442,87 @@ def test_keep_and_keep_token_from_a_config_file(tmp_path: Path) -> None:
     assert all(entry["mask"][-1] == 1 for entry in rebuild(out).values())  # the EOS value given: 1
 
 
-def test_keep_on_an_input_format_that_cannot_carry_is_a_one_line_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["save_to_disk", "feather", "ipc-stream"])
+def test_keep_and_keep_token_from_arrow_inputs_pack_like_parquet(tmp_path: Path, form: str) -> None:
+    """The same documents with their columns as a ``datasets.save_to_disk`` folder, a Feather file or an Arrow IPC
+    stream give the same shards, byte for byte, as in Parquet; every document rebuilds with its columns."""
+    docs = sft_docs(45, 4)
+    table = pa.Table.from_pylist(docs)
+    parquet = tmp_path / "p" / "in.parquet"
+    parquet.parent.mkdir()
+    pq.write_table(table, parquet, row_group_size=8)
+    if form == "save_to_disk":
+        import datasets
+
+        arrow: Path = tmp_path / "ds"
+        datasets.Dataset.from_list(docs).save_to_disk(str(arrow), num_shards=2)
+    elif form == "feather":
+        import pyarrow.feather as feather
+
+        arrow = tmp_path / "in.feather"
+        feather.write_feather(table, arrow, chunksize=10)
+    else:
+        arrow = tmp_path / "in.arrow"
+        with pa.ipc.new_stream(arrow, table.schema) as writer:
+            for batch in table.to_batches(max_chunksize=7):
+                writer.write_batch(batch)
+    outputs = {}
+    for name, source in (("parquet", parquet), ("arrow", arrow)):
+        out = tmp_path / f"out-{name}"
+        result = invoke("pack", source, out, "--ctx", CTX, "--eos-id", 2, "--window-tokens", 2000, *KEEP, "-q",
+                        "--verify")
+        assert result.exit_code == 0, result.output
+        outputs[name] = out
+    assert shards_bytes(outputs["arrow"]) == shards_bytes(outputs["parquet"])
+    rebuilt = rebuild(outputs["arrow"])
+    assert sorted(rebuilt) == list(range(len(docs)))
+    for index, doc in enumerate(docs):
+        got = rebuilt[index]
+        assert got["tokens"] == [*doc["input_ids"], 2]
+        assert got["labels"][:-1] == doc["labels"] and got["mask"][:-1] == doc["mask"]
+        assert (got["id"], got["source"], got["score"]) == (doc["id"], doc["source"], doc["score"])
+
+
+def shards_bytes(out: Path) -> dict[str, bytes]:
+    """The output's shards and stats.json by name (the manifest differs: it names the inputs)."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "manifest.json"}
+
+
+def test_keep_token_of_another_length_in_an_arrow_input_names_the_file_and_row(tmp_path: Path) -> None:
     import pyarrow.feather as feather
 
-    from bestfit_cli.formats import INPUT_FORMATS
+    docs = sft_docs(12, 2)
+    docs[9]["mask"] = docs[9]["mask"][:-1]
+    path = tmp_path / "in.feather"
+    feather.write_feather(pa.Table.from_pylist(docs), path, chunksize=4)
+    result = invoke("pack", path, tmp_path / "out", "--ctx", CTX, "--keep-token", "mask:0", "--keep", "id")
+    assert result.exit_code == 1, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    assert message.startswith(f"Error: {path} row 9: 'mask' has {len(docs[9]['input_ids']) - 1} values"), message
+    assert not (tmp_path / "out").exists()
 
-    if "arrow" not in INPUT_FORMATS:
-        pytest.skip("no Arrow input format to try (issue 10 item 1)")
-    feather.write_feather(pa.table({"input_ids": [[1, 2, 3]], "id": ["a"]}), tmp_path / "in.arrow")
-    result = invoke("pack", tmp_path / "in.arrow", tmp_path / "out", "--ctx", 8, "--keep", "id")
+
+def test_a_missing_carried_column_in_an_arrow_input_fails_before_any_work(tmp_path: Path) -> None:
+    import pyarrow.feather as feather
+
+    good, bad = tmp_path / "a.feather", tmp_path / "b.feather"
+    feather.write_feather(pa.Table.from_pylist(sft_docs(12, 2)), good)
+    feather.write_feather(pa.table({"input_ids": [[1, 2, 3]]}), bad)
+    result = invoke("pack", good, bad, tmp_path / "out", "--ctx", CTX, "--keep", "id")
+    assert result.exit_code == 1 and "\n" not in result.output.strip(), result.output
+    assert result.output.startswith(f"Error: {bad}: no column 'id' to carry"), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_on_a_token_stream_is_a_one_line_error(tmp_path: Path) -> None:
+    """A flat token stream holds token ids only: there is no column to carry (Megatron: test_megatron_input.py)."""
+    path = tmp_path / "tokens.npy"
+    np.save(path, np.array([5, 6, 2, 7, 2], dtype=np.uint16))
+    result = invoke("pack", path, tmp_path / "out", "--ctx", 8, "--keep", "id", "--split-at", 2)
     assert result.exit_code == 2, result.output
-    assert "--keep and --keep-token read Parquet and JSONL inputs only" in result.output, result.output
+    message = result.output.strip()
+    assert "\n" not in message, message
+    assert message.startswith(f"Error: {path}: a token stream (.npy) holds token ids only, no columns for --keep "
+                              "and --keep-token to carry"), message
     assert not (tmp_path / "out").exists()

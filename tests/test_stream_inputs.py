@@ -110,6 +110,8 @@ def test_the_cli_reports_a_trailing_document(tmp_path: Path) -> None:
     assert "note: " in result.stderr and "last 2 tokens follow the last separator" in result.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["documents"] == 11 and manifest["options"]["stream_dtype"] == "uint16"
+    (notes,) = [entry["notes"] for entry in manifest["inputs"]]  # the note stays with the output, per input
+    assert len(notes) == 1 and "last 2 tokens follow the last separator" in notes[0], notes
     stats = invoke("stats", tmp_path / "s.bin", "--ctx", CTX, "--stream-dtype", "uint16", "--split-at", EOS, "-q")
     assert "last 2 tokens follow the last separator" in stats.stderr
 

@@ -32,9 +32,11 @@ from ..read import (
     LengthBatch,
     ReadOptions,
     batch_from_arrow,
+    check_carried_schema,
     check_list_type,
     ids_in_range,
     unreadable,
+    with_carried,
 )
 from .base import DatasetFolder, Folder, InputFormat
 
@@ -92,7 +94,8 @@ def _open(file: InputFile) -> _Opened:
 
 
 def _checked(file: InputFile, opts: ReadOptions) -> _Opened:
-    """The file open, its token column checked: it exists once and holds lists of integers."""
+    """The file open, its token column checked (it exists once and holds lists of integers), and the columns
+    --keep and --keep-token name."""
     opened = _open(file)
     schema = opened.schema
     found = schema.get_all_field_indices(opts.column)
@@ -105,6 +108,7 @@ def _checked(file: InputFile, opts: ReadOptions) -> _Opened:
                          fix="pass --column NAME")
     try:
         check_list_type(file, opts.column, schema.field(opts.column).type)
+        check_carried_schema(file, schema, opts)
     except InputError:
         opened.source.close()
         raise
@@ -118,8 +122,10 @@ def _corrupt(file: InputFile, row: int, exc: BaseException) -> BestfitError:
     return InputError(file.name, f"truncated or corrupt Arrow data after row {row:,} ({detail})", fix=_REWRITE)
 
 
-def _columns(file: InputFile, opts: ReadOptions, opened: _Opened) -> Iterator[tuple[int, pa.Array, float]]:
-    """The token column in pieces of about ``BATCH_TOKENS`` tokens: (first row, list array, fraction read)."""
+def _columns(file: InputFile, opts: ReadOptions, opened: _Opened
+             ) -> Iterator[tuple[int, pa.Array, pa.RecordBatch, float]]:
+    """The token column in pieces of about ``BATCH_TOKENS`` tokens: (first row, list array, the record batch's
+    same rows, fraction read)."""
     row = 0
     read = 0
     try:
@@ -134,7 +140,8 @@ def _columns(file: InputFile, opts: ReadOptions, opened: _Opened) -> Iterator[tu
                 # The rows up to about BATCH_TOKENS tokens, at least one.
                 end = int(np.searchsorted(offsets, offsets[start] + BATCH_TOKENS, side="right")) - 1
                 end = min(max(end, start + 1), len(column))
-                yield row + start, column.slice(start, end - start), opened.fraction(read)
+                yield (row + start, column.slice(start, end - start), record_batch.slice(start, end - start),
+                       opened.fraction(read))
                 start = end
             row += len(column)
     except (pa.ArrowException, OSError) as exc:
@@ -149,14 +156,17 @@ def read_arrow(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
     def label(row: int) -> dict[str, int]:
         return {"row": row}
 
-    for first_row, column, done in _columns(file, opts, opened):
-        yield replace(batch_from_arrow(file, file_index, first_row, column, opts, label), fraction_done=done)
+    for first_row, column, rows, done in _columns(file, opts, opened):
+        batch = batch_from_arrow(file, file_index, first_row, column, opts, label)
+        if opts.carried:
+            batch = with_carried(file, batch, rows.column, opts)
+        yield replace(batch, fraction_done=done)
 
 
 def read_arrow_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
     """Lengths from the list offsets, without casting ids; rows ``read_arrow`` refuses are refused the same way."""
     opened = _checked(file, opts)
-    for first_row, column, done in _columns(file, opts, opened):
+    for first_row, column, _, done in _columns(file, opts, opened):
         if column.null_count or column.values.null_count or not ids_in_range(column, opts):
             batch_from_arrow(file, file_index, first_row, column, opts, lambda r: {"row": r})  # raises, naming it
         lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -211,6 +221,7 @@ class ArrowInput(InputFormat):
     name = "arrow"
     suffixes = (".arrow", ".feather", ".ipc")
     description = "Arrow"
+    carries_columns = True
 
     def dataset_folder(self, folder: Folder) -> DatasetFolder | None:
         names = set(folder.names)

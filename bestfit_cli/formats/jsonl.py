@@ -310,6 +310,7 @@ class JsonlInput(InputFormat):
     name = "jsonl"
     suffixes = (".jsonl", ".ndjson", ".json")
     description = "JSONL"
+    carries_columns = True
 
     def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
         return read_jsonl(file, file_index, opts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import carry
 from ..errors import BestfitError, InputError, OutputError
 from ..fs import InputFile
 from ..read import (
@@ -20,9 +19,11 @@ from ..read import (
     LengthBatch,
     ReadOptions,
     batch_from_arrow,
+    check_carried_schema,
     check_list_type,
     ids_in_range,
     unreadable,
+    with_carried,
 )
 from ..training import row_columns
 from .base import InputFormat, PackedRows
@@ -130,13 +131,7 @@ def open_parquet_checked(file: InputFile, opts: ReadOptions) -> pq.ParquetFile:
         raise InputError(file.name, f"{len(found)} columns are named '{opts.column}'",
                          fix="write the file again with one token column of that name")
     check_list_type(file, opts.column, schema.field(opts.column).type)
-    for name in opts.carried:
-        if not schema.get_all_field_indices(name):
-            raise InputError(file.name, f"no column '{name}' to carry (--keep / --keep-token); columns are: "
-                                        f"{', '.join(schema.names)[:300]}",
-                             fix="every input needs the columns --keep and --keep-token name")
-    for name in opts.keep:
-        carry.check_document_type(file.name, name, schema.field(name).type)
+    check_carried_schema(file, schema, opts)
     _check_footer(file, pf.metadata, opts.column)
     return pf
 
@@ -223,33 +218,11 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
             column = record_batch.column(0)
             batch = batch_from_arrow(file, file_index, row, column, opts, label)
             if opts.carried:
-                batch = _carried_from_arrow(file, batch, record_batch, opts)
+                batch = with_carried(file, batch, record_batch.column, opts)
             row += len(column)
             yield replace(batch, fraction_done=row / max(pf.metadata.num_rows, 1))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _corrupt(file, pf, opts.column, row, exc) from None
-
-
-def _carried_from_arrow(file: InputFile, batch: DocBatch, record_batch: pa.RecordBatch, opts: ReadOptions
-                       ) -> DocBatch:
-    """The batch with its --keep and --keep-token columns (record batch columns 1.. in ``opts.carried`` order)."""
-    columns = {name: record_batch.column(1 + i) for i, name in enumerate(opts.keep)}
-    token_columns = {}
-    ids_lengths = batch.lengths
-    for i, spec in enumerate(opts.keep_token):
-        array = record_batch.column(1 + len(opts.keep) + i)
-        if opts.skip_bad:  # a record skipped as bad is an empty document: its values go with it
-            array = array.filter(pa.array(ids_lengths > 0))
-        token_columns[spec.name] = carry.arrow_token_values(
-            file.name, spec, array, ids_lengths[ids_lengths > 0] if opts.skip_bad else ids_lengths, batch.first_row,
-            _parquet_rows(batch.first_row, ids_lengths, opts.skip_bad))
-    return replace(batch, columns=columns, token_columns=token_columns)
-
-
-def _parquet_rows(first_row: int, ids_lengths: np.ndarray, filtered: bool) -> Callable[[int], dict[str, int]]:
-    """Names row ``i`` of a batch's carried column (of the non-empty rows only, when ``filtered``)."""
-    rows = np.flatnonzero(ids_lengths > 0) if filtered else None
-    return lambda i: {"row": first_row + (int(rows[i]) if rows is not None and len(rows) > i else i)}
 
 
 def read_parquet_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
@@ -296,6 +269,7 @@ class ParquetInput(InputFormat):
     name = "parquet"
     suffixes = (".parquet", ".pq")
     description = "Parquet"
+    carries_columns = True
 
     def check(self, file: InputFile, opts: ReadOptions) -> None:
         if file.size == 0:
