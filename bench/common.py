@@ -56,6 +56,7 @@ class Run:
     peak_rss_bytes: int
     stdout: str
     cpu_seconds: float = 0.0  # user + system time of the process and its children (less sensitive to load)
+    helper_peak_rss_bytes: int = 0  # the largest helper process the command started (JSONL parse workers)
 
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
@@ -71,7 +72,8 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {chr(10).join(lines[-20:])}")
     measured = json.loads(lines[-1])
-    return Run(measured["seconds"], measured["peak_rss_bytes"], proc.stdout.decode(), measured["cpu_seconds"])
+    return Run(measured["seconds"], measured["peak_rss_bytes"], proc.stdout.decode(), measured["cpu_seconds"],
+               measured.get("helper_peak_rss_bytes", 0))
 
 
 def remove(path: Path) -> None:

@@ -20,7 +20,7 @@ def interleaved(contenders: dict[str, Callable[[], list[str]]], repeats: int,
             result = run(command())
             runs[name].append(result)
             log(f"  round {round_no + 1}/{repeats} {name}: {result.seconds:.1f}s, {result.cpu_seconds:.1f}s CPU, "
-                f"{result.peak_rss_bytes / 2**20:.0f} MiB, load {os.getloadavg()[0]:.1f}")
+                f"{result.peak_rss_bytes / 2**20:.0f} MiB (helpers {result.helper_peak_rss_bytes / 2**20:.0f}), load {os.getloadavg()[0]:.1f}")
             if after is not None:
                 after(name)
     return runs
@@ -30,4 +30,5 @@ def summary(runs: list[Run]) -> dict[str, Any]:
     return {"median_seconds": round(statistics.median(r.seconds for r in runs), 2),
             "seconds": [round(r.seconds, 2) for r in runs],
             "median_cpu_seconds": round(statistics.median(r.cpu_seconds for r in runs), 2),
-            "peak_rss_mib": max(round(r.peak_rss_bytes / 2**20) for r in runs)}
+            "peak_rss_mib": max(round(r.peak_rss_bytes / 2**20) for r in runs),
+            "helper_peak_rss_mib": max(round(r.helper_peak_rss_bytes / 2**20) for r in runs)}
