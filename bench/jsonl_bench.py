@@ -44,6 +44,8 @@ def main(scratch: Path, copies: int, repeats: int = 3) -> dict[str, Any]:
                   for p in PARSERS}
     contenders["pack"] = lambda: [*BESTFIT, "pack", *map(str, files), str(out), "--ctx", str(CTX), "--eos-id",
                                   str(EOS), "--quiet", "--json", "--overwrite"]
+    # One core: the lines parsed in the reader's own process, no parse workers (what --workers 2 gains).
+    contenders["pack_workers_1"] = lambda: [*contenders["pack"](), "--workers", "1"]
     load_before = os.getloadavg()
     runs = interleaved(contenders, repeats, after=lambda name: remove(out))
     rows = {name: summary(r) for name, r in runs.items()}
@@ -52,6 +54,7 @@ def main(scratch: Path, copies: int, repeats: int = 3) -> dict[str, Any]:
     payload = {"input_bytes": sum(f.stat().st_size for f in files), "files": len(files), "ctx": CTX,
                "repeats": repeats, "runs": rows, "fastest_parser": fastest,
                "pack_over_parse": round(rows["pack"]["median_seconds"] / floor, 2),
+               "pack_workers_1_over_parse": round(rows["pack_workers_1"]["median_seconds"] / floor, 2),
                "pack_over_parse_cpu": round(rows["pack"]["median_cpu_seconds"]
                                             / rows[f"{fastest}_per_line"]["median_cpu_seconds"], 2),
                "load_average": {"before": load_before, "after": os.getloadavg()}}

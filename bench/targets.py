@@ -48,7 +48,27 @@ def _peers(data: dict[str, Any]) -> Iterator[Row]:
         yield ("  the same in CPU time", f"{peer['bestfit_speedup_cpu']:.1f}x", "", None)
 
 
-SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {"end_to_end": _end_to_end, "peers": _peers}
+def _side_by_side(ratio: str, what: str, goal: float, floor: str) -> Callable[[dict[str, Any]], Iterator[Row]]:
+    """A target of a benchmark that ran its contenders interleaved (``bench/timing.py``): wall ratio, then CPU."""
+
+    def render(data: dict[str, Any]) -> Iterator[Row]:
+        if ratio not in data:
+            return
+        yield (what, f"{data[ratio]:.2f}x of {floor}", f"<= {goal}x", data[ratio] <= goal)
+        if ratio + "_cpu" in data:
+            yield ("  CPU time", f"{data[ratio + '_cpu']:.2f}x", "", None)
+        if "pack_workers_1_over_parse" in data:
+            yield ("  pack --workers 1", f"{data['pack_workers_1_over_parse']:.2f}x", "", None)
+
+    return render
+
+
+SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
+    "end_to_end": _end_to_end, "peers": _peers,
+    "jsonl": _side_by_side("pack_over_parse", "JSONL pack / per-line parse", 1.2, "the fastest parser"),
+    "stats": _side_by_side("stats_over_lengths", "stats / lengths-only pyarrow read", 1.1, "the read"),
+    "verify": _side_by_side("verify_over_pack", "verify / pack of the same output", 1.2, "pack"),
+}
 
 
 def rows(since: float | None = None) -> list[tuple[Row, dict[str, Any]]]:
@@ -67,7 +87,10 @@ def table(since: float | None = None) -> str:
     lines = [f"{'target':55s} {'measured':42s} {'goal':8s} met  load (1 min) / date"]
     for (what, measured, goal, met), data in rows(since):
         verdict = "-" if met is None else ("yes" if met else "NO")
-        load = data.get("load_average", [float("nan")])[0]
+        load_average = data.get("load_average", [float("nan")])
+        if isinstance(load_average, dict):  # {"before": [...], "after": [...]}
+            load_average = load_average.get("before", [float("nan")])
+        load = load_average[0]
         lines.append(f"{what:55s} {measured:42s} {goal:8s} {verdict:4s} {load:4.1f} / {data['date']}")
     return "\n".join(lines)
 

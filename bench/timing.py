@@ -20,7 +20,8 @@ def interleaved(contenders: dict[str, Callable[[], list[str]]], repeats: int,
             result = run(command())
             runs[name].append(result)
             log(f"  round {round_no + 1}/{repeats} {name}: {result.seconds:.1f}s, {result.cpu_seconds:.1f}s CPU, "
-                f"{result.peak_rss_bytes / 2**20:.0f} MiB (helpers {result.helper_peak_rss_bytes / 2**20:.0f}), load {os.getloadavg()[0]:.1f}")
+                f"{result.peak_rss_bytes / 2**20:.0f} MiB (helpers {result.helper_peak_rss_bytes / 2**20:.0f}), "
+                f"load {os.getloadavg()[0]:.1f}")
             if after is not None:
                 after(name)
     return runs
