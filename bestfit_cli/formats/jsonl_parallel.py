@@ -1,6 +1,6 @@
 """JSONL lines parsed ahead on worker processes: the fast path of ``jsonl.fast_line_parser`` on more than one core.
 
-msgspec and ``np.fromiter`` hold the GIL, so threads cannot share the parse; processes can. The reader still splits
+msgspec and ``np.fromiter`` hold the GIL, so threads cannot share the parse; processes can (forked ones, ``_pool``). The reader still splits
 the lines and walks them one by one in order (line numbers, blank lines, long lines, every error and ``--on-bad-record
 skip`` stay exactly as in one process); only the fast parse of each group of lines runs on a worker, a few groups
 ahead, and comes back as one array of ids and the length of each line's (-1 where the fast path did not take the
@@ -51,13 +51,19 @@ def parse_group(column: str, lines: list[bytes | bytearray]) -> tuple[np.ndarray
 
 
 def _pool(workers: int) -> ProcessPoolExecutor | None:
-    """Worker processes started from a fork server (never a fork of this process, whose other threads may hold
-    locks), with the parser's modules loaded once in the server; None where processes cannot be started."""
+    """Worker processes forked from this one, or None where fork is not available (the lines are then parsed in
+    the reader's process, only slower).
+
+    Forked, not started fresh (spawn, forkserver): a fresh process imports bestfit and pyarrow again (about a second
+    of CPU, and the reader waits for it), and re-runs the ``__main__`` of a script that calls ``pack`` without a
+    ``__name__`` guard. A forked worker only runs msgspec and numpy on the lines it is sent, never pyarrow, whose
+    threads' locks it may inherit.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
     try:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["bestfit_cli.formats.jsonl_parallel", "bestfit_cli.formats.jsonl"])
-        return ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    except (OSError, ValueError, ImportError):
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+    except (OSError, ValueError):
         return None
 
 
