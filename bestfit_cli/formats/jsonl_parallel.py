@@ -1,11 +1,11 @@
 """JSONL lines parsed ahead on worker processes: the fast path of ``jsonl.fast_line_parser`` on more than one core.
 
-msgspec and ``np.fromiter`` hold the GIL, so threads cannot share the parse; processes can (forked ones, ``_pool``). The reader still splits
-the lines and walks them one by one in order (line numbers, blank lines, long lines, every error and ``--on-bad-record
-skip`` stay exactly as in one process); only the fast parse of each group of lines runs on a worker, a few groups
-ahead, and comes back as one array of ids and the length of each line's (-1 where the fast path did not take the
-line, which then goes through the exact slow path in the reader, as without workers). So the batches handed on are
-the same whatever the number of workers (tests/test_jsonl_parallel.py).
+msgspec and ``np.fromiter`` hold the GIL, so threads cannot share the parse; processes can (forked ones, ``_pool``).
+The reader still splits the lines and walks them one by one in order (line numbers, blank lines, long lines, every
+error and ``--on-bad-record skip`` stay exactly as in one process); only the fast parse of each group of lines runs
+on a worker, a few groups ahead, and comes back as one array of ids and the length of each line's (-1 where the fast
+path did not take the line, which then goes through the exact slow path in the reader, as without workers). So the
+batches handed on are the same whatever the number of workers (tests/test_jsonl_parallel.py).
 """
 
 from __future__ import annotations
