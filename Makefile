@@ -1,5 +1,6 @@
 # Everything runs inside .venv, created from this project's own pyproject.toml on first use, with the training
-# stack (the `train` extra: CPU torch, transformers, trl, datasets, megatron-core) so the training tests run too.
+# stack (the `train` extra: CPU torch, transformers, trl, datasets, megatron-core) so the training tests run too,
+# and Ray (the `ray` extra) so the --engine ray tests run on a real cluster.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train,ray]'
 	touch $(STAMP)
 
 demo: install  ## pack the shipped sample and print the report

@@ -121,6 +121,16 @@ def input_options(f: Callable[..., Any] | None = None, *, long_docs: bool = True
     return apply(f) if f is not None else apply
 
 
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the work runs: this machine, or a Ray cluster (docs/cluster.md); the output is the same."""
+    f = click.option("--ray-address", metavar="ADDRESS", default=None,
+                     help="The Ray cluster for --engine ray, such as head:6379 or ray://head:10001.  [default: "
+                          "RAY_ADDRESS, else a local Ray started for the run]")(f)
+    return click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        help="Run on this machine, or as Ray tasks that read inputs and write shards on shared "
+                             "storage or s3:// (byte-identical output; docs/cluster.md).")(f)
+
+
 def _parse_memory(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
@@ -268,6 +278,7 @@ def cli() -> None:
                    "count it in the report and manifest.")
 @click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
               help=MAX_BAD_RECORDS_HELP)
+@engine_options
 @click.option("--verify", is_flag=True, help="Run bestfit verify on OUT after packing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No table and no progress bar on stderr.")
@@ -276,8 +287,8 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
          keep: tuple[str, ...], keep_token: tuple[str, ...], pad: bool,
          split_at: int | None, stream_dtype: str | None,
          rows_per_shard: int | None, window_tokens: int | None, memory: int | None, workers: int,
-         output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, verify: bool,
-         as_json: bool, quiet: bool) -> None:
+         output_format: str, overwrite: bool, on_bad_record: str, max_bad_records: str, engine: str,
+         ray_address: str | None, verify: bool, as_json: bool, quiet: bool) -> None:
     """Pack token documents from IN (Parquet, JSONL, Arrow, folders, globs, - for stdin) into OUT.
 
     Writes fixed-length shards (Parquet, or Megatron's .bin + .idx), stats.json and, last, manifest.json to the
@@ -294,7 +305,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
                        window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
                        format=output_format, columns=columns, pad=pad, keep=keep, keep_token=keep_token,
-                       split_at=split_at, stream_dtype=stream_dtype)
+                       split_at=split_at, stream_dtype=stream_dtype, engine=engine, ray_address=ray_address)
     if verify and "-" in inputs:
         raise click.UsageError("--verify reads the inputs again, which stdin (-) cannot do; run bestfit verify on "
                                "a saved copy instead")
@@ -376,6 +387,7 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
               help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
               help=MAX_BAD_RECORDS_HELP)
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document on stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write truncations per document against document length to FILE.png or FILE.svg.")
@@ -383,8 +395,8 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
 def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, ...], column: str,
           eos_id: int | None, long_docs: str, dtype: str, split_at: int | None, stream_dtype: str | None,
           window_tokens: int | None, memory: int | None,
-          rows_per_shard: int | None, on_bad_record: str, max_bad_records: str, as_json: bool, plot: str | None,
-          quiet: bool) -> None:
+          rows_per_shard: int | None, on_bad_record: str, max_bad_records: str, engine: str,
+          ray_address: str | None, as_json: bool, plot: str | None, quiet: bool) -> None:
     """Compare packing strategies on IN without writing anything: sequences, padding and truncations.
 
     IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
@@ -403,7 +415,7 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
 
         check_plot_target(plot)  # before the read pass, not after it
     started = time.perf_counter()
-    result = run_stats(inputs, opts, progress_factory=_progress(quiet))
+    result = run_stats(inputs, opts, progress_factory=_progress(quiet), engine=engine, ray_address=ray_address)
     seconds = time.perf_counter() - started
     from .fs import left_out_note
 
@@ -434,10 +446,11 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
               help="A record that cannot be read: stop with an error, or skip it and count it.")
 @click.option("--max-bad-records", metavar="N|P%", default=DEFAULT_MAX_BAD_RECORDS, show_default=True,
               help=MAX_BAD_RECORDS_HELP)
+@engine_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on stderr.")
 def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | None, dtype: str,
               split_at: int | None, stream_dtype: str | None,
-              on_bad_record: str, max_bad_records: str, quiet: bool) -> None:
+              on_bad_record: str, max_bad_records: str, engine: str, ray_address: str | None, quiet: bool) -> None:
     """Write the exact document-length histogram of IN, for `bestfit stats HIST.json ...` to read later.
 
     Lengths are counted as read, before EOS and uncut: --ctx and --long-docs are given to stats. --eos-id is
@@ -449,7 +462,8 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
 
     document = measure_histogram(inputs, column, eos_id, progress_factory=_progress(quiet),
                                  on_bad_record=on_bad_record, dtype=dtype, output=output,
-                                 max_bad_records=max_bad_records, split_at=split_at, stream_dtype=stream_dtype)
+                                 max_bad_records=max_bad_records, split_at=split_at, stream_dtype=stream_dtype,
+                                 engine=engine, ray_address=ray_address)
     _notes([left_out_note([LeftOut.from_json(e) for e in document["inputs_left_out"]]),
             *(note for item in document["inputs"] for note in item.get("notes", []))])
     if output == "-":

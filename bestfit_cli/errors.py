@@ -16,6 +16,18 @@ class BestfitError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.fix})" if self.fix else self.message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled with every attribute, so the error a Ray task raised is the same error on the driver (the default
+        # would call __init__ again with the finished message as its only argument).
+        return _restore, (type(self), dict(self.__dict__))
+
+
+def _restore(cls: type[BestfitError], state: dict[str, object]) -> BestfitError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, str(error))
+    return error
+
 
 class InputError(BestfitError):
     """Bad or unreadable input data: names the file and, when known, the row or line."""

@@ -59,7 +59,7 @@ from .window import (
     window_tokens_for_memory,
     windows,
 )
-from .write import STATS, ShardInfo, ShardWriter, kill_point
+from .write import STATS, ShardInfo, ShardStager, ShardWriter, kill_point
 
 MANIFEST_FORMAT = "bestfit.packed"
 MANIFEST_VERSION = 2  # 2: inputs' fingerprints, inputs_left_out, stats.json's size and sha256, shard names
@@ -122,6 +122,8 @@ class PackOptions:
     columns: tuple[str, ...] = ()  # training columns to add (training.TRAINING_COLUMNS), stored in that order
     pad: bool = True  # False: rows end after their last piece instead of being padded to ctx
     max_bad_records: str = DEFAULT_MAX_BAD_RECORDS  # with skip: a count (100) or a share of records read (1%)
+    engine: str = "local"  # or "ray": the same windows packed as Ray tasks (ray_engine.py); never changes the output
+    ray_address: str | None = None  # the Ray cluster (None: RAY_ADDRESS, else a local Ray started for the run)
     keep: tuple[str, ...] = ()  # --keep: document columns carried into the output, one value per piece
     keep_token: tuple[str, ...] = ()  # --keep-token NAME:FILL[:EOS]: token columns carried into the output
 
@@ -210,6 +212,11 @@ class PackOptions:
             raise OptionError("window_documents must be 0 (derived from the window) or more")
         if self.workers < 0:
             raise OptionError("--workers must be 0 (all cores) or more")
+        if self.engine not in ("local", "ray"):
+            raise OptionError(f"--engine {self.engine!r} is unknown", fix="use local or ray")
+        if self.engine == "ray" and (self.keep or self.keep_token):
+            raise OptionError("--engine ray does not carry --keep or --keep-token columns yet",
+                              fix="pack with --engine local, or leave out --keep and --keep-token")
         if self.format not in FORMATS:
             raise OptionError(f"--format {self.format!r} is unknown", fix=f"use one of {', '.join(FORMATS)}")
         FORMATS[self.format].check_options(self)
@@ -236,6 +243,8 @@ class PackOptions:
         data["pad_id"] = self.resolved_pad_id
         data.pop("overwrite")
         data.pop("workers")  # never changes the output
+        data.pop("engine")  # nor does the engine
+        data.pop("ray_address")
         data.pop("memory")  # what it changes is window_tokens, recorded above
         # Recorded only when used, so a run with neither writes the same manifest as before they existed.
         if self.columns:
@@ -330,7 +339,7 @@ def _shard_buffer(n_tokens: int, dtype: np.dtype) -> np.ndarray:
     return buffer[:n_tokens]
 
 
-def pack_window(window: Window, opts: PackOptions, writer: ShardWriter,
+def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardStager,
                 shard_pool: Executor | None = None) -> WindowResult:
     """Plan, shuffle, gather and write one window. Depends only on the window and the options.
 
@@ -492,29 +501,12 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
     total_bytes = sum(f.size or 0 for f in files)
     bar = progress_factory(total_bytes) if progress_factory else None
     tracker = _InputTracker(files, bar.update if bar is not None else None, _token_rate(bar), opts.bad_record_limit)
-    results: list[WindowResult] = []
-    concat = ConcatCounts(0, 0, 0)
     try:
-        workers = opts.in_flight
-        # Two pools: windows are planned on one while their shards are gathered, encoded and written on the other.
-        # A window task waits for its shards, never the reverse, so neither pool can starve the other.
-        with ShardWriter(out, overwrite=opts.overwrite) as writer, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit") as pool, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit-shard") as shard_pool:
-            pending: list[Future[WindowResult]] = []
-            try:
-                for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents):
-                    concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
-                    pending.append(pool.submit(pack_window, window, opts, writer, shard_pool))
-                    del window
-                    # At most `workers` windows in flight plus the one being read: memory is bounded by the window.
-                    while len(pending) >= workers:
-                        results.append(pending.pop(0).result())
-                results.extend(f.result() for f in pending)
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+        with ShardWriter(out, overwrite=opts.overwrite) as writer:
+            if opts.engine == "ray":
+                results, concat = _pack_on_ray(files, read_opts, opts, writer, tracker, bar)
+            else:
+                results, concat = _pack_local(tracker, read_opts, opts, writer)
             skipped = sum(tracker.skipped, Skipped())
             stats = sum((r.stats for r in results), PackStats())
             # Documents all dropped by --long-docs still count as input; nothing but empty or bad records does not.
@@ -554,6 +546,50 @@ def _eos_note(opts: PackOptions, stats: PackStats) -> str | None:
         return None
     return (f"{stats.documents_ending_with_eos:,} documents already ended with --eos-id {opts.eos_id} and got a "
             "second one; --eos-mode if-missing appends it only where it is missing")
+
+
+def _pack_local(tracker: _InputTracker, read_opts: ReadOptions, opts: PackOptions, writer: ShardWriter
+                ) -> tuple[list[WindowResult], ConcatCounts]:
+    """The local engine: windows found while reading, packed on a thread pool, results in window order."""
+    results: list[WindowResult] = []
+    concat = ConcatCounts(0, 0, 0)
+    workers = opts.in_flight
+    # Two pools: windows are planned on one while their shards are gathered, encoded and written on the other.
+    # A window task waits for its shards, never the reverse, so neither pool can starve the other.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit") as pool, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit-shard") as shard_pool:
+        pending: list[Future[WindowResult]] = []
+        try:
+            for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents):
+                concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
+                pending.append(pool.submit(pack_window, window, opts, writer, shard_pool))
+                del window
+                # At most `workers` windows in flight plus the one being read: memory is bounded by the window.
+                while len(pending) >= workers:
+                    results.append(pending.pop(0).result())
+            results.extend(f.result() for f in pending)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+    return results, concat
+
+
+def _pack_on_ray(files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, writer: ShardWriter,
+                 tracker: _InputTracker, bar: Any) -> tuple[list[WindowResult], ConcatCounts]:
+    """The Ray engine (ray_engine.py): the same windows planned first and packed as tasks; the counts per input
+    come from the plan instead of the tracker's reading."""
+    from .ray_engine import RayEngine
+
+    with RayEngine(opts.ray_address) as engine:
+        results, kept, counts = engine.pack_windows(files, read_opts, opts, writer.stager,
+                                                    bar.update if bar is not None else None)
+    concat = ConcatCounts(0, 0, 0)
+    for lengths in kept:
+        concat = concat_counts(lengths, opts.ctx, concat.end, concat)
+    tracker.counts = counts
+    tracker.documents, tracker.skipped = counts.documents, counts.skipped
+    return results, concat
 
 
 def _token_rate(bar: Any) -> Callable[[int], None] | None:

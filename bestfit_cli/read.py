@@ -423,3 +423,20 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
     """Document lengths of one input file, through its format's ``read_lengths``: without casting token ids where
     the format allows, and accepting exactly the inputs ``pack`` accepts."""
     yield from input_format(file).read_lengths(file, file_index, opts)
+
+
+# --------------------------------------------------------------------------------------------- part of a file
+
+
+def slice_batch(batch: DocBatch, lo: int, hi: int) -> DocBatch:
+    """Rows ``lo .. hi - 1`` (of the file) of ``batch``."""
+    a, b = lo - batch.first_row, hi - batch.first_row
+    offsets = batch.offsets[a:b + 1]
+    return replace(batch, first_row=lo, offsets=offsets - offsets[0],
+                   tokens=batch.tokens[int(offsets[0]):int(offsets[-1])], skipped=Skipped(), content_sha256=None)
+
+
+def read_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int) -> Iterator[DocBatch]:
+    """Documents of rows ``lo .. hi - 1`` of one input file, read and checked as ``read_file`` reads them (the same
+    messages), through its format's ``read_rows``. Skipped records are counted where the whole file is read."""
+    yield from input_format(file).read_rows(file, file_index, opts, lo, hi)

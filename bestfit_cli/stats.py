@@ -15,7 +15,7 @@ import json
 import posixpath
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -33,6 +33,7 @@ from .read import (
     DEFAULT_MAX_BAD_RECORDS,
     TOKEN_DTYPES,
     BadRecordLimit,
+    LengthBatch,
     ReadOptions,
     Skipped,
     check_schemas,
@@ -178,12 +179,15 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
 
 def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = None,
                         progress: Callable[[int], None] | None = None,
-                        limit: BadRecordLimit | None = None) -> CorpusLengths:
+                        limit: BadRecordLimit | None = None,
+                        lengths_reader: Callable[[InputFile, int, ReadOptions], Iterator[LengthBatch]] = read_lengths,
+                        ) -> CorpusLengths:
     """One streaming pass over ``files`` (``fs.resolve_inputs``): every document's length, in input order, and saved
     histograms merged.
 
     ``.json`` files written by ``bestfit histogram`` are recognised by their content; any other ``.json`` file that
     holds one JSON document (not JSON Lines) is refused with a message instead of being parsed line by line.
+    ``lengths_reader`` reads one token file's lengths (``read_lengths``; the Ray engine's reads them all at once).
     """
     opts = opts or ReadOptions()
     chunks: list[np.ndarray] = []
@@ -214,7 +218,7 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
         done = 0
         skipped = Skipped()
         notes: list[str] = []
-        for batch in read_lengths(file, index, opts):
+        for batch in lengths_reader(file, index, opts):
             chunks.append(batch.lengths)
             documents += len(batch.lengths)
             skipped += batch.skipped
@@ -399,23 +403,38 @@ def _run(strategy: Strategy, ctx: int, opts: StatsOptions, hist: LengthHistogram
 
 
 def run_stats(inputs: Sequence[str], opts: StatsOptions,
-              progress_factory: Callable[[int], Any] | None = None) -> StatsResult:
-    """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``."""
+              progress_factory: Callable[[int], Any] | None = None, *, engine: str = "local",
+              ray_address: str | None = None) -> StatsResult:
+    """Read the lengths of ``inputs`` once and compare every strategy at every ctx of ``opts``.
+
+    ``engine="ray"`` reads every file's lengths as a Ray task (``ray_engine.py``); the result is the same.
+    """
     opts.validate()
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             split_at=opts.split_at, stream_dtype=opts.stream_dtype)
     limit = BadRecordLimit.parse(opts.max_bad_records)
-    return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory, limit), opts)
+    return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory, limit, engine, ray_address),
+                   opts)
 
 
 def _read_with_progress(scan: InputScan, opts: ReadOptions, progress_factory: Callable[[int], Any] | None,
-                        limit: BadRecordLimit | None = None) -> CorpusLengths:
+                        limit: BadRecordLimit | None = None, engine: str = "local",
+                        ray_address: str | None = None) -> CorpusLengths:
+    if engine not in ("local", "ray"):
+        raise OptionError(f"--engine {engine!r} is unknown", fix="use local or ray")
     files = list(scan.files)
     check_schemas(files, opts)  # a wrong --column in the last file fails before the first is read
     bar = progress_factory(sum(f.size or 0 for f in files)) if progress_factory else None
     try:
-        return replace(read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit),
-                       left_out=scan.left_out)
+        if engine == "ray":
+            from .ray_engine import RayEngine
+
+            with RayEngine(ray_address) as ray_engine:
+                reader = ray_engine.lengths_reader(files, opts)
+                corpus = read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit, reader)
+        else:
+            corpus = read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit)
+        return replace(corpus, left_out=scan.left_out)
     finally:
         if bar is not None:
             bar.close()
@@ -428,7 +447,8 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
                       progress_factory: Callable[[int], Any] | None = None, on_bad_record: str = "error",
                       dtype: str = "int32", output: str | None = None,
                       max_bad_records: str = DEFAULT_MAX_BAD_RECORDS, split_at: int | None = None,
-                      stream_dtype: str | None = None) -> dict[str, Any]:
+                      stream_dtype: str | None = None, *, engine: str = "local",
+                      ray_address: str | None = None) -> dict[str, Any]:
     """The JSON document ``bestfit histogram`` writes: exact counts per length (before EOS), inputs, options.
 
     Ids are checked against ``dtype`` as ``pack`` checks them, so a histogram counts the documents pack would pack.
@@ -445,7 +465,8 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
     scan = scan_inputs(inputs)
     if output is not None:
         check_histogram_output(output, inputs, scan)
-    corpus = _read_with_progress(scan, read_opts, progress_factory, BadRecordLimit.parse(max_bad_records))
+    corpus = _read_with_progress(scan, read_opts, progress_factory, BadRecordLimit.parse(max_bad_records), engine,
+                                 ray_address)
     return {**corpus.histogram.to_json(), "bestfit_version": __version__, "inputs": corpus.inputs,
             "inputs_left_out": [e.to_json() for e in corpus.left_out],
             "options": {"column": column, "eos_id": eos_id, "on_bad_record": on_bad_record, "dtype": dtype,

@@ -8,7 +8,7 @@ policy and cuts documents into the pieces the planner places.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -389,3 +389,132 @@ def window_tokens_for_memory(budget: int, ctx: int, rows_per_shard: int, itemsiz
                          f"{MIN_WINDOW_TOKENS:,} tokens; it needs at least {need / 2**20:,.0f} MiB at ctx {ctx} "
                          f"and {rows_per_shard} rows per shard")
     return window_tokens
+
+
+# ------------------------------------------------------------------------------------------------ planned windows
+#
+# ``windows`` finds window boundaries while it reads. A driver that hands windows to other machines must know them
+# before anything is read, and without reading every token: ``plan_windows`` computes the same boundaries from
+# blocks of documents whose token totals are known (a Parquet row group's footer says how many rows and ids it
+# holds), and asks for the lengths of a block's documents only where a window ends inside it.
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive documents of one input file: rows ``first_row .. first_row + rows - 1`` of file ``file_index``.
+
+    ``tokens`` is their total when known without reading them (None: ask for their lengths); ``lengths`` their
+    lengths when already read.
+    """
+
+    file_index: int
+    first_row: int
+    rows: int
+    tokens: int | None = None
+    lengths: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """A window as planned: documents ``first_doc .. first_doc + n_docs - 1`` (global), ``n_tokens`` tokens."""
+
+    index: int
+    first_doc: int
+    n_docs: int
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The windows of a run, and each input file's first global document and number of documents.
+
+    ``error`` is a failure met while planning (a bad row in a block whose lengths were read): the windows before
+    the failing block are planned, so a bad record earlier in the input, inside a window, is still the one named.
+    """
+
+    windows: tuple[WindowSpec, ...]
+    file_first_doc: tuple[int, ...]
+    file_docs: tuple[int, ...]
+    error: BaseException | None = None
+
+    def sources(self, spec: WindowSpec) -> list[tuple[int, int, int]]:
+        """``(file_index, first_row, end_row)`` of each file the window's documents come from, in order."""
+        out = []
+        lo, hi = spec.first_doc, spec.first_doc + spec.n_docs
+        for index, (first, n) in enumerate(zip(self.file_first_doc, self.file_docs, strict=True)):
+            a, b = max(lo, first), min(hi, first + n)
+            if a < b:
+                out.append((index, a - first, b - first))
+        return out
+
+
+class _Planner:
+    """The state of the window being filled: its first document, tokens and documents so far."""
+
+    def __init__(self, window_tokens: int, window_documents: int | None) -> None:
+        if window_tokens < 1 or (window_documents is not None and window_documents < 1):
+            raise ValueError("window_tokens and window_documents must be >= 1")
+        self.window_tokens = window_tokens
+        self.max_docs = window_documents if window_documents is not None else UNBOUNDED_TOKENS
+        self.specs: list[WindowSpec] = []
+        self.start = self.doc = self.tokens = 0
+
+    def close(self) -> None:
+        if self.doc > self.start:
+            self.specs.append(WindowSpec(len(self.specs), self.start, self.doc - self.start, self.tokens))
+        self.start, self.tokens = self.doc, 0
+
+    def fits_whole(self, rows: int, tokens: int) -> bool:
+        return self.doc - self.start + rows <= self.max_docs and self.tokens + tokens <= self.window_tokens
+
+    def add_whole(self, rows: int, tokens: int) -> None:
+        self.doc += rows
+        self.tokens += tokens
+
+    def add_lengths(self, lengths: np.ndarray) -> None:
+        """Documents one by one (vectorised per window), with ``windows``' rule: a window ends before the first
+        document that would take it past either limit; a document longer than a window is a window of its own."""
+        ends = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=ends[1:])
+        pos = 0
+        while pos < len(lengths):
+            held = self.doc - self.start
+            fit = int(np.searchsorted(ends, ends[pos] + self.window_tokens - self.tokens, side="right")) - 1 - pos
+            fit = min(fit, self.max_docs - held)
+            if fit <= 0:
+                if held:  # the next document does not fit: close the window
+                    self.close()
+                    continue
+                fit = 1  # a document longer than a whole window
+            self.doc += fit
+            self.tokens += int(ends[pos + fit] - ends[pos])
+            pos += fit
+            if held == 0 and fit == 1 and self.tokens > self.window_tokens:
+                self.close()
+
+
+def plan_windows(blocks: Iterable[Block], window_tokens: int, window_documents: int | None,
+                 lengths_of: Callable[[Block], np.ndarray]) -> WindowPlan:
+    """The windows ``windows`` would make of the documents of ``blocks`` (in input order, every file's blocks in row
+    order), reading lengths (``lengths_of``) only of blocks that a window ends inside or whose total is unknown."""
+    planner = _Planner(window_tokens, window_documents)
+    first_doc: dict[int, int] = {}
+    docs: dict[int, int] = {}
+    error: BaseException | None = None
+    try:
+        for block in blocks:
+            first_doc.setdefault(block.file_index, planner.doc)
+            if block.lengths is None and block.tokens is not None and planner.fits_whole(block.rows, block.tokens):
+                planner.add_whole(block.rows, block.tokens)
+            else:
+                lengths = block.lengths if block.lengths is not None else lengths_of(block)
+                if len(lengths) != block.rows:
+                    raise ValueError(f"block of {block.rows} rows read as {len(lengths)} lengths")
+                planner.add_lengths(lengths)
+            docs[block.file_index] = planner.doc - first_doc[block.file_index]
+    except Exception as exc:  # noqa: BLE001 -- handed to the engine, which raises it after the windows before it
+        error = exc
+    planner.close()
+    n_files = max([*first_doc, -1]) + 1
+    return WindowPlan(tuple(planner.specs), tuple(first_doc.get(i, 0) for i in range(n_files)),
+                      tuple(docs.get(i, 0) for i in range(n_files)), error)

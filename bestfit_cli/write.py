@@ -52,7 +52,8 @@ from .outdir import (
     survey,
 )
 
-__all__ = ["MANIFEST", "STATS", "TMP_PREFIX", "FileInfo", "ShardInfo", "ShardWriter", "companion_name", "kill_point"]
+__all__ = ["MANIFEST", "STATS", "TMP_PREFIX", "FileInfo", "ShardInfo", "ShardStager", "ShardWriter", "companion_name",
+           "kill_point"]
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,155 @@ def kill_point(name: str) -> None:
     """Test hook (tests/test_faults.py, docs/guarantees.md): ``BESTFIT_TEST_KILL_AT=name`` SIGKILLs the process here.
 
     ``BESTFIT_TEST_STEP_DELAY=SECONDS`` sleeps at each step of the swap, so randomly timed kills can land in it.
+    ``BESTFIT_TEST_KILL_ONCE=name:FILE`` SIGKILLs the first process to get here that creates FILE: a worker that
+    dies once, so the task run again (tests/test_ray.py) gets past it.
     """
     if os.environ.get("BESTFIT_TEST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    once = os.environ.get("BESTFIT_TEST_KILL_ONCE", "")
+    if once.startswith(name + ":"):
+        try:
+            os.close(os.open(once[len(name) + 1:], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
     if name.startswith("swap") and os.environ.get("BESTFIT_TEST_STEP_DELAY"):
         time.sleep(float(os.environ["BESTFIT_TEST_STEP_DELAY"]))
+
+
+class ShardStager:
+    """Writes a run's shards: the part of ``ShardWriter`` a window needs, and all that a window packed in another
+    process (a Ray task) gets. On a local disk a shard goes to the run's temporary folder (``commit`` renames it into
+    OUT); on an object store, which has no rename, it is put straight into OUT under its final name, claimed in the
+    temporary folder first. It pickles as its paths and the old manifest's digests; the filesystem is opened again
+    where it is used, with that machine's credentials."""
+
+    def __init__(self, out: str, root: str, tmp: str, fs: pafs.FileSystem | None = None) -> None:
+        self.out = out
+        self.root = root
+        self.tmp = tmp
+        self.old_sha: dict[str, Any] = {}  # what the old manifest lists, with each file's sha256 (set before the run)
+        self.put: list[str] = []  # object store: the files this process put into OUT (each claimed first)
+        self._fs = fs
+        # Shards are flushed to the disk by a thread of their own, so the threads that encode shards do not wait on
+        # the disk; ``await_syncs`` waits for every flush (the commit before the first rename, a task before it
+        # reports its window done).
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bestfit-sync")  # a thread once used
+        self._syncs: list[tuple[str, Future[None]]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"out": self.out, "root": self.root, "tmp": self.tmp, "old_sha": self.old_sha}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["out"], state["root"], state["tmp"])  # type: ignore[misc]
+        self.old_sha = state["old_sha"]
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = filesystem_for(self.out)[0]
+        return self._fs
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def sync(self, path: str) -> None:
+        """Flush a local file's bytes, or a local folder's entries (its renames), to the disk."""
+        if not self.local:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def stage(self, name: str, data: bytes | memoryview, *, sync_later: bool = False) -> None:
+        """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere.
+
+        ``sync_later``: the flush runs on the sync thread; ``await_syncs`` waits for it.
+        """
+        tmp_path = posixpath.join(self.tmp, name)
+        try:
+            with self.fs.open_output_stream(tmp_path) as stream:
+                stream.write(data)
+            if sync_later and self.local:
+                self._syncs.append((name, self._syncer.submit(self.sync, tmp_path)))
+            else:
+                self.sync(tmp_path)
+        except (OSError, pa.ArrowException) as exc:
+            raise self.failed(name, exc) from None
+
+    def await_syncs(self) -> None:
+        """Every shard staged so far is on the disk (or the first flush that failed is an ``OutputError``)."""
+        for name, flushed in self._syncs:
+            try:
+                flushed.result()
+            except OSError as exc:
+                raise self.failed(name, exc) from None
+        self._syncs.clear()
+
+    def close(self) -> None:
+        """No flush still running (on files about to be renamed or removed); the sync thread ends."""
+        self._syncer.shutdown(wait=True)
+
+    def failed(self, name: str, exc: BaseException) -> BestfitError:
+        failure = None if self.local else storage_error(posixpath.join(self.out, name), exc)
+        if failure is not None:
+            return failure
+        return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
+
+    def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes | memoryview, rows: int,
+                    companions: dict[str, bytes] | None = None) -> ShardInfo:
+        """Stage one shard and its companion files (by suffix), named after the window, the part and the bytes of
+        all of them (``outdir.shard_name``), so two shards of the same name always have the same files: a task run
+        again after a crash writes the same names with the same bytes."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        digests = {suffix: hashlib.sha256(content).hexdigest() for suffix, content in (companions or {}).items()}
+        digest = sha256 if not digests else hashlib.sha256(
+            "".join([sha256, *(f"{s}:{d}" for s, d in sorted(digests.items()))]).encode()).hexdigest()
+        name = shard_name(window, part, digest, fmt.suffix)
+        files = []
+        for suffix, content in (companions or {}).items():
+            companion = companion_name(name, fmt, suffix)
+            self._write_shard_file(companion, content, digests[suffix])
+            files.append(FileInfo(companion, len(content), digests[suffix]))
+        self._write_shard_file(name, data, sha256)
+        return ShardInfo(name, rows, len(data), sha256, tuple(files))
+
+    def _write_shard_file(self, name: str, data: bytes | memoryview, sha256: str) -> None:
+        """Stage a shard's file (a local disk), or, on an object store, which has no rename (a "move" is a copy and
+        a delete), put it straight into OUT under its final name: the name carries a digest of the bytes, so it
+        never replaces an old shard with other bytes, and no manifest lists it until the commit. A claim in the
+        temporary folder is put first, so whatever a kill leaves in OUT is known to be this run's."""
+        if self.local:
+            self.stage(name, data, sync_later=True)
+            return
+        if name in self.old_sha:
+            if self.old_sha[name] == sha256:
+                return  # the old output's file of that name holds these very bytes: it stays, shared by both
+            raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that name",
+                              fix="move the old output away, or check OUT/manifest.json")
+        try:
+            with self.fs.open_output_stream(posixpath.join(self.tmp, CLAIM_PREFIX + name)):
+                pass
+            self.put.append(name)  # before the put: a put that fails halfway is removed too
+            with self.fs.open_output_stream(posixpath.join(self.root, name)) as stream:
+                stream.write(data)
+        except (OSError, pa.ArrowException) as exc:
+            raise self.failed(name, exc) from None
+        kill_point("store-shard")
+
+    def claimed(self) -> set[str]:
+        """Object store: every file a process of this run (this one, or a Ray task) claimed, hence may have put into
+        OUT; what a rollback removes."""
+        try:
+            listing = self.fs.get_file_info(pafs.FileSelector(self.tmp, allow_not_found=True))
+        except (OSError, pa.ArrowException):
+            listing = []
+        names = {posixpath.basename(e.path).removeprefix(CLAIM_PREFIX) for e in listing
+                 if posixpath.basename(e.path).startswith(CLAIM_PREFIX)}
+        return names | set(self.put)
 
 
 class ShardWriter:
@@ -125,20 +270,16 @@ class ShardWriter:
         # durable and atomic on their own, and have no folders to sync.
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.tmp = posixpath.join(self.root, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
+        self.stager = ShardStager(out, self.root, self.tmp, self.fs)  # writes the shards, here or in a Ray task
         self.overwrite = overwrite
         self._lock = OutLock(out, self.root)
         self._store_lock = None if self.local else StoreLock(out, self.fs, self.root)
-        self._old_sha: dict[str, Any] = {}  # what the old manifest lists, with each file's sha256
         self._new_names: set[str] = set()  # every file of the new output's shards (set by commit)
         self._created: list[str] = []  # folders this run made (OUT and missing parents), removed if it fails
         self._previous: bytes | None = None  # the old output's manifest, as read
         self._old_files: set[str] = set()  # what it lists
         self._moved: list[str] = []  # new shards moved into OUT so far
         self._state = "writing"  # then "moving", "renamed" (manifest in place), "committed" (durable), "done"
-        # Shards are flushed to the disk by a thread of their own, so the threads that encode shards do not wait on
-        # the disk; ``commit`` waits for every flush before the first rename (``_await_syncs``).
-        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bestfit-sync")  # a thread once used
-        self._syncs: list[tuple[str, Future[None]]] = []
 
     def __enter__(self) -> ShardWriter:
         try:
@@ -203,91 +344,24 @@ class ShardWriter:
         for name in contents.temp_folders:
             self._remove_folder(posixpath.join(self.root, name))
         self._previous = contents.manifest
-        self._old_sha = listed_sha256(contents.manifest) if contents.manifest is not None else {}
+        self.stager.old_sha = listed_sha256(contents.manifest) if contents.manifest is not None else {}
         self._old_files = (manifest_files(contents.manifest) or set()) if contents.manifest is not None else set()
 
     # -------------------------------------------------------------------------------------------- during the run
 
     def _sync(self, path: str) -> None:
-        """Flush a local file's bytes, or a local folder's entries (its renames), to the disk."""
-        if not self.local:
-            return
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.stager.sync(path)
 
-    def _stage(self, name: str, data: bytes | memoryview, *, sync_later: bool = False) -> None:
-        """Write ``name`` into the temporary folder, its bytes on the disk before it can be renamed anywhere.
-
-        ``sync_later``: the flush runs on the writer's sync thread; ``commit`` waits for it before any rename.
-        """
-        tmp_path = posixpath.join(self.tmp, name)
-        try:
-            with self.fs.open_output_stream(tmp_path) as stream:
-                stream.write(data)
-            if sync_later and self.local:
-                self._syncs.append((name, self._syncer.submit(self._sync, tmp_path)))
-            else:
-                self._sync(tmp_path)
-        except (OSError, pa.ArrowException) as exc:
-            raise self._failed(name, exc) from None
-
-    def _await_syncs(self) -> None:
-        """Every shard staged so far is on the disk (or the first flush that failed is an ``OutputError``)."""
-        for name, flushed in self._syncs:
-            try:
-                flushed.result()
-            except OSError as exc:
-                raise self._failed(name, exc) from None
-        self._syncs.clear()
+    def _stage(self, name: str, data: bytes | memoryview) -> None:
+        self.stager.stage(name, data)
 
     def _failed(self, name: str, exc: BaseException) -> BestfitError:
-        failure = None if self.local else storage_error(posixpath.join(self.out, name), exc)
-        if failure is not None:
-            return failure
-        return OutputError(f"{self.out}: writing {name} failed ({_describe(exc)})", fix=_write_fix(exc))
+        return self.stager.failed(name, exc)
 
     def write_shard(self, window: int, part: int, fmt: OutputFormat, data: bytes | memoryview, rows: int,
                     companions: dict[str, bytes] | None = None) -> ShardInfo:
-        """Stage one shard and its companion files (by suffix), named after the window, the part and the bytes of
-        all of them (``outdir.shard_name``), so two shards of the same name always have the same files."""
-        sha256 = hashlib.sha256(data).hexdigest()
-        digests = {suffix: hashlib.sha256(content).hexdigest() for suffix, content in (companions or {}).items()}
-        digest = sha256 if not digests else hashlib.sha256(
-            "".join([sha256, *(f"{s}:{d}" for s, d in sorted(digests.items()))]).encode()).hexdigest()
-        name = shard_name(window, part, digest, fmt.suffix)
-        files = []
-        for suffix, content in (companions or {}).items():
-            companion = companion_name(name, fmt, suffix)
-            self._write_shard_file(companion, content, digests[suffix])
-            files.append(FileInfo(companion, len(content), digests[suffix]))
-        self._write_shard_file(name, data, sha256)
-        return ShardInfo(name, rows, len(data), sha256, tuple(files))
-
-    def _write_shard_file(self, name: str, data: bytes | memoryview, sha256: str) -> None:
-        """Stage a shard's file (a local disk), or, on an object store, which has no rename (a "move" is a copy and
-        a delete), put it straight into OUT under its final name: the name carries a digest of the bytes, so it
-        never replaces an old shard with other bytes, and no manifest lists it until the commit. A claim in the
-        temporary folder is put first, so whatever a kill leaves in OUT is known to be this run's."""
-        if self.local:
-            self._stage(name, data, sync_later=True)
-            return
-        if name in self._old_sha:
-            if self._old_sha[name] == sha256:
-                return  # the old output's file of that name holds these very bytes: it stays, shared by both
-            raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that name",
-                              fix="move the old output away, or check OUT/manifest.json")
-        try:
-            with self.fs.open_output_stream(posixpath.join(self.tmp, CLAIM_PREFIX + name)):
-                pass
-            self._moved.append(name)  # before the put: a put that fails halfway is removed too
-            with self.fs.open_output_stream(posixpath.join(self.root, name)) as stream:
-                stream.write(data)
-        except (OSError, pa.ArrowException) as exc:
-            raise self._failed(name, exc) from None
-        kill_point("store-shard")
+        """``ShardStager.write_shard``: one shard and its companion files, staged (or put, on an object store)."""
+        return self.stager.write_shard(window, part, fmt, data, rows, companions)
 
     # -------------------------------------------------------------------------------------------- the swap
 
@@ -300,7 +374,7 @@ class ShardWriter:
 
     def commit(self, shards: Sequence[ShardInfo], manifest: dict[str, Any]) -> None:
         """Swap the staged output in for the old one (or into an empty OUT); see the module's docstring."""
-        old_sha = self._old_sha
+        old_sha = self.stager.old_sha
         new_files = [entry for shard in shards for entry in shard.all_files]
         self._new_names = {name for name, _ in new_files}
         if not self.local:
@@ -310,7 +384,7 @@ class ShardWriter:
             if name in old_sha and old_sha[name] != sha256:
                 raise OutputError(f"{self.out}: the old output's {name} has other bytes than the new file of that "
                                   "name", fix="move the old output away, or check OUT/manifest.json")
-        self._await_syncs()
+        self.stager.await_syncs()
         # The journal (new manifest, and the one it replaces) reaches the disk before any new name appears in OUT, so
         # whatever a crash leaves, the next run and verify can tell which files were this run's.
         self._stage(MANIFEST, _json_bytes(manifest))
@@ -400,24 +474,28 @@ class ShardWriter:
             # Another run writes here now, and its shards may carry the same names (same input, same bytes): leave
             # them; the claims in the temporary folder let the next --overwrite tell them apart.
             self._moved.clear()
+            self.stager.put.clear()
             self._state = "writing"
             return
-        for name in reversed(self._moved):
+        # On an object store the shards went into OUT as they were written, by this process or by Ray tasks: the
+        # claims in the temporary folder name them all.
+        for name in reversed(self._moved if self.local else sorted(self.stager.claimed())):
             if name not in self._old_files:  # an old name holds the same bytes as before: it is the old shard
                 try:
                     self.fs.delete_file(posixpath.join(self.root, name))
                 except FileNotFoundError:
                     pass  # an object store's put that failed before it completed
         self._moved.clear()
+        self.stager.put.clear()
         self._state = "writing"
 
     # -------------------------------------------------------------------------------------------- after the run
 
     def _close(self, *, failed: bool) -> None:
-        self._syncer.shutdown(wait=True)  # no flush still running on files about to be removed
+        self.stager.close()  # no flush still running on files about to be removed
         consistent = True
         try:
-            if self._state in ("moving", "renamed") or (self._state == "writing" and self._moved):
+            if self._state in ("moving", "renamed") or (self._state == "writing" and not self.local):
                 self._roll_back()
             elif self._state == "committed":
                 self._finish()

@@ -161,6 +161,31 @@ class InputFormat:
             yield LengthBatch(batch.file_index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
                               batch.notes)
 
+    # What an engine that plans windows before reading asks (``window.plan_windows``, ``ray_engine.py``).
+
+    def blocks(self, file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]] | None:
+        """``(first_row, rows, tokens)`` of consecutive blocks of the file, known without reading its documents
+        (``tokens`` None where unknown), or None when only reading tells (then the file's lengths are read once)."""
+        return None
+
+    def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
+        """Token counts of rows ``lo .. hi - 1``, refusing what ``read`` refuses; by default through ``read_rows``."""
+        lengths = [batch.lengths for batch in self.read_rows(file, 0, opts, lo, hi)]
+        return np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
+
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int
+                  ) -> Iterator[DocBatch]:
+        """Documents of rows ``lo .. hi - 1``, as ``read`` reads them; by default ``read`` from the file's start,
+        sliced (a format that can seek, as Parquet by row group, does better)."""
+        from ..read import slice_batch
+
+        for batch in self.read(file, file_index, opts):
+            a, b = max(lo, batch.first_row), min(hi, batch.first_row + batch.n_docs)
+            if a < b:
+                yield slice_batch(batch, a, b)
+            if batch.first_row + batch.n_docs >= hi:
+                return
+
     def signature(self, file: InputFile) -> str | None:
         """A hex digest of what identifies the file's contents beyond its size and time (a Parquet footer), cheap to
         compute, or None; recorded as the input's ``footer_sha256`` (``fingerprint.py``)."""

@@ -18,6 +18,7 @@ from ..read import (
     DocBatch,
     LengthBatch,
     ReadOptions,
+    Skipped,
     batch_from_arrow,
     check_carried_schema,
     check_list_type,
@@ -263,6 +264,93 @@ def footer_sha256(file: InputFile) -> str | None:
         return None
 
 
+# --------------------------------------------------------------------------------------------- part of a file
+
+
+def parquet_row_groups(file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]]:
+    """``(first_row, rows, tokens)`` of each row group, from the footer alone.
+
+    A list column stores one value slot per id plus one per empty or null list, and the footer counts those as
+    nulls, so the ids are ``num_values - null_count``. That is exact unless an id is null, which fails the read
+    anyway. ``tokens`` is None where the footer has no null count (or the column is a fixed-size list).
+    """
+    pf = open_parquet_checked(file, opts)
+    try:
+        meta = pf.metadata
+        column_type = pf.schema_arrow.field(opts.column).type
+        countable = pa.types.is_list(column_type) or pa.types.is_large_list(column_type)
+        leaf = next(i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] == opts.column)
+        groups, first = [], 0
+        for group in range(meta.num_row_groups):
+            row_group = meta.row_group(group)
+            chunk = row_group.column(leaf)
+            stats = chunk.statistics if chunk.is_stats_set else None
+            tokens = (chunk.num_values - stats.null_count
+                      if countable and stats is not None and stats.has_null_count else None)
+            groups.append((first, row_group.num_rows, tokens))
+            first += row_group.num_rows
+        return groups
+    finally:
+        pf.close()
+
+
+def _row_group_batches(file: InputFile, pf: pq.ParquetFile, opts: ReadOptions, lo: int, hi: int,
+                       batch_rows: int) -> Iterator[tuple[int, pa.Array]]:
+    """``(first_row, column)`` of rows ``lo .. hi - 1`` of a Parquet file, reading only the row groups they are in."""
+    import pyarrow.dataset as pads
+
+    meta = pf.metadata
+    groups, first, start = [], 0, None
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if first < hi and first + rows > lo:
+            groups.append(group)
+            start = first if start is None else start
+        first += rows
+    if not groups or start is None:
+        return
+    fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs).subset(row_group_ids=groups)
+    row = start
+    for record_batch in fragment.to_batches(columns=[opts.column], batch_size=batch_rows, use_threads=True):
+        column = record_batch.column(0)
+        a, b = max(lo, row), min(hi, row + len(column))
+        if a < b:
+            yield a, column.slice(a - row, b - a)
+        row += len(column)
+        if row >= hi:
+            return
+
+
+def parquet_lengths(file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
+    """Lengths of rows ``lo .. hi - 1``, refusing what ``read_parquet`` refuses (as ``read_parquet_lengths``)."""
+    pf = open_parquet_checked(file, opts)
+    out, row = [], lo
+    try:
+        for row, column in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS * 8):
+            if column.null_count or column.values.null_count or not ids_in_range(column, opts):
+                batch_from_arrow(file, 0, row, column, opts, lambda r: {"row": r})  # raises, naming the row
+            out.append(pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64))
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise _corrupt(file, pf, opts.column, row, exc) from None
+    finally:
+        pf.close()
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
+
+
+def read_parquet_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int) -> Iterator[DocBatch]:
+    """Rows ``lo .. hi - 1``, from the row group holding ``lo`` on (skipped records are counted elsewhere)."""
+    pf = open_parquet_checked(file, opts)
+    row = lo
+    try:
+        for row, column in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS):
+            yield replace(batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r}),
+                          skipped=Skipped())
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
+        raise _corrupt(file, pf, opts.column, row, exc) from None
+    finally:
+        pf.close()
+
+
 class ParquetInput(InputFormat):
     """Parquet files (``*.parquet``, ``*.pq``) with a list-of-integers token column (``--column``)."""
 
@@ -283,6 +371,18 @@ class ParquetInput(InputFormat):
         if opts.skip_bad:  # skipped records need the full reader
             return super().read_lengths(file, file_index, opts)
         return read_parquet_lengths(file, file_index, opts)
+
+    def blocks(self, file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]] | None:
+        if opts.skip_bad:  # a skipped record's ids are not in its length: only reading tells
+            return None
+        return parquet_row_groups(file, opts)
+
+    def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
+        return parquet_lengths(file, opts, lo, hi)
+
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int
+                  ) -> Iterator[DocBatch]:
+        return read_parquet_rows(file, file_index, opts, lo, hi)
 
     def signature(self, file: InputFile) -> str | None:
         return footer_sha256(file)

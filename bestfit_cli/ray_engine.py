@@ -1,0 +1,322 @@
+"""The Ray engine: the local engine's windows, each packed by a Ray task that reads its own inputs and writes its own
+shards; the driver plans, collects and commits.
+
+An engine only schedules. The windows are ``window.plan_windows``'s, which are ``window.windows``' (the local
+engine's) computed before reading: a Parquet input's row groups come from its footer and only the row groups a
+window ends inside are read (lengths only); a JSONL input, or any input under ``--on-bad-record skip``, is read
+once for its lengths, one task per file. Each window task then packs with ``pipeline.pack_window`` and stages its
+shards in OUT's temporary folder (``write.ShardStager``), so the commit, the rollback and the output bytes are the
+local engine's. A task killed mid-way runs again (``max_retries``) and writes the same names with the same bytes;
+only the shards the finished attempt returns are committed. A bad record is returned as its typed error, and the
+driver raises the first in input order: the one the local engine would have met first.
+
+Ray is an optional dependency (``pip install 'bestfit-cli[ray]'``), imported only here and only when used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BestfitError, InputError, OptionError
+from .fs import InputFile
+from .read import (
+    BadRecordLimit,
+    InputCounts,
+    LengthBatch,
+    ReadOptions,
+    Skipped,
+    input_format,
+    read_file,
+    read_lengths,
+    read_rows,
+)
+from .window import Block, WindowBuffer, WindowPlan, WindowSpec, plan_windows
+from .write import ShardStager
+
+if TYPE_CHECKING:
+    from .pipeline import PackOptions, WindowResult
+
+ENGINES = ("local", "ray")
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+MAX_RETRIES = 3  # a window task whose worker dies is run again this many times
+FORWARDED_ENV = ("AWS_", "BESTFIT_TEST_")  # passed on to the tasks: object-store settings, test hooks
+CANCEL_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class FileLengths:
+    """One input file's document lengths as its reader hands them on (batch by batch, with what it skipped)."""
+
+    batches: tuple[LengthBatch, ...]
+    content_sha256: str | None = None  # JSONL: sha256 of all its bytes, as the local engine records it
+
+    @property
+    def documents(self) -> int:
+        return sum(len(b.lengths) for b in self.batches)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.concatenate([b.lengths for b in self.batches]) if self.batches else np.empty(0, dtype=np.int64)
+
+
+def file_lengths(file: InputFile, index: int, opts: ReadOptions, full: bool = False) -> FileLengths:
+    """Read one file's lengths (a task of the lengths pass); ``full`` reads it as ``pack`` does, so that the content
+    hash the manifest records (a JSONL file's) comes with them."""
+    if file.size == 0:
+        raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+    if not full:
+        return FileLengths(tuple(read_lengths(file, index, opts)))
+    batches, sha = [], None
+    for batch in read_file(file, index, opts):
+        batches.append(LengthBatch(index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
+                                   batch.notes))
+        sha = batch.content_sha256 or sha
+    return FileLengths(tuple(batches), sha)
+
+
+def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = False
+                  ) -> FileLengths | BestfitError:
+    try:
+        return file_lengths(file, index, opts, full)
+    except BestfitError as exc:  # a value, not a task failure: no retry, and the driver chooses which to raise
+        return exc
+
+
+def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], files: Sequence[InputFile],
+               read_opts: ReadOptions, opts: PackOptions, stager: ShardStager
+               ) -> tuple[WindowResult, np.ndarray] | BestfitError:
+    """Read one planned window from shared storage, pack it and stage its shards (runs on a Ray worker)."""
+    from .pipeline import kept_lengths, pack_window
+
+    try:
+        buffer = WindowBuffer(max(spec.n_tokens, 1), expected_tokens=spec.n_tokens)
+        dtype = np.dtype(np.int64)
+        for file_index, lo, hi in sources:
+            for batch in read_rows(files[file_index], file_index, read_opts, lo, hi):
+                dtype = batch.tokens.dtype
+                if buffer.filled + batch.n_tokens > spec.n_tokens:
+                    raise _changed(files[file_index], batch.first_row)
+                buffer.add(batch, 0, batch.n_docs)
+        if buffer.n_docs != spec.n_docs or buffer.filled != spec.n_tokens:
+            raise _changed(files[sources[-1][0]] if sources else files[0], spec.first_doc)
+        window = buffer.take(spec.index, spec.first_doc, dtype)
+        result = pack_window(window, opts, stager)
+        stager.await_syncs()  # the window's shards are on the disk before the driver can count it done
+        return result, kept_lengths(window, opts)
+    except BestfitError as exc:
+        return exc
+    finally:
+        stager.close()
+
+
+def _changed(file: InputFile, row: int) -> InputError:
+    return InputError(file.name, f"changed while it was read: its documents from row {row:,} on differ from what "
+                                 "the windows were planned on", fix="let whatever writes it finish, then pack again")
+
+
+# ------------------------------------------------------------------------------------------------ the driver
+
+
+def check_inputs(files: Sequence[InputFile]) -> None:
+    for file in files:
+        if file.is_stdin:
+            raise OptionError("--engine ray reads the inputs on the cluster's workers, which stdin (-) cannot be",
+                              fix="save the input to a file on shared storage (or s3://), or use --engine local")
+
+
+class RayEngine:
+    """Runs the windows of ``pack`` and the lengths pass of ``stats`` and ``histogram`` as Ray tasks.
+
+    ``address`` is a cluster's (``ray://host:10001`` or ``host:6379``); None takes ``RAY_ADDRESS`` or else starts a
+    local Ray for the run.
+    """
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+        self._started = False
+
+    def __enter__(self) -> RayEngine:
+        ray = _ray()
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                ray.init(address=self.address, runtime_env={"env_vars": env} if env else None,
+                         logging_level="ERROR", log_to_driver=False, include_dashboard=False,
+                         configure_logging=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a new local Ray"
+                raise OptionError(f"--engine ray: cannot connect to {where} ({str(exc).splitlines()[0][:200]})",
+                                  fix="check --ray-address or RAY_ADDRESS (or unset both to start a local Ray)"
+                                  ) from None
+            finally:
+                # Ray's core installs its own SIGTERM handler (print a stack, abort); the CLI's unwinds the run
+                # so that the tasks are cancelled and OUT rolled back.
+                if threading.current_thread() is threading.main_thread():
+                    for sig, handler in handlers.items():
+                        if callable(handler):
+                            signal.signal(sig, handler)
+            self._started = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    # -------------------------------------------------------------------------------------------- lengths pass
+
+    def lengths_reader(self, files: Sequence[InputFile], opts: ReadOptions
+                       ) -> Callable[[InputFile, int, ReadOptions], Iterator[LengthBatch]]:
+        """A ``read.read_lengths`` stand-in for ``stats.read_corpus_lengths``: every file's lengths read at once,
+        one task per file, handed on in input order (each file's error when its turn comes)."""
+        check_inputs(files)
+        ray = _ray()
+        task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)
+        refs = {index: task.remote(file, index, opts) for index, file in enumerate(files)}
+
+        def read(file: InputFile, index: int, _opts: ReadOptions) -> Iterator[LengthBatch]:
+            result = _get(refs.pop(index))
+            if isinstance(result, BaseException):
+                self.cancel(list(refs.values()))
+                raise result
+            yield from result.batches
+
+        return read
+
+    # -------------------------------------------------------------------------------------------- pack
+
+    def pack_windows(self, files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions,
+                     stager: ShardStager, progress: Callable[[int], None] | None = None
+                     ) -> tuple[list[WindowResult], list[np.ndarray], InputCounts]:
+        """Plan the windows, pack each as a task, and return the results, each window's kept lengths (for the
+        concatenation baseline) and the per-file counts, in window order; raises the first failure in input
+        order after cancelling every task still running."""
+        check_inputs(files)
+        ray = _ray()
+        counts = InputCounts.for_files(len(files))
+        lengths_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)
+        footers: dict[int, list[tuple[int, int, int | None]]] = {}
+        passes: dict[int, Any] = {}
+        for i, f in enumerate(files):
+            blocks = input_format(f).blocks(f, read_opts) if f.size else None
+            if blocks is not None:
+                footers[i] = blocks
+            else:
+                passes[i] = lengths_task.remote(f, i, read_opts, True)
+        limit = opts.bad_record_limit
+        names = ", ".join(f.name for f in files)
+        pending: list[Any] = []
+        try:
+            plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names), opts.window_tokens,
+                                opts.window_documents,
+                                lambda b: input_format(files[b.file_index]).block_lengths(
+                                    files[b.file_index], read_opts, b.first_row, b.first_row + b.rows))
+            self.cancel(list(passes.values()))
+            pack_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
+                                   **({"memory": opts.memory} if opts.memory else {}))(_pack_task)
+            files_ref = ray.put(list(files))
+            pending = [pack_task.remote(spec, plan.sources(spec), files_ref, read_opts, opts, stager)
+                       for spec in plan.windows]
+            results, kept = self._collect(plan, pending, files, progress)
+        except BaseException:
+            self.cancel(pending + list(passes.values()))
+            raise
+        if plan.error is not None:
+            raise plan.error
+        return results, kept, counts
+
+    def _blocks(self, files: Sequence[InputFile], footers: dict[int, list[tuple[int, int, int | None]]],
+                passes: dict[int, Any], counts: InputCounts, limit: BadRecordLimit, names: str) -> Iterator[Block]:
+        """Every file's blocks in input order: what its format knows without reading (Parquet row groups from the
+        footer), or its lengths as the lengths pass read them (whose bad records are counted against the limit
+        batch by batch, as the local engine counts them while it reads)."""
+        for index, file in enumerate(files):
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            if index in footers:
+                for first_row, rows, tokens in footers[index]:
+                    counts.documents[index] += rows
+                    yield Block(index, first_row, rows, tokens)
+                continue
+            result = _get(passes.pop(index))
+            if isinstance(result, BaseException):
+                raise result
+            for batch in result.batches:
+                counts.documents[index] += len(batch.lengths)
+                counts.skipped[index] += batch.skipped
+                counts.notes.extend(batch.notes)
+                if batch.skipped.count:
+                    limit.check(sum(counts.skipped, Skipped()), sum(counts.documents), names, final=False)
+            counts.content_sha256[index] = result.content_sha256
+            yield Block(index, 0, result.documents, lengths=result.lengths)
+
+    def _collect(self, plan: WindowPlan, pending: list[Any], files: Sequence[InputFile],
+                 progress: Callable[[int], None] | None) -> tuple[list[WindowResult], list[np.ndarray]]:
+        total_tokens = max(sum(s.n_tokens for s in plan.windows), 1)
+        total_bytes = sum(f.size or 0 for f in files)
+        results, kept = [], []
+        done_tokens = shown = 0
+        for spec, ref in zip(plan.windows, pending, strict=True):
+            outcome = _get(ref)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            result, lengths = outcome
+            results.append(result)
+            kept.append(lengths)
+            done_tokens += spec.n_tokens
+            now = total_bytes * done_tokens // total_tokens
+            if progress is not None and now > shown:
+                progress(now - shown)
+                shown = now
+        return results, kept
+
+    @staticmethod
+    def cancel(refs: list[Any]) -> None:
+        """Stop tasks still running (their workers are killed, so they write nothing more) and wait until they
+        have: only then may the run remove its temporary folder."""
+        if not refs:
+            return
+        ray = _ray()
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001, S110 -- finished already, or its node is gone
+                pass
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        remaining = list(refs)
+        while remaining and time.monotonic() < deadline:
+            _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=1.0)
+
+
+def _get(ref: Any) -> Any:
+    """A task's value; a task that failed beyond its retries is an error that names the cause."""
+    ray = _ray()
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BestfitError):
+            return cause
+        raise BestfitError(f"a Ray task failed: {str(cause or exc).splitlines()[0][:300]}",
+                           fix="see the worker's log (ray logs) for its traceback") from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
+        raise BestfitError(f"a Ray task was lost after {MAX_RETRIES} retries ({type(exc).__name__})",
+                           fix="check the cluster's nodes and their memory (ray status), then rerun") from None
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise OptionError("--engine ray needs Ray, which is not installed",
+                          fix="pip install 'bestfit-cli[ray]'") from None
+    return ray

@@ -1,0 +1,151 @@
+"""--engine ray on a real two-node Ray cluster on loopback: byte-identical to --engine local, faults, errors.
+
+One cluster for the module (tests/ray_cluster.py: every port picked at start, its own temporary folder), and every
+test in one xdist group, so a suite run with -n 2 starts one cluster, not two. Each run is a real ``bestfit``
+process, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import SAMPLES
+
+ray = pytest.importorskip("ray")
+
+from tests.ray_cluster import CLIENT_ENV, RayCluster  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("ray")
+BESTFIT = [sys.executable, "-m", "bestfit_cli"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    with RayCluster(nodes=2) as started:
+        yield started
+
+
+def run(*args: str, cluster: RayCluster | None = None, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    engine = ["--engine", "ray", "--ray-address", cluster.address] if cluster is not None else []
+    return subprocess.run([*BESTFIT, *args, *engine], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **CLIENT_ENV, **(env or {})})
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def assert_same_pack(inputs: list[str], tmp_path: Path, cluster: RayCluster, *options: str) -> dict[str, bytes]:
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    done = run("pack", *inputs, str(local), *options, "-q")
+    assert done.returncode == 0, done.stderr
+    done = run("pack", *inputs, str(on_ray), *options, "-q", cluster=cluster)
+    assert done.returncode == 0, done.stderr
+    expected = contents(local)
+    assert contents(on_ray) == expected
+    return expected
+
+
+def test_sample_is_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
+    files = assert_same_pack([str(SAMPLES)], tmp_path, cluster, "--ctx", "2048", "--window-tokens", "300000",
+                             "--eos-id", "100257", "--rows-per-shard", "64")
+    manifest = json.loads(files["manifest.json"])
+    assert len(manifest["windows"]) >= 5  # windows in both the Parquet and the JSONL input
+    assert {i["path"].rsplit(".", 1)[1] for i in manifest["inputs"]} == {"parquet", "jsonl"}
+
+
+@pytest.mark.slow
+def test_shared_corpora_are_byte_identical(cluster: RayCluster, tmp_path: Path, shared_corpora: Path) -> None:
+    # Windows that end inside row groups (read for their lengths) and others made of whole row groups (footers).
+    files = assert_same_pack([str(shared_corpora / "nl"), str(shared_corpora / "jsonl" / "code.jsonl")], tmp_path,
+                             cluster, "--ctx", "4096", "--window-tokens", "2000000", "--long-docs", "truncate")
+    assert len(json.loads(files["manifest.json"])["windows"]) >= 5
+    done = run("verify", str(shared_corpora / "nl"), str(shared_corpora / "jsonl" / "code.jsonl"),
+               str(tmp_path / "ray"))
+    assert done.returncode == 0, done.stderr
+
+
+def test_worker_killed_mid_task_is_retried(cluster: RayCluster, tmp_path: Path) -> None:
+    marker = tmp_path / "killed-once"
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    options = ["--ctx", "1024", "--window-tokens", "200000", "--rows-per-shard", "32", "-q"]
+    assert run("pack", str(SAMPLES), str(local), *options).returncode == 0
+    # The first worker to write a shard of a window after the first SIGKILLs itself, after staging that shard.
+    done = run("pack", str(SAMPLES), str(on_ray), *options, cluster=cluster,
+               env={"BESTFIT_TEST_KILL_ONCE": f"writing:{marker}"})
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()  # the kill happened
+    assert contents(on_ray) == contents(local)  # no duplicate, no orphan: the same shards, listed once
+    verified = run("verify", str(SAMPLES), str(on_ray))
+    assert verified.returncode == 0, verified.stderr
+
+
+def _bad_inputs(tmp_path: Path) -> list[list[str]]:
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 1000, int(n)).tolist() for n in rng.integers(50, 400, 600)]
+    good = tmp_path / "a.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))}), good, row_group_size=100)
+    with_null = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([*docs[:450], None, *docs[451:]], pa.list_(pa.int32()))}),
+                   with_null, row_group_size=100)
+    bad_json = tmp_path / "c.jsonl"
+    lines = [json.dumps({"input_ids": d}) for d in docs[:300]]
+    lines[240] = '{"input_ids": [1, 2,'
+    bad_json.write_text("\n".join(lines) + "\n")
+    return [[str(good), str(with_null)], [str(good), str(bad_json)]]
+
+
+def test_bad_input_on_a_worker_fails_as_locally(cluster: RayCluster, tmp_path: Path) -> None:
+    for case, inputs in enumerate(_bad_inputs(tmp_path)):
+        options = ["--ctx", "512", "--window-tokens", "20000", "-q"]
+        local = run("pack", *inputs, str(tmp_path / f"local{case}"), *options)
+        out = tmp_path / f"ray{case}"
+        on_ray = run("pack", *inputs, str(out), *options, cluster=cluster)
+        assert local.returncode == on_ray.returncode == 1
+        message = local.stderr.strip()
+        assert len(message.splitlines()) == 1 and "Traceback" not in on_ray.stderr
+        assert on_ray.stderr.strip() == message
+        assert (" row 450" in message) if case == 0 else (":241:" in message)
+        assert not out.exists()  # nothing complete-looking, not even the folder it created
+
+
+def test_stats_and_histogram_equal_local(cluster: RayCluster, tmp_path: Path) -> None:
+    stats = ["stats", str(SAMPLES), "--ctx", "2048", "--ctx", "512", "--window-tokens", "300000", "--json", "-q"]
+    local, on_ray = run(*stats), run(*stats, cluster=cluster)
+    assert local.returncode == on_ray.returncode == 0, on_ray.stderr
+    drop_time = [{k: v for k, v in json.loads(r.stdout).items() if k != "wall_seconds"} for r in (local, on_ray)]
+    assert drop_time[0] == drop_time[1]
+    histogram = ["histogram", str(SAMPLES), "--eos-id", "100257", "-q"]
+    local, on_ray = run(*histogram), run(*histogram, cluster=cluster)
+    assert local.returncode == on_ray.returncode == 0, on_ray.stderr
+    assert on_ray.stdout == local.stdout
+
+
+def test_sigterm_on_the_driver_cancels_the_tasks(cluster: RayCluster, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    command = [*BESTFIT, "pack", str(SAMPLES), str(out), "--ctx", "256", "--window-tokens", "10000", "-q",
+               "--engine", "ray", "--ray-address", cluster.address]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, **CLIENT_ENV})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob(".bestfit-tmp-*/train-*")):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.2)
+    assert list(out.glob(".bestfit-tmp-*/train-*")), "no shard was written in time"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=90) == 143
+    time.sleep(3)  # a task still running would write more shards by now
+    assert not out.exists()  # the run's folder and its temporary shards are gone, and nothing came back

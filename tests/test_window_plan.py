@@ -1,0 +1,139 @@
+"""Windows planned before reading (``window.plan_windows``) are the windows the local engine finds while reading.
+
+The Ray engine plans from Parquet footers and reads the lengths only of row groups a window ends inside; these
+tests pin that the plan equals ``windows`` on any lengths and any blocking, that footers count ids exactly, that a
+range of rows reads as the same slice of the whole file, and that typed errors survive pickling (a task's error
+is raised on the driver).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bestfit_cli.errors import InputError, OptionError, OutputError
+from bestfit_cli.formats.parquet import parquet_lengths, parquet_row_groups
+from bestfit_cli.fs import resolve_inputs
+from bestfit_cli.read import DocBatch, ReadOptions, read_file, read_rows
+from bestfit_cli.window import Block, plan_windows, window_bounds, windows
+
+
+def _blocks(lengths: list[int], cuts: list[int], known: list[bool]) -> list[Block]:
+    edges = sorted({0, len(lengths), *(c % (len(lengths) + 1) for c in cuts)})
+    blocks = []
+    for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
+        tokens = sum(lengths[a:b]) if known[i % len(known)] else None
+        blocks.append(Block(0, a, b - a, tokens))
+    return blocks
+
+
+@given(st.lists(st.sampled_from([0, 1, 2, 3, 7, 20, 60]), max_size=60), st.lists(st.integers(0, 60), max_size=8),
+       st.lists(st.booleans(), min_size=1, max_size=4), st.integers(1, 50), st.sampled_from([None, 1, 2, 5]))
+def test_plan_equals_the_windows_found_while_reading(lengths: list[int], cuts: list[int], known: list[bool],
+                                                      window_tokens: int, window_documents: int | None) -> None:
+    array = np.array(lengths, dtype=np.int64)
+    read: list[tuple[int, int]] = []
+
+    def lengths_of(block: Block) -> np.ndarray:
+        read.append((block.first_row, block.rows))
+        return array[block.first_row:block.first_row + block.rows]
+
+    blocks = _blocks(lengths, cuts, known)
+    plan = plan_windows(blocks, window_tokens, window_documents, lengths_of)
+    offsets = np.concatenate([[0], np.cumsum(array)]).astype(np.int64)
+    batch = DocBatch(0, 0, offsets, np.zeros(int(offsets[-1]), dtype=np.int32))
+    found = list(windows([batch], window_tokens, window_documents))
+    assert [(s.first_doc, s.n_docs, s.n_tokens) for s in plan.windows] == [
+        (w.first_doc, w.n_docs, w.n_tokens) for w in found]
+    assert [(s.first_doc, s.first_doc + s.n_docs) for s in plan.windows] == window_bounds(
+        array, window_tokens, window_documents)
+    # A block whose total is known is read only where a window ends inside it or at its start.
+    starts = {s.first_doc for s in plan.windows}
+    for block in blocks:
+        if block.tokens is not None and (block.first_row, block.rows) in read:
+            assert starts & set(range(block.first_row, block.first_row + block.rows))
+
+
+def test_an_error_while_planning_comes_after_the_windows_before_it() -> None:
+    def lengths_of(block: Block) -> np.ndarray:
+        if block.file_index == 1:
+            raise InputError("b.parquet", "'input_ids' is null", row=7)
+        return np.full(block.rows, 5)
+
+    plan = plan_windows([Block(0, 0, 10, 50), Block(1, 0, 10, None)], 20, None, lengths_of)
+    assert isinstance(plan.error, InputError) and plan.error.row == 7
+    assert sum(s.n_docs for s in plan.windows) == 10  # the first file's documents are still packed (and checked)
+
+
+def _parquet(path: Path, docs: list[list[int] | None], row_group_size: int) -> Path:
+    pq.write_table(pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))}), path,
+                   row_group_size=row_group_size)
+    return path
+
+
+def test_footers_count_the_ids_of_each_row_group(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    docs: list[list[int] | None] = [rng.integers(0, 9, int(n)).tolist() for n in rng.integers(0, 30, 250)]
+    docs[17] = None  # a null row holds no ids, as an empty one
+    file = resolve_inputs([str(_parquet(tmp_path / "a.parquet", docs, 40))])[0]
+    groups = parquet_row_groups(file, ReadOptions())
+    assert [(first, rows) for first, rows, _ in groups] == [(i, min(40, 250 - i)) for i in range(0, 250, 40)]
+    assert [tokens for _, _, tokens in groups] == [sum(len(d or []) for d in docs[i:i + 40])
+                                                  for i in range(0, 250, 40)]
+
+
+def test_a_range_of_rows_reads_as_that_slice_of_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(0, 99, int(n)).tolist() for n in rng.integers(0, 50, 300)]
+    parquet = _parquet(tmp_path / "a.parquet", docs, 64)  # type: ignore[arg-type]
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("".join(json.dumps({"input_ids": d}) + "\n" for d in docs))
+    opts = ReadOptions()
+    for file in resolve_inputs([str(parquet), str(jsonl)]):
+        for lo, hi in [(0, 300), (63, 64), (64, 129), (5, 250)]:
+            batches = list(read_rows(file, 0, opts, lo, hi))
+            assert batches[0].first_row == lo
+            assert sum(b.n_docs for b in batches) == hi - lo
+            tokens = np.concatenate([b.tokens for b in batches])
+            assert tokens.tolist() == [t for d in docs[lo:hi] for t in d]
+            lengths = np.concatenate([b.lengths for b in batches])
+            assert lengths.tolist() == [len(d) for d in docs[lo:hi]]
+        whole = np.concatenate([b.lengths for b in read_file(file, 0, opts)])
+        if file.format == "parquet":
+            assert parquet_lengths(file, opts, 10, 200).tolist() == whole[10:200].tolist()
+
+
+def test_a_bad_row_in_a_range_is_named_as_a_whole_read_names_it(tmp_path: Path) -> None:
+    docs: list[list[int] | None] = [[1, 2]] * 100
+    docs[70] = None
+    file = resolve_inputs([str(_parquet(tmp_path / "a.parquet", docs, 32))])[0]
+    with pytest.raises(InputError) as whole:
+        list(read_file(file, 0, ReadOptions()))
+    with pytest.raises(InputError) as part:
+        list(read_rows(file, 0, ReadOptions(), 64, 96))
+    assert str(part.value) == str(whole.value)
+    assert list(read_rows(file, 0, ReadOptions(), 0, 64))  # rows before it read fine
+    with pytest.raises(InputError) as lengths:
+        parquet_lengths(file, ReadOptions(), 64, 96)
+    assert str(lengths.value) == str(whole.value)
+
+
+@pytest.mark.parametrize("error", [
+    InputError("a.jsonl", "not valid JSON (x)", line=3, fix="repair it"),
+    InputError("a.parquet", "'input_ids' is null", row=9),
+    OutputError("out: writing x failed", fix="free disk space"),
+    OptionError("--engine ray needs Ray", fix="pip install it"),
+])
+def test_typed_errors_survive_pickling(error: Exception) -> None:
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error)
+    assert str(again) == str(error)
+    assert again.__dict__ == error.__dict__
