@@ -152,11 +152,12 @@ class RayEngine:
                 ray.init(address=self.address, runtime_env={"env_vars": env} if env else None,
                          logging_level="ERROR", log_to_driver=False, include_dashboard=False,
                          configure_logging=True)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 -- Ray raises bare Exception when a local start times out
                 where = self.address or "a new local Ray"
-                raise OptionError(f"--engine ray: cannot connect to {where} ({str(exc).splitlines()[0][:200]})",
-                                  fix="check --ray-address or RAY_ADDRESS (or unset both to start a local Ray)"
-                                  ) from None
+                detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise BestfitError(f"--engine ray: cannot connect to {where} ({detail})",
+                                   fix="check --ray-address or RAY_ADDRESS, or start a cluster (ray start --head) "
+                                       "and pass its address") from None
             finally:
                 # Ray's core installs its own SIGTERM handler (print a stack, abort); the CLI's unwinds the run
                 # so that the tasks are cancelled and OUT rolled back.
