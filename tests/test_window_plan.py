@@ -137,3 +137,21 @@ def test_typed_errors_survive_pickling(error: Exception) -> None:
     assert type(again) is type(error)
     assert str(again) == str(error)
     assert again.__dict__ == error.__dict__
+
+
+@pytest.mark.parametrize("command", [["pack", "OUT", "--ctx", "512"], ["stats", "--ctx", "512"], ["histogram"]])
+def test_engine_ray_without_ray_installed_says_how_to_install_it(command: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bestfit_cli.cli import cli
+    from tests.conftest import SAMPLES
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` raises ImportError, as when absent
+    args = [command[0], str(SAMPLES / "code.parquet"), *[str(tmp_path / a) if a == "OUT" else a for a in command[1:]]]
+    result = CliRunner().invoke(cli, [*args, "--engine", "ray", "-q"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert "--engine ray needs Ray" in lines[0] and "pip install 'bestfit-cli[ray]'" in lines[0]
+    assert not (tmp_path / "OUT").exists()
