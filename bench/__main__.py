@@ -15,6 +15,7 @@ from . import (
     jsonl_bench,
     peers,
     planner,
+    ray_bench,
     reader,
     short_docs,
     stats_bench,
@@ -26,7 +27,7 @@ from .common import log, remove, scratch_dir
 from .corpus import build
 
 BENCHMARKS = ("planner", "peers", "windows", "end_to_end", "encoding", "memory", "stats", "short_docs", "reader",
-              "jsonl", "verify")
+              "jsonl", "verify", "ray")
 
 
 def main() -> None:
@@ -74,6 +75,11 @@ def main() -> None:
         if "jsonl" in chosen:
             # About 650 MB of JSONL (4 copies of the shared corpora's 30M tokens).
             jsonl_bench.main(scratch, copies=1 if args.quick else 4, repeats=2 if args.quick else 3)
+        if "ray" in chosen:
+            # --engine ray against --engine local, one node against two (a real cluster on loopback; needs the
+            # ray extra): 2 copies of the shared corpora, 60M tokens in 15 windows of 4M tokens.
+            ray_bench.main(build(scratch / "ray-corpus", 1 if args.quick else 2), scratch,
+                           repeats=2 if args.quick else 3)
     finally:
         if not args.keep:
             remove(scratch)

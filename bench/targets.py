@@ -63,11 +63,20 @@ def _side_by_side(ratio: str, what: str, goal: float, floor: str) -> Callable[[d
     return render
 
 
+def _ray_engine(data: dict[str, Any]) -> Iterator[Row]:
+    med = {name: run["median_seconds"] for name, run in data["runs"].items()}
+    yield ("issue 11: --engine ray, 1 node / local --workers 1", f"{data['ray_1_node_over_local_1_worker']:.2f}x "
+           f"({med['ray_nodes_1']:.1f} s / {med['local_workers_1']:.1f} s)", "", None)
+    yield ("issue 11: --engine ray speed-up, 2 nodes over 1", f"{data['speedup_ray_2_nodes_over_1']:.2f}x "
+           f"({med['ray_nodes_1']:.1f} s / {med['ray_nodes_2']:.1f} s)", "", None)
+
+
 SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "end_to_end": _end_to_end, "peers": _peers,
     "jsonl": _side_by_side("pack_over_parse", "JSONL pack / per-line parse", 1.2, "the fastest parser"),
     "stats": _side_by_side("stats_over_lengths", "stats / lengths-only pyarrow read", 1.1, "the read"),
     "verify": _side_by_side("verify_over_pack", "verify / pack of the same output", 1.2, "pack"),
+    "ray_engine": _ray_engine,
 }
 
 

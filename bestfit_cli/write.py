@@ -265,12 +265,12 @@ class ShardWriter:
 
     def __init__(self, out: str, *, overwrite: bool = False) -> None:
         self.out = out
-        self.fs, self.root = filesystem_for(out)
+        fs, self.root = filesystem_for(out)
         # Only a local disk has a page cache to flush and a lock to take; pyarrow's object stores (S3, GCS) make a put
         # durable and atomic on their own, and have no folders to sync.
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.local = isinstance(fs, pafs.LocalFileSystem)
         self.tmp = posixpath.join(self.root, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}")
-        self.stager = ShardStager(out, self.root, self.tmp, self.fs)  # writes the shards, here or in a Ray task
+        self.stager = ShardStager(out, self.root, self.tmp, fs)  # writes the shards, here or in a Ray task
         self.overwrite = overwrite
         self._lock = OutLock(out, self.root)
         self._store_lock = None if self.local else StoreLock(out, self.fs, self.root)
@@ -280,6 +280,15 @@ class ShardWriter:
         self._old_files: set[str] = set()  # what it lists
         self._moved: list[str] = []  # new shards moved into OUT so far
         self._state = "writing"  # then "moving", "renamed" (manifest in place), "committed" (durable), "done"
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """OUT's filesystem, the stager's too (one filesystem for the run)."""
+        return self.stager.fs
+
+    @fs.setter
+    def fs(self, fs: pafs.FileSystem) -> None:
+        self.stager._fs = fs
 
     def __enter__(self) -> ShardWriter:
         try:

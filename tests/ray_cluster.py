@@ -85,6 +85,12 @@ class RayCluster:
             raise
         return self
 
+    def add_node(self, timeout: float = 180.0) -> None:
+        """One more node joined to the running cluster (a benchmark's second round)."""
+        self._start_node(head=False)
+        self.nodes += 1
+        self._wait_for_nodes(self.nodes, timeout)
+
     def _wait_for_nodes(self, n: int, timeout: float) -> None:
         """Until ``n`` nodes say they started (``ray status`` would add a second connection on a busy machine)."""
         deadline = time.monotonic() + timeout

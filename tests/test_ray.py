@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -146,6 +147,39 @@ def test_sigterm_on_the_driver_cancels_the_tasks(cluster: RayCluster, tmp_path: 
         time.sleep(0.2)
     assert list(out.glob(".bestfit-tmp-*/train-*")), "no shard was written in time"
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=90) == 143
+    code = process.wait(timeout=90)
+    assert code == 143, process.stderr.read() if process.stderr else ""
     time.sleep(3)  # a task still running would write more shards by now
     assert not out.exists()  # the run's folder and its temporary shards are gone, and nothing came back
+
+
+def test_s3_in_and_out_is_byte_identical_with_a_worker_killed(cluster: RayCluster, s3: Any, tmp_path: Path) -> None:
+    # The driver hands its AWS_* variables (endpoint, credentials) to the tasks, which read and write s3:// too.
+    # A worker SIGKILLs itself once, after putting a shard into OUT: the task run again puts the same names.
+    s3.upload(SAMPLES, f"s3://{s3.bucket}/in")
+    source, local_out, ray_out = (f"s3://{s3.bucket}/{name}" for name in ("in", "local", "ray"))
+    options = ["--ctx", "2048", "--window-tokens", "300000", "--eos-id", "100257", "--rows-per-shard", "64", "-q"]
+    local = run("pack", source, local_out, *options)
+    assert local.returncode == 0, local.stderr
+    marker = tmp_path / "killed-once"
+    on_ray = run("pack", source, ray_out, *options, cluster=cluster,
+                 env={"BESTFIT_TEST_KILL_ONCE": f"writing:{marker}"})
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert marker.exists()  # the kill happened
+    s3.download(local_out, tmp_path / "local")
+    s3.download(ray_out, tmp_path / "ray")
+    expected = contents(tmp_path / "local")
+    assert contents(tmp_path / "ray") == expected
+    assert len(json.loads(expected["manifest.json"])["windows"]) >= 5
+    assert s3.keys(ray_out) == sorted(expected)  # no temporary folder, claim or run marker left
+    verified = run("verify", source, ray_out)
+    assert verified.returncode == 0, verified.stderr
+
+    # Bad input: the shards the windows before it put into OUT are taken back, and no manifest is written.
+    good, bad = _bad_inputs(tmp_path)[1]
+    s3.upload(Path(good), f"s3://{s3.bucket}/bad/a.parquet")
+    s3.upload(Path(bad), f"s3://{s3.bucket}/bad/c.jsonl")
+    failed = run("pack", f"s3://{s3.bucket}/bad/a.parquet", f"s3://{s3.bucket}/bad/c.jsonl",
+                 f"s3://{s3.bucket}/bad-out", "--ctx", "512", "--window-tokens", "20000", "-q", cluster=cluster)
+    assert failed.returncode == 1 and ":241:" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert s3.keys(f"s3://{s3.bucket}/bad-out") == []

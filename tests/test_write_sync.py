@@ -14,7 +14,7 @@ import pytest
 
 from bestfit_cli import PackOptions, pack
 from bestfit_cli.errors import OutputError
-from bestfit_cli.write import ShardWriter
+from bestfit_cli.write import ShardStager, ShardWriter
 
 from .conftest import EOS
 
@@ -33,9 +33,9 @@ OPTS = PackOptions(ctx=64, eos_id=EOS, rows_per_shard=100, workers=2)
 def test_shards_are_flushed_on_the_sync_thread_before_any_rename(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     synced: dict[str, str] = {}
-    original_sync, original_move = ShardWriter._sync, ShardWriter._move
+    original_sync, original_move = ShardStager.sync, ShardWriter._move
 
-    def sync(self: ShardWriter, path: str) -> None:
+    def sync(self: ShardStager, path: str) -> None:
         original_sync(self, path)
         synced[os.path.basename(path)] = threading.current_thread().name
 
@@ -44,7 +44,7 @@ def test_shards_are_flushed_on_the_sync_thread_before_any_rename(tmp_path: Path,
         assert shards <= set(synced), f"renamed before its flush: {sorted(shards - set(synced))}"
         original_move(self, name)
 
-    monkeypatch.setattr(ShardWriter, "_sync", sync)
+    monkeypatch.setattr(ShardStager, "sync", sync)
     monkeypatch.setattr(ShardWriter, "_move", move)
     pack([str(corpus(tmp_path))], str(tmp_path / "out"), OPTS)
     shards = [n for n in synced if n.endswith(".parquet")]
@@ -55,14 +55,14 @@ def test_shards_are_flushed_on_the_sync_thread_before_any_rename(tmp_path: Path,
 
 def test_a_failed_flush_is_an_error_naming_the_shard_and_out_is_left_as_it_was(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    original = ShardWriter._sync
+    original = ShardStager.sync
 
-    def failing(self: ShardWriter, path: str) -> None:
+    def failing(self: ShardStager, path: str) -> None:
         if path.endswith(".parquet") and threading.current_thread().name.startswith("bestfit-sync"):
             raise OSError(errno.EIO, "Input/output error")
         original(self, path)
 
-    monkeypatch.setattr(ShardWriter, "_sync", failing)
+    monkeypatch.setattr(ShardStager, "sync", failing)
     out = tmp_path / "out"
     with pytest.raises(OutputError) as caught:
         pack([str(corpus(tmp_path))], str(out), OPTS)
