@@ -58,7 +58,8 @@ def main(folders: list[Path], scratch: Path, window_tokens: int = 1 << 22, repea
         cluster.add_node()
         log(f"two Ray nodes: --engine ray against local --workers 2, {repeats} rounds")
         two = interleaved({"ray_nodes_2": pack("ray_nodes_2", *ray),
-                           "local_workers_2": pack("local_workers_2", "--workers", "2")}, repeats, after=check_and_remove)
+                           "local_workers_2": pack("local_workers_2", "--workers", "2")},
+                          repeats, after=check_and_remove)
     runs: dict[str, list[Run]] = {**one, **two}
     if len(set().union(*digests.values())) != 1:
         raise RuntimeError(f"--engine ray wrote other bytes than --engine local: {digests}")

@@ -254,7 +254,7 @@ class RayEngine:
             for batch in result.batches:
                 counts.documents[index] += len(batch.lengths)
                 counts.skipped[index] += batch.skipped
-                counts.notes.extend(batch.notes)
+                counts.notes[index].extend(batch.notes)
                 if batch.skipped.count:
                     limit.check(sum(counts.skipped, Skipped()), sum(counts.documents), names, final=False)
             counts.content_sha256[index] = result.content_sha256
