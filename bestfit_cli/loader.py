@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 
 from . import training
 from .errors import InputError, OptionError
+from .formats.parquet_footer import FooterError
+from .formats.parquet_footer import check_file as check_footer_file
 from .fs import filesystem_for, storage_error
 from .write import MANIFEST
 
@@ -366,7 +368,11 @@ def _scan_shards(out: str, manifest: dict[str, Any]) -> tuple[RowGroups, list[st
     for number, shard in enumerate(manifest["shards"]):
         path = posixpath.join(root, shard["path"])
         try:
+            check_footer_file(fs, path)  # some damaged footers abort the process inside pyarrow
             metadata = pq.ParquetFile(fs.open_input_file(path)).metadata
+        except FooterError as exc:
+            raise InputError(f"{out}/{shard['path']}", f"has a damaged Parquet footer ({exc})",
+                             fix="restore the shard, or rerun bestfit pack") from None
         except FileNotFoundError:
             raise InputError(f"{out}/{shard['path']}", "is listed in manifest.json but missing",
                              fix="restore the shard, or rerun bestfit pack") from None

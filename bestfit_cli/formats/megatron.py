@@ -40,6 +40,7 @@ from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, LengthBatch, ReadOptions, Skipped, check_ids, drop_bad_ids
 from .base import InputFormat, PackedRows
 from .parquet import _list_array, kept_columns
+from .parquet_footer import check_bytes
 from .ranged import open_ranges
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -212,6 +213,7 @@ class MegatronFormat:
         if len(data) != n_rows * ctx * dtype.itemsize:
             raise ValueError(f"the .bin holds {len(data)} bytes, its .idx describes {n_rows * ctx * dtype.itemsize}")
         tokens = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+        check_bytes(companions[PIECES_SUFFIX])  # FooterError (a ValueError) rather than an abort in pyarrow
         pieces = pq.read_table(pa.BufferReader(companions[PIECES_SUFFIX]))
         if pieces.num_rows != n_rows:
             raise ValueError(f"the .pieces.parquet holds {pieces.num_rows} rows, the .idx {n_rows}")
