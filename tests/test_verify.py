@@ -536,6 +536,33 @@ def test_verify_reads_only_regular_files_inside_out(damaged: tuple[Path, Path], 
     assert "verify reads only regular files inside OUT; it was not read" in done.stderr
 
 
+def test_shard_bytes_reach_pyarrow_only_as_pyarrow_memory(packed: tuple[Path, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify decodes each shard from bytes it read itself. If pyarrow reads them as Python memory, a scan thread
+    may drop the last reference while the interpreter exits (verify found a problem) and the process aborts:
+    "terminate called without an active exception", exit 134, about 1 run in 40 of the test above under load."""
+    from bestfit_cli.formats import megatron, parquet
+
+    data = (packed[1] / first_shard(packed[1])).read_bytes()
+
+    def refs_inside_a_call(argument: bytes) -> int:
+        return sys.getrefcount(data)
+
+    baseline = refs_inside_a_call(data)  # decode's own argument is one reference
+    held = []
+    real = pq.read_table
+
+    def watching(source: Any, *args: Any, **kwargs: Any) -> pa.Table:
+        held.append(sys.getrefcount(data) - baseline)  # references to the caller's bytes while pyarrow reads
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(parquet.pq, "read_table", watching)
+    table = parquet.ParquetFormat().decode(data, {})
+    assert table.num_rows == pq.read_metadata(packed[1] / first_shard(packed[1])).num_rows
+    assert held == [0], "pyarrow holds the Python bytes it reads from"
+    assert megatron.pq is parquet.pq  # the Megatron sidecar is read the same way (megatron.py: arrow_owned)
+
+
 def test_manifest_that_is_a_fifo(damaged: tuple[Path, Path]) -> None:
     source, out = damaged
     (out / "manifest.json").unlink()

@@ -39,7 +39,7 @@ from ..errors import InputError, OptionError, OutputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, LengthBatch, ReadOptions, Skipped, check_ids, drop_bad_ids
 from .base import InputFormat, PackedRows
-from .parquet import _list_array, kept_columns
+from .parquet import _list_array, arrow_owned, kept_columns
 from .parquet_footer import check_bytes
 from .ranged import open_ranges
 
@@ -214,7 +214,7 @@ class MegatronFormat:
             raise ValueError(f"the .bin holds {len(data)} bytes, its .idx describes {n_rows * ctx * dtype.itemsize}")
         tokens = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
         check_bytes(companions[PIECES_SUFFIX])  # FooterError (a ValueError) rather than an abort in pyarrow
-        pieces = pq.read_table(pa.BufferReader(companions[PIECES_SUFFIX]))
+        pieces = pq.read_table(pa.BufferReader(arrow_owned(companions[PIECES_SUFFIX])))
         if pieces.num_rows != n_rows:
             raise ValueError(f"the .pieces.parquet holds {pieces.num_rows} rows, the .idx {n_rows}")
         offsets = np.arange(n_rows + 1, dtype=np.int64) * ctx

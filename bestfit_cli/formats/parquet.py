@@ -101,7 +101,20 @@ class ParquetFormat:
 
     def decode(self, data: bytes, companions: dict[str, bytes]) -> pa.Table:
         check_bytes(data)  # a damaged footer raises FooterError (a ValueError) instead of aborting in pyarrow
-        return pq.read_table(pa.BufferReader(data))
+        return pq.read_table(pa.BufferReader(arrow_owned(data)))
+
+
+def arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of ``data`` in memory pyarrow allocated, for pyarrow to read from.
+
+    pyarrow's scan threads may drop their last reference to the source a moment after ``read_table`` returns. If
+    that source wraps Python bytes, dropping it takes the GIL; when the interpreter is exiting by then (verify
+    reports a problem and exits), the thread is killed inside a C++ destructor and the process aborts with
+    "terminate called without an active exception" (exit 134). Memory pyarrow owns is freed without Python.
+    """
+    buffer = pa.allocate_buffer(len(data))
+    np.frombuffer(buffer, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+    return buffer
 
 
 # --------------------------------------------------------------------------------------------- input
