@@ -433,16 +433,30 @@ def test_sigkill_at_each_step_of_the_swap(source: Path, reference: dict[str, byt
     assert_rerun_matches(source, out, reference)
 
 
-def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, trials: int, seed: int) -> dict[str, int]:
-    """Random SIGKILL/SIGTERM at random times over an old output (ctx 128) replaced by the reference (ctx 256)."""
+def _outside_temp(out: Path) -> dict[str, bytes]:
+    """OUT's files other than what a killed run leaves of its own: its temporary folder and its lock."""
+    return {name: data for name, data in tree_bytes(out).items()
+            if not name.startswith(".bestfit-tmp-") and name != ".bestfit-lock"}
+
+
+def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, kills: int, seed: int
+               ) -> dict[str, int]:
+    """SIGKILL/SIGTERM at random times, --workers 1 and 2 in turn, over an old output (ctx 128) being replaced by
+    the reference (ctx 256), until ``kills`` signals have landed in a running pack. After each: the manifest is the
+    old one or the new one, whole, with every file it lists byte for byte; verify passes on OUT; a run that
+    finished wrote the reference byte for byte."""
     rng = np.random.default_rng(seed)
     out, saved = tmp_path / "out", tmp_path / "saved"
     subprocess.run(pack_command(source, saved, "--ctx", "128"), check=True, timeout=120)
+    old = tree_bytes(saved)
+    for manifest in (old["manifest.json"], reference["manifest.json"]):
+        assert len(json.loads(manifest)["windows"]) > 3, "several windows"
     shutil.copytree(saved, out)
-    old = tree_bytes(out)
     # -15: SIGTERM came while Python had no handler of bestfit's: before it is imported, or in the interpreter's
     # shutdown after the run.
-    outcomes = {"old": 0, "new": 0, "killed": 0, "terminated": 0, "finished": 0, "outside the handler": 0}
+    outcomes = {"old": 0, "new": 0, "killed": 0, "terminated": 0, "finished": 0, "outside the handler": 0,
+                "verified": 0}
+    landed = {(sig, workers): 0 for sig in (signal.SIGKILL, signal.SIGTERM) for workers in ("1", "2")}
     # The swap is slowed a little so random times land in it too, not only in reading and packing.
     env = {**os.environ, "BESTFIT_TEST_STEP_DELAY": "0.002"}
 
@@ -459,36 +473,48 @@ def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, trials
     process, started = start("2")  # how long a run takes once started, to spread the kills over all of it
     assert process.wait(timeout=120) == 0
     run_seconds = time.monotonic() - started
-    assert tree_bytes(out) == reference
+    assert tree_bytes(out) == reference  # --workers 2 over the old output: the --workers 1 reference, byte for byte
+    assert verify_ok(source, out)
     shutil.rmtree(out)
     shutil.copytree(saved, out)
-    for trial in range(trials):
+    assert verify_ok(source, out)
+    trial = 0
+    while sum(landed.values()) < kills:
+        assert trial < 3 * kills, f"only {sum(landed.values())} of {trial} signals came while a run was going"
         sig = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
-        process, started = start(str(1 + trial % 2))
-        time.sleep(float(rng.uniform(0, 1.2 * run_seconds)))
+        workers = str(1 + trial % 2)
+        trial += 1
+        process, started = start(workers)
+        time.sleep(float(rng.uniform(0, run_seconds)))
         process.send_signal(sig)
         code = process.wait(timeout=60)
         assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), code
         outcomes[{0: "finished", -signal.SIGKILL: "killed", 143: "terminated"}.get(code, "outside the handler")] += 1
+        landed[sig, workers] += code != 0
         manifest = (out / "manifest.json").read_bytes()
         assert manifest in (old["manifest.json"], reference["manifest.json"]), "a manifest of neither run"
         is_new = manifest == reference["manifest.json"]
+        assert is_new or code != 0, "a run that finished left the old output"
         outcomes["new" if is_new else "old"] += 1
-        listed = [s["path"] for s in json.loads(manifest)["shards"]]
         expected = reference if is_new else old
+        listed = [s["path"] for s in json.loads(manifest)["shards"]] + ["stats.json"]
         assert all((out / name).read_bytes() == expected[name] for name in listed), "a manifest without its shards"
         if sig == signal.SIGTERM and code == 143:
             assert not list(out.glob(".bestfit-tmp-*")) and not (out / ".bestfit-lock").exists()
-        assert verify_ok(source, out)
+        # OUT exactly the old or the new output (verified above), or a state inside the swap: verify that one.
+        if _outside_temp(out) != expected:
+            assert verify_ok(source, out)
+            outcomes["verified"] += 1
         if is_new:  # back to the old output for the next trial
             shutil.rmtree(out)
             shutil.copytree(saved, out)
+    assert all(landed.values()), f"every signal with both worker counts: {landed}"
     assert_rerun_matches(source, out, reference)
     return outcomes
 
 
 def test_random_kills_over_an_existing_output(source: Path, reference: dict[str, bytes], tmp_path: Path) -> None:
-    trials = int(os.environ.get("BESTFIT_KILL_TRIALS", "30"))
-    outcomes = kill_suite(source, reference, tmp_path, trials, seed=int(os.environ.get("BESTFIT_KILL_SEED", "0")))
-    print(f"kill suite: {trials} trials, {outcomes}")
-    assert outcomes["killed"] + outcomes["terminated"] >= trials // 2, outcomes
+    kills = int(os.environ.get("BESTFIT_KILL_TRIALS", "30"))
+    outcomes = kill_suite(source, reference, tmp_path, kills, seed=int(os.environ.get("BESTFIT_KILL_SEED", "0")))
+    print(f"kill suite: {kills} kills, {outcomes}")
+    assert outcomes["killed"] + outcomes["terminated"] + outcomes["outside the handler"] >= kills, outcomes
