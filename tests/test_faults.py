@@ -465,13 +465,13 @@ def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, kills:
         killed run left is there from the start, and goes only once the new run has taken the lock)."""
         stale = set(out.glob(".bestfit-tmp-*"))
         process = subprocess.Popen(pack_command(source, out, "--overwrite", "--workers", workers), env=env,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=subprocess.PIPE)
         while not set(out.glob(".bestfit-tmp-*")) - stale and process.poll() is None:
             time.sleep(0.002)
         return process, time.monotonic()
 
     process, started = start("2")  # how long a run takes once started, to spread the kills over all of it
-    assert process.wait(timeout=120) == 0
+    assert process.communicate(timeout=120) and process.returncode == 0
     run_seconds = time.monotonic() - started
     assert tree_bytes(out) == reference  # --workers 2 over the old output: the --workers 1 reference, byte for byte
     assert verify_ok(source, out)
@@ -487,8 +487,9 @@ def kill_suite(source: Path, reference: dict[str, bytes], tmp_path: Path, kills:
         process, started = start(workers)
         time.sleep(float(rng.uniform(0, run_seconds)))
         process.send_signal(sig)
-        code = process.wait(timeout=60)
-        assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), code
+        _, err = process.communicate(timeout=60)
+        code = process.returncode
+        assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), (trial, sig, code, err.decode()[-1000:])
         outcomes[{0: "finished", -signal.SIGKILL: "killed", 143: "terminated"}.get(code, "outside the handler")] += 1
         landed[sig, workers] += code != 0
         manifest = (out / "manifest.json").read_bytes()
