@@ -200,6 +200,7 @@ def test_parquet_footers(edits: list[tuple[int, int]], policy: str) -> None:
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+@settings(max_examples=max(settings.default.max_examples // 3, 1))  # a third: two forked reads an example
 def test_parquet_footer_bytes(flips: list[tuple[int, int]]) -> None:
     """Random bytes of the footer's Thrift encoding replaced, the trailer kept: field types, ids, lengths and
     nesting change too, not only integer values. The read and verify's decoding of a shard: success or one line."""
