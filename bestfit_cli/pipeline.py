@@ -494,8 +494,7 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                           fix="leave them out, or convert this input to Parquet with its columns")
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
-                            split_at=opts.split_at, stream_dtype=opts.stream_dtype,
-                            parse_workers=opts.resolved_workers)
+                            split_at=opts.split_at, stream_dtype=opts.stream_dtype)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)

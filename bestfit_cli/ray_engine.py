@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,12 +117,6 @@ def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], files: Seq
         stager.close()
 
 
-def _one_process(opts: ReadOptions) -> ReadOptions:
-    """A task asks Ray for one CPU and gets it: it parses JSONL in its own process, with no parse workers of its own
-    (``--workers`` is the driver machine's, not a task's)."""
-    return replace(opts, parse_workers=1)
-
-
 def _changed(file: InputFile, row: int) -> InputError:
     return InputError(file.name, f"changed while it was read: its documents from row {row:,} on differ from what "
                                  "the windows were planned on", fix="let whatever writes it finish, then pack again")
@@ -186,7 +180,6 @@ class RayEngine:
         """A ``read.read_lengths`` stand-in for ``stats.read_corpus_lengths``: every file's lengths read at once,
         one task per file, handed on in input order (each file's error when its turn comes)."""
         check_inputs(files)
-        opts = _one_process(opts)
         ray = _ray()
         task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)
         refs = {index: task.remote(file, index, opts) for index, file in enumerate(files)}
@@ -209,7 +202,6 @@ class RayEngine:
         concatenation baseline) and the per-file counts, in window order; raises the first failure in input
         order after cancelling every task still running."""
         check_inputs(files)
-        read_opts = _one_process(read_opts)
         ray = _ray()
         counts = InputCounts.for_files(len(files))
         lengths_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)

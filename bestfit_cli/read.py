@@ -151,7 +151,6 @@ class ReadOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES  # a longer JSONL line is an error (``line_limit``)
     keep: tuple[str, ...] = ()  # document columns carried into the output (carry.py)
     keep_token: tuple[TokenColumn, ...] = ()  # token columns carried into the output
-    parse_workers: int = 1  # JSONL: processes parsing lines ahead (formats/jsonl_parallel.py); never changes a batch
 
     @property
     def carried(self) -> tuple[str, ...]:

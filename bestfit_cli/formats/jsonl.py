@@ -21,7 +21,6 @@ from ..errors import InputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
 from .base import InputFormat
-from .jsonl_parallel import parsed_ahead
 
 
 def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
@@ -247,20 +246,13 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         line_numbers.clear()
         return batch
 
-    lines = _lines(stream, opts.max_line_bytes, digest)
-    if fast is not None and not carried and opts.parse_workers > 1:
-        parsed = parsed_ahead(lines, opts.column, opts.parse_workers)  # the fast path on worker processes
-        fast = None
-    else:
-        parsed = ((raw, None) for raw in lines)
     try:
-        for line_no, (raw, fast_ids) in enumerate(parsed, start=1):
-            if not raw or raw.isspace():
+        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest), start=1):
+            if not raw.strip():
                 continue
             found: list[Any] = []
             # the fast path reads only the ids; a line whose other fields are carried takes the full parse
-            if fast is not None and not carried:
-                fast_ids = fast(raw)
+            fast_ids = fast(raw) if fast is not None and not carried else None
             try:
                 ids = fast_ids if fast_ids is not None else _parse_line(file, line_no, raw, opts.column, opts.dtype,
                                                                        carried, found)
