@@ -601,3 +601,25 @@ def test_default_shard_size_follows_ctx(tmp_path: Path, ctx: int, rows: int) -> 
     result = pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), PackOptions(ctx=ctx))
     assert result.manifest["options"]["rows_per_shard"] == rows
     assert all(shard["rows"] <= rows for shard in result.manifest["shards"])
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint16"])
+def test_jsonl_pack_bytes_do_not_depend_on_workers(tmp_path: Path, dtype: str) -> None:
+    """JSONL in, several windows and shards out, blank lines among the records: the same bytes with 1 and 2 workers."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "in.jsonl"
+    with path.open("wb") as out:
+        for i in range(400):
+            ids = rng.integers(0, 60_000, int(rng.integers(0, 300))).tolist()
+            out.write(json.dumps({"id": i, "input_ids": ids}).encode() + b"\n")
+            if i % 97 == 0:
+                out.write(b"\n   \n")
+    outputs = []
+    for workers in (1, 2):
+        out_dir = tmp_path / f"out{workers}"
+        result = CliRunner().invoke(cli, ["pack", str(path), str(out_dir), "--ctx", "256", "--eos-id", "0",
+                                          "--dtype", dtype, "--rows-per-shard", "64", "--window-tokens", "20000",
+                                          "--workers", str(workers), "--quiet"])
+        assert result.exit_code == 0, result.stderr
+        outputs.append({p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()})
+    assert len(outputs[0]) > 3 and outputs[0] == outputs[1]
