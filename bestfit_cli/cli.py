@@ -478,7 +478,12 @@ def main() -> None:
     """Entry point: runs the CLI; Ctrl-C exits 130 and SIGTERM 143 with one line, a closed stdout ends quietly."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(standalone_mode=False, prog_name="bestfit")
+        try:
+            cli.main(standalone_mode=False, prog_name="bestfit")
+        finally:
+            # The command is over (its writers have cleaned up or committed): a SIGTERM from here on ends the
+            # process as SIGTERM does, never as a Terminated raised outside this try (a traceback and exit 1).
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except Terminated:
         click.echo("bestfit: terminated", err=True)
         sys.exit(EXIT_TERMINATED)

@@ -401,6 +401,31 @@ def test_sigterm_on_every_command_is_one_line_and_143(tmp_path: Path, command: s
     assert tree_bytes(tmp_path) == before  # nothing written, no temporary file or folder left
 
 
+LATE_SIGTERM = """
+import os, signal, sys
+from bestfit_cli import cli
+
+class Stdout:  # the flush main() makes after the command: a SIGTERM arrives just then
+    def __init__(self, real): self.real = real
+    def write(self, text): return self.real.write(text)
+    def flush(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.real.flush()
+
+cli.cli.main = lambda **kwargs: None  # a command that has finished its work
+sys.stdout = Stdout(sys.stdout)
+cli.main()
+"""
+
+
+def test_sigterm_after_the_command_finished_is_no_traceback() -> None:
+    """A SIGTERM that comes once the run is over (its output complete) must not escape as a traceback and exit 1
+    from the handler that unwinds a running command: it ends the process as SIGTERM does."""
+    done = subprocess.run([sys.executable, "-c", LATE_SIGTERM], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr)
+
+
 # ------------------------------------------------------------------------------------------------ the kill suite
 
 
