@@ -4,17 +4,21 @@ shards; the driver plans, collects and commits.
 An engine only schedules. The windows are ``window.plan_windows``'s, which are ``window.windows``' (the local
 engine's) computed before reading: a Parquet input's row groups come from its footer and only the row groups a
 window ends inside are read (lengths only); a JSONL input, or any input under ``--on-bad-record skip``, is read
-once for its lengths, one task per file. Each window task then packs with ``pipeline.pack_window`` and stages its
-shards in OUT's temporary folder (``write.ShardStager``), so the commit, the rollback and the output bytes are the
-local engine's. A task killed mid-way runs again (``max_retries``) and writes the same names with the same bytes;
-only the shards the finished attempt returns are committed. A bad record is returned as its typed error, and the
-driver raises the first in input order: the one the local engine would have met first.
+once for its lengths, one task per file, which also notes where each of its batches starts (``Checkpoint``), so a
+window task seeks to its first line instead of parsing the file from the top. Each window task then packs with
+``pipeline.pack_window`` and writes its shards as the local engine does (``write.ShardStager``: staged in OUT's
+temporary folder and flushed before the task returns, or put into OUT on an object store, claimed first), so the
+commit, the rollback and the output bytes are the local engine's. A task killed mid-way runs again
+(``max_retries``) and writes the same names with the same bytes; only the shards the finished attempt returns are
+committed. A bad record is returned as its typed error, and the driver raises the first in input order: the one
+the local engine would have met first.
 
 Ray is an optional dependency (``pip install 'bestfit-cli[ray]'``), imported only here and only when used.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import signal
 import threading
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import BestfitError, InputError, OptionError
+from .formats.base import Checkpoint
 from .fs import InputFile
 from .read import (
     BadRecordLimit,
@@ -34,7 +39,6 @@ from .read import (
     ReadOptions,
     Skipped,
     input_format,
-    read_file,
     read_lengths,
     read_rows,
 )
@@ -57,6 +61,7 @@ class FileLengths:
 
     batches: tuple[LengthBatch, ...]
     content_sha256: str | None = None  # JSONL: sha256 of all its bytes, as the local engine records it
+    checkpoints: tuple[Checkpoint, ...] = ()  # JSONL: where reads of its later rows may start (``read_from``)
 
     @property
     def documents(self) -> int:
@@ -75,11 +80,12 @@ def file_lengths(file: InputFile, index: int, opts: ReadOptions, full: bool = Fa
     if not full:
         return FileLengths(tuple(read_lengths(file, index, opts)))
     batches, sha = [], None
-    for batch in read_file(file, index, opts):
+    checkpoints: list[Checkpoint] = []
+    for batch in input_format(file).read_checkpointed(file, index, opts, checkpoints):
         batches.append(LengthBatch(index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
                                    batch.notes))
         sha = batch.content_sha256 or sha
-    return FileLengths(tuple(batches), sha)
+    return FileLengths(tuple(batches), sha, tuple(checkpoints))
 
 
 def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = False
@@ -90,17 +96,18 @@ def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = F
         return exc
 
 
-def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], files: Sequence[InputFile],
-               read_opts: ReadOptions, opts: PackOptions, stager: ShardStager
+def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], starts: list[Checkpoint | None],
+               files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, stager: ShardStager
                ) -> tuple[WindowResult, np.ndarray] | BestfitError:
-    """Read one planned window from shared storage, pack it and stage its shards (runs on a Ray worker)."""
+    """Read one planned window from shared storage, pack it and stage its shards (runs on a Ray worker); each
+    source's reading starts at its checkpoint (``starts``), if it has one."""
     from .pipeline import kept_lengths, pack_window
 
     try:
         buffer = WindowBuffer(max(spec.n_tokens, 1), expected_tokens=spec.n_tokens)
         dtype = np.dtype(np.int64)
-        for file_index, lo, hi in sources:
-            for batch in read_rows(files[file_index], file_index, read_opts, lo, hi):
+        for (file_index, lo, hi), start in zip(sources, starts, strict=True):
+            for batch in read_rows(files[file_index], file_index, read_opts, lo, hi, start):
                 dtype = batch.tokens.dtype
                 if buffer.filled + batch.n_tokens > spec.n_tokens:
                     raise _changed(files[file_index], batch.first_row)
@@ -115,6 +122,12 @@ def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], files: Seq
         return exc
     finally:
         stager.close()
+
+
+def _checkpoint_before(checkpoints: list[Checkpoint], row: int) -> Checkpoint | None:
+    """The last checkpoint at or before ``row`` (checkpoints are in row order), or None (read from the start)."""
+    at = bisect.bisect_right([c.row for c in checkpoints], row)
+    return checkpoints[at - 1] if at else None
 
 
 def _changed(file: InputFile, row: int) -> InputError:
@@ -216,8 +229,10 @@ class RayEngine:
         limit = opts.bad_record_limit
         names = ", ".join(f.name for f in files)
         pending: list[Any] = []
+        checkpoints: dict[int, list[Checkpoint]] = {}
         try:
-            plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names), opts.window_tokens,
+            plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names, checkpoints),
+                                opts.window_tokens,
                                 opts.window_documents,
                                 lambda b: input_format(files[b.file_index]).block_lengths(
                                     files[b.file_index], read_opts, b.first_row, b.first_row + b.rows))
@@ -225,8 +240,11 @@ class RayEngine:
             pack_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
                                    **({"memory": opts.memory} if opts.memory else {}))(_pack_task)
             files_ref = ray.put(list(files))
-            pending = [pack_task.remote(spec, plan.sources(spec), files_ref, read_opts, opts, stager)
-                       for spec in plan.windows]
+            pending = []
+            for spec in plan.windows:
+                sources = plan.sources(spec)
+                starts = [_checkpoint_before(checkpoints.get(i, []), lo) for i, lo, _ in sources]
+                pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager))
             results, kept = self._collect(plan, pending, files, progress)
         except BaseException:
             self.cancel(pending + list(passes.values()))
@@ -236,7 +254,8 @@ class RayEngine:
         return results, kept, counts
 
     def _blocks(self, files: Sequence[InputFile], footers: dict[int, list[tuple[int, int, int | None]]],
-                passes: dict[int, Any], counts: InputCounts, limit: BadRecordLimit, names: str) -> Iterator[Block]:
+                passes: dict[int, Any], counts: InputCounts, limit: BadRecordLimit, names: str,
+                checkpoints: dict[int, list[Checkpoint]]) -> Iterator[Block]:
         """Every file's blocks in input order: what its format knows without reading (Parquet row groups from the
         footer), or its lengths as the lengths pass read them (whose bad records are counted against the limit
         batch by batch, as the local engine counts them while it reads)."""
@@ -258,6 +277,7 @@ class RayEngine:
                 if batch.skipped.count:
                     limit.check(sum(counts.skipped, Skipped()), sum(counts.documents), names, final=False)
             counts.content_sha256[index] = result.content_sha256
+            checkpoints[index] = list(result.checkpoints)
             yield Block(index, 0, result.documents, lengths=result.lengths)
 
     def _collect(self, plan: WindowPlan, pending: list[Any], files: Sequence[InputFile],

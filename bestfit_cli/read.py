@@ -23,7 +23,7 @@ from .errors import BestfitError, InputError, OptionError
 from .fs import InputFile, storage_error
 
 if TYPE_CHECKING:
-    from .formats.base import InputFormat
+    from .formats.base import Checkpoint, InputFormat
 
 # Documents are handed on in batches of about this many tokens (a few MB), whatever the input's row groups.
 BATCH_TOKENS = 1 << 20
@@ -435,7 +435,9 @@ def slice_batch(batch: DocBatch, lo: int, hi: int) -> DocBatch:
                    tokens=batch.tokens[int(offsets[0]):int(offsets[-1])], skipped=Skipped(), content_sha256=None)
 
 
-def read_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int) -> Iterator[DocBatch]:
+def read_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
+              start: Checkpoint | None = None) -> Iterator[DocBatch]:
     """Documents of rows ``lo .. hi - 1`` of one input file, read and checked as ``read_file`` reads them (the same
-    messages), through its format's ``read_rows``. Skipped records are counted where the whole file is read."""
-    yield from input_format(file).read_rows(file, file_index, opts, lo, hi)
+    messages), through its format's ``read_rows``, from ``start`` (a checkpoint at or before ``lo`` that an earlier
+    read recorded) when given. Skipped records are counted where the whole file is read."""
+    yield from input_format(file).read_rows(file, file_index, opts, lo, hi, start)

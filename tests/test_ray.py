@@ -58,11 +58,30 @@ def assert_same_pack(inputs: list[str], tmp_path: Path, cluster: RayCluster, *op
     return expected
 
 
+def _long_jsonl(path: Path) -> Path:
+    """A JSONL file of 1.4M tokens: its lengths pass records checkpoints, and its windows' tasks seek to them."""
+    rng = np.random.default_rng(11)
+    with path.open("w") as out:
+        for i, n in enumerate(rng.integers(100, 800, 3200)):
+            out.write(json.dumps({"input_ids": rng.integers(0, 50_000, int(n)).tolist()}) + "\n")
+            if i % 50 == 7:
+                out.write("\n")  # blank lines: rows and line numbers part ways
+    return path
+
+
 def test_sample_is_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
-    files = assert_same_pack([str(SAMPLES)], tmp_path, cluster, "--ctx", "2048", "--window-tokens", "300000",
-                             "--eos-id", "100257", "--rows-per-shard", "64")
+    from bestfit_cli.fs import resolve_inputs
+    from bestfit_cli.ray_engine import file_lengths
+    from bestfit_cli.read import ReadOptions
+
+    long_jsonl = _long_jsonl(tmp_path / "long.jsonl")
+    (long_file,) = resolve_inputs([str(long_jsonl)])
+    checkpoints = file_lengths(long_file, 0, ReadOptions(), full=True).checkpoints
+    assert any(0 < c.row < 3000 for c in checkpoints)  # windows below start from one, not from the first line
+    files = assert_same_pack([str(SAMPLES), str(long_jsonl)], tmp_path, cluster, "--ctx", "2048",
+                             "--window-tokens", "300000", "--eos-id", "100257", "--rows-per-shard", "64")
     manifest = json.loads(files["manifest.json"])
-    assert len(manifest["windows"]) >= 5  # windows in both the Parquet and the JSONL input
+    assert len(manifest["windows"]) >= 9  # windows in the Parquet and both JSONL inputs
     assert {i["path"].rsplit(".", 1)[1] for i in manifest["inputs"]} == {"parquet", "jsonl"}
 
 

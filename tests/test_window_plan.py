@@ -155,3 +155,55 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(command: list[s
     assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr
     assert "--engine ray needs Ray" in lines[0] and "pip install 'bestfit-cli[ray]'" in lines[0]
     assert not (tmp_path / "OUT").exists()
+
+
+def _jsonl_with_blank_lines(path: Path, n_docs: int, seed: int = 5) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(0, 50_000, int(n)).tolist() for n in rng.integers(1, 60, n_docs)]
+    lines = []
+    for i, doc in enumerate(docs):
+        lines.append(json.dumps({"input_ids": doc, "id": i}))
+        if i % 7 == 3:
+            lines.append("   ")  # blank lines: a record's row is not its line number minus one
+    path.write_text("\n".join(lines) + "\n")
+    return docs
+
+
+def test_jsonl_reads_from_a_checkpoint_as_from_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bestfit_cli.formats import jsonl
+    from bestfit_cli.formats.base import Checkpoint
+    from bestfit_cli.read import input_format
+
+    monkeypatch.setattr(jsonl, "BATCH_TOKENS", 400)  # many batches, so many checkpoints, in a small file
+    path = tmp_path / "docs.jsonl"
+    docs = _jsonl_with_blank_lines(path, 300)
+    (file,) = resolve_inputs([str(path)])
+    fmt = input_format(file)
+    checkpoints: list[Checkpoint] = []
+    whole = list(fmt.read_checkpointed(file, 0, ReadOptions(), checkpoints))
+    assert len(checkpoints) >= 10 and [c.row for c in checkpoints] == sorted({c.row for c in checkpoints})
+    assert np.array_equal(np.concatenate([b.tokens for b in whole]), np.concatenate([np.array(d) for d in docs]))
+    for checkpoint in checkpoints[::3]:
+        lo, hi = min(checkpoint.row + 2, len(docs) - 1), min(checkpoint.row + 40, len(docs))
+        from_start = list(read_rows(file, 0, ReadOptions(), lo, hi))
+        seeking = list(read_rows(file, 0, ReadOptions(), lo, hi, checkpoint))
+        assert [b.first_row for b in seeking] == [b.first_row for b in from_start]
+        assert np.array_equal(np.concatenate([b.tokens for b in seeking]),
+                              np.concatenate([np.array(d) for d in docs[lo:hi]]))
+
+    # Reading from a checkpoint really starts there: the first line, made unreadable (same length), is never
+    # parsed; and a bad line after the checkpoint is named by its true line number.
+    text = path.read_text().split("\n")
+    text[0] = "x" * len(text[0])
+    checkpoint = checkpoints[4]
+    bad_row = checkpoints[5].row + 1  # in a later batch than the rows read first
+    bad_line = [i for i, line in enumerate(text) if line.strip()][bad_row]
+    text[bad_line] = text[bad_line].replace('"input_ids": [', '"input_ids": ["seven", ')
+    path.write_text("\n".join(text))
+    with pytest.raises(InputError) as first:
+        list(read_rows(file, 0, ReadOptions(), checkpoint.row, checkpoint.row + 2))
+    assert first.value.line == 1
+    assert len(list(read_rows(file, 0, ReadOptions(), checkpoint.row, checkpoint.row + 2, checkpoint))) >= 1
+    with pytest.raises(InputError) as later:
+        list(read_rows(file, 0, ReadOptions(), checkpoint.row, bad_row + 1, checkpoint))
+    assert later.value.line == bad_line + 1 and "'input_ids' holds str" in str(later.value)

@@ -16,6 +16,16 @@ from ..read import DocBatch, LengthBatch, ReadOptions
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """Where a read of a file may start instead of its first byte: record ``row`` starts on line ``line`` (1-based,
+    for messages), at or after byte ``offset``. A JSONL reader records them as it reads (``read_checkpointed``)."""
+
+    row: int
+    offset: int
+    line: int
+
+
+@dataclass(frozen=True)
 class PackedRows:
     """``n_rows`` sequences; row ``r`` holds pieces ``piece_offsets[r]:piece_offsets[r+1]``.
 
@@ -163,6 +173,17 @@ class InputFormat:
 
     # What an engine that plans windows before reading asks (``window.plan_windows``, ``ray_engine.py``).
 
+    def read_checkpointed(self, file: InputFile, file_index: int, opts: ReadOptions,
+                          checkpoints: list[Checkpoint]) -> Iterator[DocBatch]:
+        """``read``, appending to ``checkpoints`` where later reads may start (``read_from``); none by default."""
+        return self.read(file, file_index, opts)
+
+    def read_from(self, file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None
+                  ) -> Iterator[DocBatch]:
+        """``read`` from one of ``read_checkpointed``'s checkpoints (None: the file's start); batches are numbered
+        by their rows in the whole file."""
+        return self.read(file, file_index, opts)
+
     def blocks(self, file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]] | None:
         """``(first_row, rows, tokens)`` of consecutive blocks of the file, known without reading its documents
         (``tokens`` None where unknown), or None when only reading tells (then the file's lengths are read once)."""
@@ -173,13 +194,15 @@ class InputFormat:
         lengths = [batch.lengths for batch in self.read_rows(file, 0, opts, lo, hi)]
         return np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
 
-    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int
-                  ) -> Iterator[DocBatch]:
-        """Documents of rows ``lo .. hi - 1``, as ``read`` reads them; by default ``read`` from the file's start,
-        sliced (a format that can seek, as Parquet by row group, does better)."""
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
+                  start: Checkpoint | None = None) -> Iterator[DocBatch]:
+        """Documents of rows ``lo .. hi - 1``, as ``read`` reads them; by default ``read_from`` (the file's start,
+        or ``start``, a checkpoint at or before ``lo``), sliced (a format that can seek by itself, as Parquet by row
+        group, does better)."""
         from ..read import slice_batch
 
-        for batch in self.read(file, file_index, opts):
+        start = start if start is not None and start.row <= lo else None
+        for batch in self.read_from(file, file_index, opts, start):
             a, b = max(lo, batch.first_row), min(hi, batch.first_row + batch.n_docs)
             if a < b:
                 yield slice_batch(batch, a, b)

@@ -20,7 +20,7 @@ from .. import carry
 from ..errors import InputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
-from .base import InputFormat
+from .base import Checkpoint, InputFormat
 
 
 def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
@@ -46,17 +46,43 @@ class LineTooLong(Exception):
         self.line_no = line_no
 
 
-def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_size: int = 1 << 23
-           ) -> Iterator[bytes | bytearray]:
+class LineEnds:
+    """Where in the stream the lines ``_lines`` hands on end, asked only at a batch's last line: the chunk being
+    split is kept, and its newlines are found when asked, so reading pays nothing per line for it."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.chunk: bytes = b""
+        self.chunk_start = start  # the stream offset of the chunk's first byte
+        self.first_line = 1  # the number of the first line that ends in this chunk
+        self._newlines: np.ndarray | None = None
+
+    def next_chunk(self, chunk: bytes, first_line: int) -> None:
+        self.chunk_start += len(self.chunk)
+        self.chunk, self.first_line, self._newlines = chunk, first_line, None
+
+    def after(self, line_no: int) -> int | None:
+        """The stream offset just past line ``line_no``'s newline (the last line handed on, or one before it in the
+        same chunk), or None when it has none (the file's last line)."""
+        if self._newlines is None:
+            self._newlines = np.flatnonzero(np.frombuffer(self.chunk, dtype=np.uint8) == 0x0A)
+        index = line_no - self.first_line
+        if not 0 <= index < len(self._newlines):
+            return None
+        return self.chunk_start + int(self._newlines[index]) + 1
+
+
+def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_size: int = 1 << 23,
+           first_line: int = 1, ends: LineEnds | None = None) -> Iterator[bytes | bytearray]:
     """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline), in linear time.
 
     The unfinished end of a chunk is kept in a growing buffer, so a line of any length is copied once, never
     re-joined chunk after chunk. A line longer than ``max_line_bytes`` raises ``LineTooLong``; a run of blank
     bytes is never buffered (leading blanks of a line are dropped, a blank chunk inside one counts one byte), so
     a file of nothing but spaces reads in bounded memory. Every chunk also goes into ``digest`` (a hashlib
-    object): the input's content fingerprint (``fingerprint.py``).
+    object): the input's content fingerprint (``fingerprint.py``). ``first_line`` numbers the first line (a stream
+    that starts mid-file, at a line's start); ``ends`` is told of every chunk, to say where a line ends.
     """
-    line_no = 0  # lines finished so far
+    line_no = first_line - 1  # lines finished so far
     tail = bytearray()
     while True:
         chunk = stream.read(chunk_size)
@@ -64,6 +90,8 @@ def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_siz
             break
         if digest is not None:
             digest.update(chunk)
+        if ends is not None:
+            ends.next_chunk(chunk, line_no + 1)
         lines: list[bytes | bytearray] = list(chunk.split(b"\n"))
         last = lines.pop()
         if lines:
@@ -205,15 +233,27 @@ def fast_line_parser(column: str) -> Callable[[bytes | bytearray], np.ndarray | 
     return parse
 
 
-def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None = None,
+               checkpoints: list[Checkpoint] | None = None) -> Iterator[DocBatch]:
+    """The file's records, batch by batch; from ``start`` (a record's line, found by an earlier read) when given.
+
+    ``checkpoints`` (an uncompressed file) gets where each batch after the first starts, for a later read to start
+    there: the Ray engine's lengths pass records them, so that a window's task seeks to the line its rows start
+    at instead of parsing the file from its first line.
+    """
     stream, file_position = _open_text(file)
+    seekable = not file.is_stdin and not file.format_compressed
+    start = start if seekable else None  # a compressed stream is read from its start
+    if start is not None:
+        stream.seek(start.offset)
+    ends = LineEnds(start.offset if start is not None else 0) if seekable and checkpoints is not None else None
     fast = fast_line_parser(opts.column) if FAST_JSONL else None
     line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
     pending: list[np.ndarray] = []
     carried = opts.carried
     pending_carried: list[list[Any]] = [[] for _ in carried]  # per carried name, the value of each record
     pending_tokens = 0
-    row = 0
+    row = start.row if start is not None else 0
     skipped = Skipped()
     digest = hashlib.sha256()
 
@@ -242,12 +282,18 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[
         if carried:
             batch = _carried_from_json(file, batch, carried_values, lines, opts)
         row += batch.n_docs
+        if ends is not None and checkpoints is not None and lines:
+            after = ends.after(lines[-1])
+            if after is not None:
+                checkpoints.append(Checkpoint(row, after, lines[-1] + 1))
         pending.clear()
         line_numbers.clear()
         return batch
 
+    first_line = start.line if start is not None else 1
     try:
-        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest), start=1):
+        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest, first_line=first_line, ends=ends),
+                                      start=first_line):
             if not raw.strip():
                 continue
             found: list[Any] = []
@@ -314,6 +360,14 @@ class JsonlInput(InputFormat):
 
     def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
         return read_jsonl(file, file_index, opts)
+
+    def read_checkpointed(self, file: InputFile, file_index: int, opts: ReadOptions,
+                          checkpoints: list[Checkpoint]) -> Iterator[DocBatch]:
+        return read_jsonl(file, file_index, opts, checkpoints=checkpoints)
+
+    def read_from(self, file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None
+                  ) -> Iterator[DocBatch]:
+        return read_jsonl(file, file_index, opts, start)
 
     def not_data(self, fs: pafs.FileSystem, path: str) -> str | None:
         """A ``*.json`` file that is one JSON document (indented metadata such as ``stats.json``, a JSON array) or

@@ -27,7 +27,7 @@ from ..read import (
     with_carried,
 )
 from ..training import row_columns
-from .base import InputFormat, PackedRows
+from .base import Checkpoint, InputFormat, PackedRows
 from .parquet_footer import FooterError, NotParquetError, check_bytes
 from .parquet_footer import check_file as check_footer_file
 
@@ -395,9 +395,9 @@ class ParquetInput(InputFormat):
     def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
         return parquet_lengths(file, opts, lo, hi)
 
-    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int
-                  ) -> Iterator[DocBatch]:
-        return read_parquet_rows(file, file_index, opts, lo, hi)
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
+                  start: Checkpoint | None = None) -> Iterator[DocBatch]:
+        return read_parquet_rows(file, file_index, opts, lo, hi)  # a row group is its own checkpoint
 
     def signature(self, file: InputFile) -> str | None:
         return footer_sha256(file)
