@@ -13,7 +13,11 @@ import json
 import os
 import posixpath
 import re
+import signal
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,6 +315,30 @@ class StoreLock:
                 pass
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is over: their handlers (which raise, so every writer unwinds) run
+    when it ends, on state the block left whole (a lock file made and known to be ours), never in its middle.
+    Only the main thread runs signal handlers, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum)) for signum in watched}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)  # raises (KeyboardInterrupt, cli.Terminated): the caller cleans up
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+
+
 class OutLock:
     """An exclusive ``flock`` on ``OUT/.bestfit-lock`` for the whole run; the kernel drops it when a run dies.
 
@@ -325,6 +353,12 @@ class OutLock:
         self.locked = False
 
     def acquire(self) -> None:
+        """Raises ``OutputError`` when another run holds OUT; a signal during it comes once ``release()`` knows
+        whether the file is this run's to remove."""
+        with signals_deferred():
+            self._acquire()
+
+    def _acquire(self) -> None:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock

@@ -7,9 +7,11 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -164,6 +166,35 @@ def test_a_second_run_on_a_busy_out_fails_at_once(source: Path, old: Path) -> No
     assert verify([str(source)], str(old)).ok
     assert invoke("pack", source, old, *OPTIONS, "--overwrite").exit_code == 0
     assert not (old / LOCK).exists()
+
+
+@pytest.mark.parametrize("after", ["open", "flock"])
+def test_a_signal_while_taking_the_lock_leaves_no_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            after: str) -> None:
+    """SIGTERM just after the lock file is opened (or locked), before the run has noted it as its own: the run
+    still unwinds with the signal and removes the file, and the OUT it created (found once by the kill suite)."""
+    from bestfit_cli import outdir
+    from bestfit_cli.cli import Terminated, _terminate
+    from bestfit_cli.write import ShardWriter
+
+    out = tmp_path / "out"
+    real = {"open": os.open, "flock": fcntl.flock}
+
+    def then_sigterm(*args: Any, **kwargs: Any) -> Any:
+        result = real[after](*args, **kwargs)
+        if str(args[0]).endswith(LOCK) or after == "flock":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(outdir.os if after == "open" else fcntl, after, then_sigterm)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        writer = ShardWriter(str(out))
+        with pytest.raises(Terminated):
+            writer.__enter__()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not out.exists()  # no lock file left, and the OUT this run made is gone with it
 
 
 def test_two_runs_at_once_one_wins_and_the_other_is_refused(source: Path, tmp_path: Path) -> None:
