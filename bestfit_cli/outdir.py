@@ -329,14 +329,14 @@ def signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            handler = previous[signum]
+        for watched_signal, handler in previous.items():
+            signal.signal(watched_signal, handler)
+        for arrived in dict.fromkeys(received):
+            handler = previous[signal.Signals(arrived)]
             if callable(handler):
-                handler(signum, None)  # raises (KeyboardInterrupt, cli.Terminated): the caller cleans up
+                handler(arrived, None)  # raises (KeyboardInterrupt, cli.Terminated): the caller cleans up
             elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), arrived)
 
 
 class OutLock:
