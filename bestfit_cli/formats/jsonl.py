@@ -149,10 +149,11 @@ def _out_of_range(file: InputFile, line_no: int, ids: list[Any], column: str, dt
 
 def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str,
                 carried: tuple[str, ...] = (), found: list[Any] | None = None) -> np.ndarray:
-    """The line's token ids; with ``carried`` names, their values are appended to ``found``."""
-    ids = _parse_record(file, line_no, raw, column, dtype)
+    """The line's token ids; with ``carried`` names, their values are appended to ``found`` (the line is parsed
+    once for both)."""
+    record = _load_record(file, line_no, raw)
+    ids = _record_ids(file, line_no, raw, record, column, dtype)
     if carried and found is not None:
-        record = json.loads(raw)
         for name in carried:
             if name not in record:
                 raise InputError(file.name, f"no field '{name}' to carry (--keep / --keep-token)", line=line_no,
@@ -161,7 +162,8 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: s
     return ids
 
 
-def _parse_record(file: InputFile, line_no: int, raw: bytes | bytearray, column: str, dtype: str) -> np.ndarray:
+def _load_record(file: InputFile, line_no: int, raw: bytes | bytearray) -> dict[str, Any]:
+    """The line as a JSON object, or the one-line error saying why it is not one."""
     try:
         record = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -172,6 +174,12 @@ def _parse_record(file: InputFile, line_no: int, raw: bytes | bytearray, column:
     if not isinstance(record, dict):
         raise InputError(file.name, "line is not a JSON object", line=line_no,
                          fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
+    return record
+
+
+def _record_ids(file: InputFile, line_no: int, raw: bytes | bytearray, record: dict[str, Any], column: str,
+                dtype: str) -> np.ndarray:
+    """The record's token ids, checked: a list of integers within int64."""
     if column not in record:
         # Escaped: a field name may hold a newline, and the message is one line.
         keys = ", ".join(json.dumps(key, ensure_ascii=False)[1:-1] for key in record) or "none"
