@@ -418,6 +418,16 @@ def ids_in_range(column: pa.Array, opts: ReadOptions) -> bool:
     return bool(extremes["min"].as_py() >= 0 and extremes["max"].as_py() <= np.iinfo(TOKEN_DTYPES[opts.dtype]).max)
 
 
+def lengths_from_arrow(file: InputFile, first_row: int, column: pa.Array, opts: ReadOptions) -> np.ndarray:
+    """Token counts of a list column's rows from its offsets, ids not cast; a null row, a null id or an id out of
+    range for ``--dtype`` is refused as ``batch_from_arrow`` refuses it (one ``min_max`` pass finds them), so
+    ``stats`` accepts exactly the inputs ``pack`` accepts."""
+    if column.null_count or column.values.null_count or not ids_in_range(column, opts):
+        batch_from_arrow(file, 0, first_row, column, opts, lambda r: {"row": r})  # raises, naming the row
+    lengths: np.ndarray = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    return lengths
+
+
 def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
     """Document lengths of one input file, through its format's ``read_lengths``: without casting token ids where
     the format allows, and accepting exactly the inputs ``pack`` accepts."""

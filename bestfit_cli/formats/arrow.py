@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from ..errors import BestfitError, InputError
@@ -34,7 +33,7 @@ from ..read import (
     batch_from_arrow,
     check_carried_schema,
     check_list_type,
-    ids_in_range,
+    lengths_from_arrow,
     unreadable,
     with_carried,
 )
@@ -167,10 +166,7 @@ def read_arrow_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> I
     """Lengths from the list offsets, without casting ids; rows ``read_arrow`` refuses are refused the same way."""
     opened = _checked(file, opts)
     for first_row, column, _, done in _columns(file, opts, opened):
-        if column.null_count or column.values.null_count or not ids_in_range(column, opts):
-            batch_from_arrow(file, file_index, first_row, column, opts, lambda r: {"row": r})  # raises, naming it
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
-        yield LengthBatch(file_index, first_row, lengths, done)
+        yield LengthBatch(file_index, first_row, lengths_from_arrow(file, first_row, column, opts), done)
 
 
 # --------------------------------------------------------------------------------------------- save_to_disk

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import BestfitError, InputError, OutputError
@@ -22,7 +21,7 @@ from ..read import (
     batch_from_arrow,
     check_carried_schema,
     check_list_type,
-    ids_in_range,
+    lengths_from_arrow,
     unreadable,
     with_carried,
 )
@@ -242,17 +241,12 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
 
 def read_parquet_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
-    """Lengths from the list offsets (``pc.list_value_length``), without casting ids; null rows, null ids and ids out
-    of range for ``--dtype`` are refused as ``read_parquet`` refuses them (one ``min_max`` pass over the ids finds
-    them), so ``stats`` accepts exactly the inputs ``pack`` accepts."""
+    """Lengths from the list offsets, refusing what ``read_parquet`` refuses (``read.lengths_from_arrow``)."""
     pf = open_parquet_checked(file, opts)
     row = 0
     try:
         for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS * 8):
-            column = record_batch.column(0)
-            if column.null_count or column.values.null_count or not ids_in_range(column, opts):
-                batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r})  # raises, naming the row
-            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+            lengths = lengths_from_arrow(file, row, record_batch.column(0), opts)
             row += len(lengths)
             yield LengthBatch(file_index, row - len(lengths), lengths, row / max(pf.metadata.num_rows, 1))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
@@ -342,9 +336,7 @@ def parquet_lengths(file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.
     out, row = [], lo
     try:
         for row, column in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS * 8):
-            if column.null_count or column.values.null_count or not ids_in_range(column, opts):
-                batch_from_arrow(file, 0, row, column, opts, lambda r: {"row": r})  # raises, naming the row
-            out.append(pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64))
+            out.append(lengths_from_arrow(file, row, column, opts))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _corrupt(file, pf, opts.column, row, exc) from None
     finally:
