@@ -75,14 +75,18 @@ def test_sample_is_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
     from bestfit_cli.read import ReadOptions
 
     long_jsonl = _long_jsonl(tmp_path / "long.jsonl")
-    (long_file,) = resolve_inputs([str(long_jsonl)])
-    checkpoints = file_lengths(long_file, 0, ReadOptions(), full=True).checkpoints
-    assert any(0 < c.row < 3000 for c in checkpoints)  # windows below start from one, not from the first line
-    files = assert_same_pack([str(SAMPLES), str(long_jsonl)], tmp_path, cluster, "--ctx", "2048",
+    long_zst = tmp_path / "long.jsonl.zst"  # its checkpoints count decompressed bytes, skipped unparsed
+    with pa.CompressedOutputStream(str(long_zst), "zstd") as out:
+        out.write(long_jsonl.read_bytes())
+    for path in (long_jsonl, long_zst):
+        (long_file,) = resolve_inputs([str(path)])
+        checkpoints = file_lengths(long_file, 0, ReadOptions(), full=True).checkpoints
+        assert any(0 < c.row < 3000 for c in checkpoints)  # windows below start from one, not from the first line
+    files = assert_same_pack([str(SAMPLES), str(long_jsonl), str(long_zst)], tmp_path, cluster, "--ctx", "2048",
                              "--window-tokens", "300000", "--eos-id", "100257", "--rows-per-shard", "64")
     manifest = json.loads(files["manifest.json"])
-    assert len(manifest["windows"]) >= 9  # windows in the Parquet and both JSONL inputs
-    assert {i["path"].rsplit(".", 1)[1] for i in manifest["inputs"]} == {"parquet", "jsonl"}
+    assert len(manifest["windows"]) >= 13  # windows in the Parquet and the three JSONL inputs
+    assert {i["path"].rsplit(".", 1)[1] for i in manifest["inputs"]} == {"parquet", "jsonl", "zst"}
 
 
 @pytest.mark.slow

@@ -207,3 +207,58 @@ def test_jsonl_reads_from_a_checkpoint_as_from_the_start(tmp_path: Path, monkeyp
     with pytest.raises(InputError) as later:
         list(read_rows(file, 0, ReadOptions(), checkpoint.row, bad_row + 1, checkpoint))
     assert later.value.line == bad_line + 1 and "'input_ids' holds str" in str(later.value)
+
+
+@pytest.mark.parametrize("suffix", ["gz", "zst", "bz2", "lz4"])
+def test_compressed_jsonl_reads_from_a_checkpoint_without_parsing_what_comes_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    from bestfit_cli.formats import jsonl
+    from bestfit_cli.formats.base import Checkpoint
+    from bestfit_cli.read import input_format
+
+    monkeypatch.setattr(jsonl, "BATCH_TOKENS", 400)
+    monkeypatch.setattr(jsonl, "SKIP_BYTES", 1000)  # the skip takes several steps
+    plain = tmp_path / "docs.jsonl"
+    docs = _jsonl_with_blank_lines(plain, 300, seed=8)
+    text = plain.read_text().split("\n")
+    text[0] = "x" * len(text[0])  # the first line is no JSON: only a read that parses it fails
+    path = tmp_path / f"docs.jsonl.{suffix}"
+    codec = {"gz": "gzip", "zst": "zstd", "bz2": "bz2", "lz4": "lz4"}[suffix]
+    with pa.CompressedOutputStream(str(path), codec) as out:
+        out.write("\n".join(text).encode())
+    (file,) = resolve_inputs([str(path)])
+    fmt = input_format(file)
+    checkpoints: list[Checkpoint] = []
+    with pytest.raises(InputError) as whole:
+        list(fmt.read_checkpointed(file, 0, ReadOptions(), checkpoints))
+    assert whole.value.line == 1
+    # The same file with a readable first line records its checkpoints (offsets in the decompressed text).
+    text[0] = json.dumps({"input_ids": docs[0], "id": 0}).ljust(len(text[0]))
+    good = tmp_path / f"good.jsonl.{suffix}"
+    with pa.CompressedOutputStream(str(good), codec) as out:
+        out.write("\n".join(text).encode())
+    (good_file,) = resolve_inputs([str(good)])
+    whole_batches = list(fmt.read_checkpointed(good_file, 0, ReadOptions(), checkpoints))
+    assert len(checkpoints) >= 10
+    assert sum(b.n_docs for b in whole_batches) == len(docs)
+    for checkpoint in checkpoints[2::4]:
+        lo, hi = checkpoint.row + 1, min(checkpoint.row + 30, len(docs))
+        # Reading the bad file from a checkpoint decompresses the bytes before it without parsing them.
+        seeking = list(read_rows(file, 0, ReadOptions(), lo, hi, checkpoint))
+        assert [b.first_row for b in seeking][:1] == [lo]
+        assert np.array_equal(np.concatenate([b.tokens for b in seeking]),
+                              np.concatenate([np.array(d) for d in docs[lo:hi]]))
+    # A bad line after the checkpoint is named by its true line number.
+    checkpoint = checkpoints[3]
+    bad_row = checkpoint.row + 5
+    bad_line = [i for i, line in enumerate(text) if line.strip()][bad_row]
+    text[bad_line] = text[bad_line].replace('"input_ids": [', '"input_ids": [true, ')
+    with pa.CompressedOutputStream(str(path), codec) as out:
+        out.write("\n".join(text).encode())
+    with pytest.raises(InputError) as later:
+        list(read_rows(file, 0, ReadOptions(), checkpoint.row, bad_row + 1, checkpoint))
+    assert later.value.line == bad_line + 1 and "'input_ids' holds bool" in str(later.value)
+    # A checkpoint beyond the decompressed text (a file replaced by a shorter one) is a one-line error.
+    beyond = Checkpoint(checkpoint.row, 10**9, checkpoint.line)
+    with pytest.raises(InputError, match="cannot read"):
+        list(read_rows(file, 0, ReadOptions(), beyond.row, beyond.row + 1, beyond))

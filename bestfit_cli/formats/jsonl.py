@@ -245,16 +245,17 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
                checkpoints: list[Checkpoint] | None = None) -> Iterator[DocBatch]:
     """The file's records, batch by batch; from ``start`` (a record's line, found by an earlier read) when given.
 
-    ``checkpoints`` (an uncompressed file) gets where each batch after the first starts, for a later read to start
+    ``checkpoints`` (any file but stdin) gets where each batch after the first starts, for a later read to start
     there: the Ray engine's lengths pass records them, so that a window's task seeks to the line its rows start
-    at instead of parsing the file from its first line.
+    at instead of parsing the file from its first line. A compressed file's offsets count decompressed bytes: it
+    cannot seek, but skipping bytes (``_skip``) costs only their decompression, not splitting and parsing them.
     """
     stream, file_position = _open_text(file)
-    seekable = not file.is_stdin and not file.format_compressed
-    start = start if seekable else None  # a compressed stream is read from its start
+    positioned = not file.is_stdin
+    start = start if positioned else None
     if start is not None:
-        stream.seek(start.offset)
-    ends = LineEnds(start.offset if start is not None else 0) if seekable and checkpoints is not None else None
+        _skip(file, stream, start.offset)
+    ends = LineEnds(start.offset if start is not None else 0) if positioned and checkpoints is not None else None
     fast = fast_line_parser(opts.column) if FAST_JSONL else None
     line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
     pending: list[np.ndarray] = []
@@ -336,6 +337,27 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
             stream.close()
     # Always a last batch, even one without documents: it carries the content hash of the whole file.
     yield replace(flush(), content_sha256=digest.hexdigest())
+
+
+SKIP_BYTES = 1 << 23  # decompressed bytes read and dropped per step while a compressed stream skips ahead
+
+
+def _skip(file: InputFile, stream: IO[bytes], offset: int) -> None:
+    """Put ``stream`` at byte ``offset`` of the decompressed text: a seek in a plain file; in a compressed one, the
+    bytes before it decompressed and dropped (never split into lines nor parsed)."""
+    try:
+        if not file.format_compressed:
+            stream.seek(offset)
+            return
+        left = offset
+        while left > 0:
+            dropped = len(stream.read(min(left, SKIP_BYTES)))
+            if not dropped:
+                raise EOFError(f"the decompressed text ends before byte {offset:,}")
+            left -= dropped
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        stream.close()
+        raise unreadable(file, exc, "cannot read", "check the file and its compression") from None
 
 
 def _carried_from_json(file: InputFile, batch: DocBatch, values: list[list[Any]], lines: list[int],
