@@ -203,19 +203,51 @@ def _first_misfit(file_name: str, name: str, values: Sequence[Any], lines: Seque
                      fix=f"give '{name}' one type in every record")
 
 
+@dataclass(frozen=True)
+class FirstType:
+    """Where a document column's type is fixed: the batch of file ``file_index`` (named ``file_name``) starting at
+    row ``row``, the first in input order whose values are not all null, and their type."""
+
+    file_index: int
+    row: int
+    type: pa.DataType
+    file_name: str
+
+
+def note_first_types(found: dict[str, FirstType], file_index: int, file_name: str, row: int,
+                     types: dict[str, pa.DataType]) -> None:
+    """Add to ``found`` the document columns of a batch (of file ``file_index``, from ``row``; ``types`` their
+    types) that are not of Arrow's ``null`` type (all null) and not in ``found`` yet: given every batch in input
+    order, each column's ``FirstType``."""
+    for name, value_type in types.items():
+        if name not in found and not pa.types.is_null(value_type):
+            found[name] = FirstType(file_index, row, value_type, file_name)
+
+
 class DocumentTypes:
     """The type of each document column, fixed by its first non-null values: later batches are cast to it, so every
-    shard of a run stores the same types (pack reads its inputs in order, so the types do not depend on workers)."""
+    shard of a run stores the same types (pack reads its inputs in order, so the types do not depend on workers).
 
-    def __init__(self, names: Sequence[str]) -> None:
+    A reader of part of the inputs (a Ray window task) cannot see the batches before its own: it is given where
+    each type was fixed (``planned``, from the lengths pass and the footers), and from that batch on casts as a
+    reader of every input would."""
+
+    def __init__(self, names: Sequence[str], planned: dict[str, FirstType] | None = None) -> None:
         self.types: dict[str, pa.DataType] = {}
         self.seen_in: dict[str, str] = {}
         self.names = tuple(names)
+        self.planned = planned or {}
 
-    def conform(self, file_name: str, columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    def conform(self, file_name: str, columns: dict[str, pa.Array], at: tuple[int, int] | None = None
+                ) -> dict[str, pa.Array]:
+        """``columns`` of the batch at ``at`` (file index, first row; needed with ``planned``), cast to the types
+        fixed so far."""
         out = {}
         for name, array in columns.items():
             check_document_type(file_name, name, array.type)
+            planned = self.planned.get(name)
+            if planned is not None and at is not None and at >= (planned.file_index, planned.row):
+                self.types[name], self.seen_in[name] = planned.type, planned.file_name
             known = self.types.get(name)
             if known is None or pa.types.is_null(known):
                 if not pa.types.is_null(array.type) or known is None:

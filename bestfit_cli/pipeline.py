@@ -214,9 +214,6 @@ class PackOptions:
             raise OptionError("--workers must be 0 (all cores) or more")
         if self.engine not in ("local", "ray"):
             raise OptionError(f"--engine {self.engine!r} is unknown", fix="use local or ray")
-        if self.engine == "ray" and (self.keep or self.keep_token):
-            raise OptionError("--engine ray does not carry --keep or --keep-token columns yet",
-                              fix="pack with --engine local, or leave out --keep and --keep-token")
         if self.format not in FORMATS:
             raise OptionError(f"--format {self.format!r} is unknown", fix=f"use one of {', '.join(FORMATS)}")
         FORMATS[self.format].check_options(self)

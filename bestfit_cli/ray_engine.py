@@ -14,6 +14,10 @@ commit, the rollback and the output bytes are the local engine's. A task killed 
 committed. A bad record is returned as its typed error, and the driver raises the first in input order: the one
 the local engine would have met first.
 
+Carried columns (``--keep``, ``--keep-token``) are read by each task with its rows. The one thing a task cannot
+know alone is where each ``--keep`` column's type was fixed (``carry.DocumentTypes``: by its first non-null values in
+input order): the driver finds it from the footers' schemas and the lengths pass, and hands it to every task.
+
 Ray is an optional dependency (``pip install 'bestfit-cli[ray]'``), imported only here and only when used.
 """
 
@@ -25,11 +29,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .carry import DocumentTypes, FirstType, note_first_types
 from .errors import BestfitError, InputError, OptionError
 from .formats.base import Checkpoint
 from .fs import InputFile
@@ -63,6 +68,8 @@ class FileLengths:
     batches: tuple[LengthBatch, ...]
     content_sha256: str | None = None  # JSONL: sha256 of all its bytes, as the local engine records it
     checkpoints: tuple[Checkpoint, ...] = ()  # JSONL: where reads of its later rows may start (``read_from``)
+    document_types: dict[str, FirstType] = field(default_factory=dict)  # --keep: where each type is fixed
+    error: BestfitError | None = None  # what stopped the read after ``batches`` (a bad record)
 
     @property
     def documents(self) -> int:
@@ -82,11 +89,19 @@ def file_lengths(file: InputFile, index: int, opts: ReadOptions, full: bool = Fa
         return FileLengths(tuple(read_lengths(file, index, opts)))
     batches, sha = [], None
     checkpoints: list[Checkpoint] = []
-    for batch in input_format(file).read_checkpointed(file, index, opts, checkpoints):
-        batches.append(LengthBatch(index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
-                                   batch.notes))
-        sha = batch.content_sha256 or sha
-    return FileLengths(tuple(batches), sha, tuple(checkpoints))
+    types: dict[str, FirstType] = {}
+    try:
+        for batch in input_format(file).read_checkpointed(file, index, opts, checkpoints):
+            batches.append(LengthBatch(index, batch.first_row, batch.lengths, batch.fraction_done, batch.skipped,
+                                       batch.notes))
+            sha = batch.content_sha256 or sha
+            note_first_types(types, index, file.name, batch.first_row,
+                             {name: array.type for name, array in batch.columns.items()})
+    except BestfitError as exc:
+        # The rows before it still go into windows, whose tasks may meet an earlier failure: a value that cannot be
+        # cast to its column's type, which only a reader of every file before it can tell.
+        return FileLengths(tuple(batches), None, tuple(checkpoints), types, exc)
+    return FileLengths(tuple(batches), sha, tuple(checkpoints), types)
 
 
 def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = False
@@ -98,17 +113,22 @@ def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = F
 
 
 def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], starts: list[Checkpoint | None],
-               files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, stager: ShardStager
-               ) -> tuple[WindowResult, np.ndarray] | BestfitError:
+               files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, stager: ShardStager,
+               document_types: dict[str, FirstType] | None = None) -> tuple[WindowResult, np.ndarray] | BestfitError:
     """Read one planned window from shared storage, pack it and stage its shards (runs on a Ray worker); each
-    source's reading starts at its checkpoint (``starts``), if it has one."""
+    source's reading starts at its checkpoint (``starts``), if it has one. Its --keep columns are cast to the types
+    the driver found fixed before them (``document_types``), as the local engine casts them reading every input."""
     from .pipeline import kept_lengths, pack_window
 
     try:
         buffer = WindowBuffer(max(spec.n_tokens, 1), expected_tokens=spec.n_tokens)
         dtype = np.dtype(np.int64)
+        types = DocumentTypes(read_opts.keep, document_types)
         for (file_index, lo, hi), start in zip(sources, starts, strict=True):
             for batch in read_rows(files[file_index], file_index, read_opts, lo, hi, start):
+                if batch.columns:
+                    batch = replace(batch, columns=types.conform(files[file_index].name, batch.columns,
+                                                                 (file_index, batch.first_row)))
                 dtype = batch.tokens.dtype
                 if buffer.filled + batch.n_tokens > spec.n_tokens:
                     raise _changed(files[file_index], batch.first_row)
@@ -220,19 +240,25 @@ class RayEngine:
         counts = InputCounts.for_files(len(files))
         lengths_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)
         footers: dict[int, list[tuple[int, int, int | None]]] = {}
+        schema_types: dict[int, dict[str, Any]] = {}  # --keep columns' types of the files with footers
         passes: dict[int, Any] = {}
         for i, f in enumerate(files):
             blocks = input_format(f).blocks(f, read_opts) if f.size else None
-            if blocks is not None:
+            # With --keep, a file's blocks serve only where its format knows their columns' types without reading.
+            known = input_format(f).document_types(f, read_opts) if blocks is not None and read_opts.keep else {}
+            if blocks is not None and known is not None:
                 footers[i] = blocks
+                schema_types[i] = known
             else:
                 passes[i] = lengths_task.remote(f, i, read_opts, True)
         limit = opts.bad_record_limit
         names = ", ".join(f.name for f in files)
         pending: list[Any] = []
         checkpoints: dict[int, list[Checkpoint]] = {}
+        document_types: dict[str, FirstType] = {}
         try:
-            plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names, checkpoints),
+            plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names, checkpoints,
+                                             schema_types, document_types),
                                 opts.window_tokens,
                                 opts.window_documents,
                                 lambda b: input_format(files[b.file_index]).block_lengths(
@@ -245,7 +271,8 @@ class RayEngine:
             for spec in plan.windows:
                 sources = plan.sources(spec)
                 starts = [_checkpoint_before(checkpoints.get(i, []), lo) for i, lo, _ in sources]
-                pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager))
+                pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager,
+                                                document_types))
             results, kept = self._collect(plan, pending, files, progress)
         except BaseException:
             self.cancel(pending + list(passes.values()))
@@ -256,14 +283,19 @@ class RayEngine:
 
     def _blocks(self, files: Sequence[InputFile], footers: dict[int, list[tuple[int, int, int | None]]],
                 passes: dict[int, Any], counts: InputCounts, limit: BadRecordLimit, names: str,
-                checkpoints: dict[int, list[Checkpoint]]) -> Iterator[Block]:
+                checkpoints: dict[int, list[Checkpoint]], schema_types: dict[int, dict[str, Any]],
+                document_types: dict[str, FirstType]) -> Iterator[Block]:
         """Every file's blocks in input order: what its format knows without reading (Parquet row groups from the
         footer), or its lengths as the lengths pass read them (whose bad records are counted against the limit
-        batch by batch, as the local engine counts them while it reads)."""
+        batch by batch, as the local engine counts them while it reads). Fills ``document_types`` on the way: for
+        each --keep column, the first batch in input order whose values are typed (a footer's schema, else what
+        the lengths pass saw), as the local engine's ``DocumentTypes`` meets it."""
         for index, file in enumerate(files):
             if file.size == 0:
                 raise InputError(file.name, "file is empty", fix="remove it from the inputs")
             if index in footers:
+                # A Parquet file hands on batches of its schema's types from row 0 (one even without rows).
+                note_first_types(document_types, index, file.name, 0, schema_types[index])
                 for first_row, rows, tokens in footers[index]:
                     counts.documents[index] += rows
                     yield Block(index, first_row, rows, tokens)
@@ -271,6 +303,8 @@ class RayEngine:
             result = _get(passes.pop(index))
             if isinstance(result, BaseException):
                 raise result
+            for name, first in result.document_types.items():
+                document_types.setdefault(name, first)
             for batch in result.batches:
                 counts.documents[index] += len(batch.lengths)
                 counts.skipped[index] += batch.skipped
@@ -279,7 +313,10 @@ class RayEngine:
                     limit.check(sum(counts.skipped, Skipped()), sum(counts.documents), names, final=False)
             counts.content_sha256[index] = result.content_sha256
             checkpoints[index] = list(result.checkpoints)
-            yield Block(index, 0, result.documents, lengths=result.lengths)
+            if result.documents or result.error is None:
+                yield Block(index, 0, result.documents, lengths=result.lengths)
+            if result.error is not None:  # after the windows of the rows before it, which may fail first
+                raise result.error
 
     def _collect(self, plan: WindowPlan, pending: list[Any], files: Sequence[InputFile],
                  progress: Callable[[int], None] | None) -> tuple[list[WindowResult], list[np.ndarray]]:

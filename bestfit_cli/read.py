@@ -438,11 +438,14 @@ def read_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
 
 def slice_batch(batch: DocBatch, lo: int, hi: int) -> DocBatch:
-    """Rows ``lo .. hi - 1`` (of the file) of ``batch``."""
+    """Rows ``lo .. hi - 1`` (of the file) of ``batch``, with their carried columns."""
     a, b = lo - batch.first_row, hi - batch.first_row
     offsets = batch.offsets[a:b + 1]
-    return replace(batch, first_row=lo, offsets=offsets - offsets[0],
-                   tokens=batch.tokens[int(offsets[0]):int(offsets[-1])], skipped=Skipped(), content_sha256=None)
+    first, last = int(offsets[0]), int(offsets[-1])
+    return replace(batch, first_row=lo, offsets=offsets - offsets[0], tokens=batch.tokens[first:last],
+                   skipped=Skipped(), content_sha256=None,
+                   columns={name: array.slice(a, b - a) for name, array in batch.columns.items()},
+                   token_columns={name: values[first:last] for name, values in batch.token_columns.items()})
 
 
 def read_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,

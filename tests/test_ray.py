@@ -206,3 +206,130 @@ def test_s3_in_and_out_is_byte_identical_with_a_worker_killed(cluster: RayCluste
                  f"s3://{s3.bucket}/bad-out", "--ctx", "512", "--window-tokens", "20000", "-q", cluster=cluster)
     assert failed.returncode == 1 and ":241:" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
     assert s3.keys(f"s3://{s3.bucket}/bad-out") == []
+
+
+# ------------------------------------------------------------------------------------------------ --keep, --keep-token
+#
+# A window task sees only its own rows, yet must store each --keep column in the type the local engine fixes from
+# the first non-null values in input order (and cast to it, or fail as it fails). The inputs below put that first
+# value after whole windows of nulls, and cast values of another type in windows that hold none of the first.
+
+KEEP = ["--keep", "id", "--keep", "source", "--keep", "score", "--keep-token", "mask:0"]
+CARRIED_JSONL_DOCS = 3000  # about 1.35M tokens: two reader batches, the second holding the first non-null id
+
+
+def _carried(rng: np.random.Generator, i: int, n: int, id_value: Any, score: Any) -> dict[str, Any]:
+    ids = rng.integers(0, 1000, n).tolist()
+    return {"input_ids": ids, "id": id_value, "source": [None, "web", "code"][i % 3], "score": score,
+            "mask": rng.integers(0, 2, n).tolist()}
+
+
+def _carried_parquet(tmp_path: Path) -> list[str]:
+    """a.parquet: ``id`` all null (Arrow's null type) and ``score`` int32; b.parquet: ``id`` strings, ``score``
+    int64 (cast to int32); c.feather: the same as b. Row groups and windows of about 20k tokens."""
+    import pyarrow.feather as feather
+
+    rng = np.random.default_rng(21)
+    paths = []
+    for name, n_docs in (("a.parquet", 300), ("b.parquet", 200), ("c.feather", 150)):
+        docs = [_carried(rng, i, int(n), None if name == "a.parquet" else f"{name}-{i}", i)
+                for i, n in enumerate(rng.integers(20, 300, n_docs))]
+        table = pa.Table.from_pylist(docs)
+        if name == "a.parquet":
+            table = table.set_column(table.schema.get_field_index("score"), "score",
+                                     table.column("score").cast(pa.int32()))
+            assert table.schema.field("id").type == pa.null()
+        path = tmp_path / name
+        if name.endswith(".parquet"):
+            pq.write_table(table, path, row_group_size=64)
+        else:
+            feather.write_feather(table, path, chunksize=40)
+        paths.append(str(path))
+    return paths
+
+
+def _carried_jsonl(tmp_path: Path) -> list[str]:
+    """long.jsonl: ``id`` null through the first reader batch (1M tokens), integers after; ``score`` integers
+    first, integral floats later (cast to int64); a record with a negative id (skipped). p.parquet: a null row
+    (skipped), integer ids. short.jsonl: a few records."""
+    rng = np.random.default_rng(22)
+    lines = []
+    for i, n in enumerate(rng.integers(100, 800, CARRIED_JSONL_DOCS)):
+        doc = _carried(rng, i, int(n), None if i < 2500 else i, i if i < 2700 else float(i))
+        if i == 2800:
+            doc["input_ids"][0] = -1
+        lines.append(json.dumps(doc))
+    long = tmp_path / "long.jsonl"
+    long.write_text("\n".join(lines) + "\n")
+    docs = [_carried(rng, i, int(n), i, float(i)) for i, n in enumerate(rng.integers(20, 300, 120))]
+    table = pa.Table.from_pylist(docs)
+    ids = table.column("input_ids").to_pylist()
+    ids[30] = None
+    table = table.set_column(0, "input_ids", pa.array(ids, pa.list_(pa.int64())))
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(table, parquet, row_group_size=32)
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps(_carried(rng, i, 50, i, i)) + "\n" for i in range(20)))
+    return [str(long), str(parquet), str(short)]
+
+
+def _shard_types(folder: Path, column: str) -> set[str]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return {str(pq.read_schema(folder / s["path"]).field(column).type.value_type) for s in manifest["shards"]}
+
+
+def test_keep_and_keep_token_are_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
+    options = ["--ctx", "512", "--eos-id", "7", "--rows-per-shard", "16", *KEEP]
+    files = assert_same_pack(_carried_parquet(tmp_path), tmp_path / "columnar", cluster, *options,
+                             "--window-tokens", "20000")
+    assert len(json.loads(files["manifest.json"])["windows"]) >= 6
+    # Windows of a.parquet alone store ids of the null type, as the local engine stores them; later ones strings.
+    assert _shard_types(tmp_path / "columnar" / "ray", "id") == {"null", "string"}
+    assert _shard_types(tmp_path / "columnar" / "ray", "score") == {"int32"}
+
+    files = assert_same_pack(_carried_jsonl(tmp_path), tmp_path / "jsonl", cluster, *options,
+                             "--window-tokens", "200000", "--on-bad-record", "skip", "--max-bad-records", "2")
+    manifest = json.loads(files["manifest.json"])
+    assert len(manifest["windows"]) >= 7 and manifest["skipped_records"]["count"] == 2
+    assert manifest["options"]["keep"] == ["id", "source", "score"] and "mask" in manifest["columns"]
+    assert _shard_types(tmp_path / "jsonl" / "ray", "id") == {"null", "int64"}
+    assert _shard_types(tmp_path / "jsonl" / "ray", "score") == {"int64"}
+
+
+def _carried_bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """Inputs whose first error, in input order, is a cast a task alone cannot foresee, or a token column of
+    another length; with what the message names."""
+    rng = np.random.default_rng(23)
+    first = tmp_path / "ints.parquet"
+    pq.write_table(pa.Table.from_pylist([_carried(rng, i, 200, i, i) for i in range(200)]), first,
+                   row_group_size=50)
+    # A later file whose ids are strings that are no integers (its first reader batch), and whose later batch
+    # holds a line that is no JSON: the failed cast comes first in input order, although the lengths pass of this
+    # file meets the bad line.
+    clash = tmp_path / "clash.jsonl"
+    lines = [json.dumps(_carried(rng, i, 400, f"doc-{i}", i)) for i in range(2800)]
+    lines[2700] = '{"input_ids": [1, 2,'
+    clash.write_text("\n".join(lines) + "\n")
+    short_mask = tmp_path / "mask.parquet"
+    docs = [_carried(rng, i, 100, i, i) for i in range(300)]
+    docs[170]["mask"] = docs[170]["mask"][:-1]
+    pq.write_table(pa.Table.from_pylist(docs), short_mask, row_group_size=64)
+    short_jsonl = tmp_path / "mask.jsonl"
+    short_jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return [([str(first), str(clash)], f"{clash}: column 'id' is string here, int64 in {first}"),
+            ([str(first), str(short_mask)], f"{short_mask} row 170: 'mask' has 99 values, the token ids 100"),
+            ([str(first), str(short_jsonl)], f"{short_jsonl}:171: 'mask' has 99 values, the token ids 100")]
+
+
+def test_carried_column_errors_fail_as_locally(cluster: RayCluster, tmp_path: Path) -> None:
+    for case, (inputs, expected) in enumerate(_carried_bad_inputs(tmp_path)):
+        options = ["--ctx", "512", "--window-tokens", "20000", *KEEP, "-q"]
+        local = run("pack", *inputs, str(tmp_path / f"local{case}"), *options)
+        out = tmp_path / f"ray{case}"
+        on_ray = run("pack", *inputs, str(out), *options, cluster=cluster)
+        assert local.returncode == on_ray.returncode == 1, on_ray.stderr
+        message = local.stderr.strip()
+        assert message.startswith(f"Error: {expected}"), message
+        assert len(message.splitlines()) == 1 and "Traceback" not in on_ray.stderr
+        assert on_ray.stderr.strip() == message
+        assert not out.exists()

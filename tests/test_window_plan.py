@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bestfit_cli.carry import TokenColumn
 from bestfit_cli.errors import InputError, OptionError, OutputError
 from bestfit_cli.formats.parquet import parquet_lengths, parquet_row_groups
 from bestfit_cli.fs import resolve_inputs
@@ -262,3 +264,103 @@ def test_compressed_jsonl_reads_from_a_checkpoint_without_parsing_what_comes_bef
     beyond = Checkpoint(checkpoint.row, 10**9, checkpoint.line)
     with pytest.raises(InputError, match="cannot read"):
         list(read_rows(file, 0, ReadOptions(), beyond.row, beyond.row + 1, beyond))
+
+
+# ------------------------------------------------------------------------------------------------ carried columns
+
+
+def _carried_docs(n: int, seed: int) -> list[dict[str, object]]:
+    """Documents whose ``id`` is null in the first rows and an integer after; ``score`` an integer first, then an
+    integral float (cast to int64 by a reader of every row); a per-token ``mask``."""
+    rng = np.random.default_rng(seed)
+    docs: list[dict[str, object]] = []
+    for i, n_ids in enumerate(rng.integers(1, 40, n).tolist()):
+        ids = rng.integers(0, 900, n_ids).tolist()
+        docs.append({"input_ids": ids, "id": None if i < n // 2 else i, "source": ["web", None, "code"][i % 3],
+                     "score": i if i < n // 3 else float(i), "mask": rng.integers(0, 2, n_ids).tolist()})
+    return docs
+
+
+CARRIED = ReadOptions(keep=("id", "source", "score"), keep_token=(TokenColumn("mask", 0),))
+
+
+def _rows(batches: list[DocBatch]) -> list[tuple[object, ...]]:
+    """Per document: its ids, each carried value with its Arrow type, and its token column."""
+    out = []
+    for batch in batches:
+        for i in range(batch.n_docs):
+            a, b = int(batch.offsets[i]), int(batch.offsets[i + 1])
+            out.append((batch.tokens[a:b].tolist(),
+                        *((str(batch.columns[k].type), batch.columns[k][i].as_py()) for k in CARRIED.keep),
+                        batch.token_columns["mask"][a:b].tolist()))
+    return out
+
+
+def test_carried_columns_of_a_range_of_rows_are_that_slice_of_the_file(tmp_path: Path) -> None:
+    docs = _carried_docs(300, 2)
+    parquet = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist(docs), parquet, row_group_size=64)
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    for file in resolve_inputs([str(parquet), str(jsonl)]):
+        whole = _rows(list(read_file(file, 0, CARRIED)))
+        for lo, hi in [(0, 300), (63, 64), (64, 129), (5, 250)]:
+            assert _rows(list(read_rows(file, 0, CARRIED, lo, hi))) == whole[lo:hi]
+
+
+def test_planned_document_types_cast_a_range_as_a_reader_of_every_input_casts_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the Ray driver learns (a footer's schema, the lengths pass's first typed batch of each file), handed to
+    a reader of some rows only, gives the types and values the local engine's reading of every input gives."""
+    from bestfit_cli.carry import DocumentTypes, FirstType, note_first_types
+    from bestfit_cli.formats import jsonl as jsonl_format
+    from bestfit_cli.ray_engine import file_lengths
+    from bestfit_cli.read import InputCounts, input_format, read_inputs
+
+    monkeypatch.setattr(jsonl_format, "BATCH_TOKENS", 300)  # many batches: types are fixed mid-file
+    docs = _carried_docs(400, 3)
+    null_first = tmp_path / "a.parquet"  # every id null: Arrow's null type, fixed by no batch of it
+    pq.write_table(pa.Table.from_pylist([{**d, "id": None, "score": 1} for d in docs[:50]]), null_first,
+                   row_group_size=16)
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    files = resolve_inputs([str(null_first), str(jsonl)])
+    local = _rows(list(read_inputs(files, CARRIED, InputCounts.for_files(2))))
+
+    planned: dict[str, FirstType] = {}
+    note_first_types(planned, 0, files[0].name, 0, input_format(files[0]).document_types(files[0], CARRIED) or {})
+    for name, first in file_lengths(files[1], 1, CARRIED, full=True).document_types.items():
+        planned.setdefault(name, first)
+    assert planned["score"].file_index == 0 and planned["id"].file_index == 1 and planned["id"].row > 0
+    assert str(planned["id"].type) == "int64"
+    for lo, hi in [(0, 50), (50, 60), (60, 300), (250, 450)]:
+        types = DocumentTypes(CARRIED.keep, planned)
+        got = []
+        for index, file in enumerate(files):
+            first = 0 if index == 0 else 50
+            a, b = max(lo, first) - first, min(hi, first + (50 if index == 0 else 400)) - first
+            if a < b:
+                for batch in read_rows(file, index, CARRIED, a, b):
+                    got.append(replace(batch, columns=types.conform(file.name, batch.columns,
+                                                                    (index, batch.first_row))))
+        assert _rows(got) == local[lo:hi]
+    assert {row[1][0] for row in local} == {"null", "int64"}  # both kinds of window are in the ranges above
+
+
+def test_the_lengths_pass_hands_on_the_rows_before_a_bad_record(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cast that fails in an earlier row is the first error: the driver plans the rows before a bad record, so
+    their tasks can meet it, before raising what the lengths pass met."""
+    from bestfit_cli.formats import jsonl as jsonl_format
+    from bestfit_cli.ray_engine import file_lengths
+
+    monkeypatch.setattr(jsonl_format, "BATCH_TOKENS", 300)
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps(d) for d in _carried_docs(200, 4)]
+    lines[150] = '{"input_ids": [1, 2,'
+    path.write_text("\n".join(lines) + "\n")
+    (file,) = resolve_inputs([str(path)])
+    result = file_lengths(file, 0, CARRIED, full=True)
+    assert isinstance(result.error, InputError) and result.error.line == 151
+    assert 100 < result.documents <= 150 and result.content_sha256 is None
+    assert result.lengths.tolist() == [len(d["input_ids"]) for d in _carried_docs(200, 4)[:result.documents]]

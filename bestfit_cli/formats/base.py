@@ -189,6 +189,11 @@ class InputFormat:
         (``tokens`` None where unknown), or None when only reading tells (then the file's lengths are read once)."""
         return None
 
+    def document_types(self, file: InputFile, opts: ReadOptions) -> dict[str, pa.DataType] | None:
+        """The type of each --keep column in every batch ``read`` hands on, known without reading (a columnar
+        schema), or None when only reading tells (JSONL: each batch's values); asked of files with ``blocks``."""
+        return None
+
     def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
         """Token counts of rows ``lo .. hi - 1``, refusing what ``read`` refuses; by default through ``read_rows``."""
         lengths = [batch.lengths for batch in self.read_rows(file, 0, opts, lo, hi)]

@@ -304,8 +304,9 @@ def parquet_row_groups(file: InputFile, opts: ReadOptions) -> list[tuple[int, in
 
 
 def _row_group_batches(file: InputFile, pf: pq.ParquetFile, opts: ReadOptions, lo: int, hi: int,
-                       batch_rows: int) -> Iterator[tuple[int, pa.Array]]:
-    """``(first_row, column)`` of rows ``lo .. hi - 1`` of a Parquet file, reading only the row groups they are in."""
+                       batch_rows: int, carried: Sequence[str] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """``(first_row, record batch)`` of rows ``lo .. hi - 1`` of a Parquet file, reading only the row groups they
+    are in: the token column first, then the ``carried`` columns."""
     import pyarrow.dataset as pads
 
     meta = pf.metadata
@@ -320,12 +321,12 @@ def _row_group_batches(file: InputFile, pf: pq.ParquetFile, opts: ReadOptions, l
         return
     fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs).subset(row_group_ids=groups)
     row = start
-    for record_batch in fragment.to_batches(columns=[opts.column], batch_size=batch_rows, use_threads=True):
-        column = record_batch.column(0)
-        a, b = max(lo, row), min(hi, row + len(column))
+    for record_batch in fragment.to_batches(columns=[opts.column, *carried], batch_size=batch_rows,
+                                            use_threads=True):
+        a, b = max(lo, row), min(hi, row + record_batch.num_rows)
         if a < b:
-            yield a, column.slice(a - row, b - a)
-        row += len(column)
+            yield a, record_batch.slice(a - row, b - a)
+        row += record_batch.num_rows
         if row >= hi:
             return
 
@@ -335,8 +336,8 @@ def parquet_lengths(file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.
     pf = open_parquet_checked(file, opts)
     out, row = [], lo
     try:
-        for row, column in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS * 8):
-            out.append(lengths_from_arrow(file, row, column, opts))
+        for row, rows in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS * 8):
+            out.append(lengths_from_arrow(file, row, rows.column(0), opts))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _corrupt(file, pf, opts.column, row, exc) from None
     finally:
@@ -345,13 +346,16 @@ def parquet_lengths(file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.
 
 
 def read_parquet_rows(file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int) -> Iterator[DocBatch]:
-    """Rows ``lo .. hi - 1``, from the row group holding ``lo`` on (skipped records are counted elsewhere)."""
+    """Rows ``lo .. hi - 1``, from the row group holding ``lo`` on (skipped records are counted elsewhere), with
+    their --keep and --keep-token columns, checked as ``read_parquet`` checks them."""
     pf = open_parquet_checked(file, opts)
     row = lo
     try:
-        for row, column in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS):
-            yield replace(batch_from_arrow(file, file_index, row, column, opts, lambda r: {"row": r}),
-                          skipped=Skipped())
+        for row, rows in _row_group_batches(file, pf, opts, lo, hi, PARQUET_BATCH_ROWS, opts.carried):
+            batch = batch_from_arrow(file, file_index, row, rows.column(0), opts, lambda r: {"row": r})
+            if opts.carried:
+                batch = with_carried(file, batch, rows.column, opts)
+            yield replace(batch, skipped=Skipped())
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise _corrupt(file, pf, opts.column, row, exc) from None
     finally:
@@ -386,6 +390,14 @@ class ParquetInput(InputFormat):
 
     def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
         return parquet_lengths(file, opts, lo, hi)
+
+    def document_types(self, file: InputFile, opts: ReadOptions) -> dict[str, pa.DataType] | None:
+        """The schema's: every batch ``read_parquet`` hands on has them (a file of no rows hands on one batch)."""
+        pf = open_parquet_checked(file, opts)
+        try:
+            return {name: pf.schema_arrow.field(name).type for name in opts.keep}
+        finally:
+            pf.close()
 
     def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
                   start: Checkpoint | None = None) -> Iterator[DocBatch]:
