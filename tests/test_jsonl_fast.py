@@ -1,4 +1,5 @@
-"""The JSONL fast path (msgspec) against the slow path (json.loads): the same documents, the same errors.
+"""The JSONL fast paths (msgspec, and the id texts read in groups by numpy) against the slow path (json.loads):
+the same documents, the same errors.
 
 ``fast_line_parser`` may only ever say "I don't know" (None) or give exactly the array ``_parse_line`` gives; the
 reader with and without it must hand on the same batches and raise the same one-line errors, for every line.
@@ -112,11 +113,13 @@ def _read_all(path: Path, opts: ReadOptions, fast: bool, monkeypatch: pytest.Mon
 
 
 @given(st.lists(lines() | st.sampled_from(FIXED + [b"", b"   "]), min_size=1, max_size=8),
-       st.sampled_from(["error", "skip"]), st.sampled_from(["uint16", "int32", "int64"]), st.booleans())
+       st.sampled_from(["error", "skip"]), st.sampled_from(["uint16", "int32", "int64"]), st.booleans(),
+       st.sampled_from([8, 1 << 17]))
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 def test_reader_with_and_without_the_fast_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                file_lines: list[bytes], policy: str, dtype: str,
-                                               compressed: bool) -> None:
+                                               compressed: bool, deferred_bytes: int) -> None:
+    monkeypatch.setattr(jsonl, "DEFERRED_BYTES", deferred_bytes)  # 8: id texts read in groups of one or two
     path = tmp_path / ("in.jsonl.gz" if compressed else "in.jsonl")
     data = b'{"input_ids": [1, 2]}\n' + b"\n".join(file_lines) + b"\n"
     path.write_bytes(gzip.compress(data) if compressed else data)

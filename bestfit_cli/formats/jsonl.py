@@ -9,7 +9,8 @@ import posixpath
 import re
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from .. import carry
 from ..errors import InputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
+from . import json_ids
 from .base import Checkpoint, InputFormat
 
 
@@ -241,6 +243,147 @@ def fast_line_parser(column: str) -> Callable[[bytes | bytearray], np.ndarray | 
     return parse
 
 
+def raw_ids_decoder(column: str) -> Callable[[bytes | bytearray], Any] | None:
+    """A decoder that checks a line is a JSON object holding ``column`` and gives that field's JSON text unparsed
+    (a ``msgspec.Raw``), or None for any other line; None when msgspec is not installed.
+
+    The texts of a batch of lines are then read together by ``json_ids.flat_id_arrays``; a line this decoder
+    refuses, or whose text that does not take, goes through ``fast_line_parser`` and ``_parse_line`` as before.
+    msgspec checks the whole line (the skipped fields and the raw text too), but lets invalid UTF-8 through inside
+    strings, so a line that is not plain ASCII is checked as UTF-8 first, as ``json.loads`` checks it.
+    """
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    record = msgspec.defstruct("RawRecord", [("ids", msgspec.Raw)], rename={"ids": column})
+    decode = msgspec.json.Decoder(record).decode
+    rejected = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+    def text(raw: bytes | bytearray) -> Any:
+        try:
+            if not raw.isascii():
+                raw.decode("utf-8")
+            return decode(raw).ids  # type: ignore[attr-defined]  # a field of the Struct made above
+        except rejected:
+            return None
+
+    return text
+
+
+@dataclass
+class _Texts:
+    """Deferred id texts of consecutive common lines, read together: their slots among the batch's lines, their raw
+    lines (for the line-by-line fallback) and, once handed to the parse thread, the future of their ids."""
+
+    slots: list[int] = field(default_factory=list)
+    texts: list[Any] = field(default_factory=list)
+    raws: list[bytes | bytearray] = field(default_factory=list)
+    size: int = 0
+    ids: Future[tuple[np.ndarray, np.ndarray] | None] | None = None
+
+
+class _Pending:
+    """The lines of the batch being read, each resolved to its ids or its error only when the batch is handed on.
+
+    A common line's id text is kept unparsed (``defer``); every ``DEFERRED_BYTES`` of such texts are read together
+    by ``json_ids.flat_id_arrays`` on a thread of their own, while this one goes on splitting and checking lines
+    (numpy lets go of the GIL for most of that read). Any other line is parsed as it is read (``add``) and its
+    error kept in its place. So ``resolve`` meets every line's error in line order, whichever way the line was
+    read: the first raises (or, skipping, each is recorded in order), exactly as parsing line by line would.
+    """
+
+    def __init__(self, file: InputFile, opts: ReadOptions, fast: Callable[[bytes | bytearray], np.ndarray | None]
+                 | None) -> None:
+        self.file, self.opts, self.fast = file, opts, fast
+        self.slots: list[np.ndarray | InputError | None] = []  # None: a deferred text
+        self.lines: list[int] = []  # each slot's line number
+        self.chunks: list[_Texts] = []  # the deferred texts, in line order; the last one still filling
+        self.tokens = 0  # ids so far (deferred texts: estimated from their length)
+        self.pure = True  # every line so far deferred
+        self._thread: ThreadPoolExecutor | None = None
+
+    def defer(self, line_no: int, raw: bytes | bytearray, text: Any) -> None:
+        if not self.chunks or self.chunks[-1].ids is not None:
+            self.chunks.append(_Texts())
+        chunk = self.chunks[-1]
+        chunk.slots.append(len(self.slots))
+        chunk.texts.append(text)
+        chunk.raws.append(raw)
+        chunk.size += len(text)
+        self.slots.append(None)
+        self.lines.append(line_no)
+        self.tokens += len(text) // 4 + 1  # a flat id array takes 2 to 9 bytes an id
+        if chunk.size >= DEFERRED_BYTES:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="bestfit-json")
+            chunk.ids = self._thread.submit(json_ids.flat_id_arrays, chunk.texts)
+
+    def add(self, line_no: int, ids: np.ndarray | InputError) -> None:
+        self.slots.append(ids)
+        self.lines.append(line_no)
+        self.tokens += len(ids) if isinstance(ids, np.ndarray) else 0
+        self.pure = False
+
+    def _parse(self, line_no: int, raw: bytes | bytearray) -> np.ndarray | InputError:
+        ids = self.fast(raw) if self.fast is not None else None
+        if ids is not None:
+            return ids
+        try:
+            return _parse_line(self.file, line_no, raw, self.opts.column, self.opts.dtype)
+        except InputError as exc:
+            return exc
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray, Skipped]:
+        """Every line's ids (joined) and their counts, and the bad lines skipped; raises the first bad line's error
+        unless skipping. Leaves the batch empty."""
+        read = [c.ids.result() if c.ids is not None else json_ids.flat_id_arrays(c.texts) for c in self.chunks]
+        skipped = Skipped()
+        flats = [r for r in read if r is not None]
+        if self.pure and len(flats) == len(read):  # the common batch: no bad line, nothing to place line by line
+            if len(flats) == 1:
+                ids, lengths = flats[0]
+            else:
+                ids = np.concatenate([f[0] for f in flats]) if flats else _EMPTY
+                lengths = np.concatenate([f[1] for f in flats]) if flats else _EMPTY
+        else:
+            for chunk, flat in zip(self.chunks, read, strict=True):
+                if flat is not None:
+                    parts: list[np.ndarray | InputError] = list(np.split(flat[0], np.cumsum(flat[1])[:-1]))
+                else:  # some text is no flat array of short ids: each on its own, those that are not line by line
+                    parts = [one[0] if (one := json_ids.flat_id_arrays([t])) is not None
+                             else self._parse(self.lines[slot], raw)
+                             for t, raw, slot in zip(chunk.texts, chunk.raws, chunk.slots, strict=True)]
+                for at, part in zip(chunk.slots, parts, strict=True):
+                    self.slots[at] = part
+            for line in self.slots:
+                if isinstance(line, InputError):
+                    if not self.opts.skip_bad:
+                        self.clear()
+                        raise line
+                    skipped = skipped.record(line)
+            arrays = [s if isinstance(s, np.ndarray) else _EMPTY for s in self.slots]  # a bad line: no ids
+            lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+            ids = np.concatenate(arrays).astype(np.int64, copy=False) if int(lengths.sum()) else _EMPTY
+        self.clear()
+        return ids, lengths, skipped
+
+    def clear(self) -> None:
+        self.slots.clear()
+        self.lines.clear()
+        self.chunks.clear()
+        self.tokens = 0
+        self.pure = True
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(cancel_futures=True)
+
+
+DEFERRED_BYTES = 1 << 17  # id texts read at once: their arrays stay under pack's 1 MiB mmap threshold (steady_heap)
+_EMPTY = np.empty(0, dtype=np.int64)
+
+
 def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None = None,
                checkpoints: list[Checkpoint] | None = None) -> Iterator[DocBatch]:
     """The file's records, batch by batch; from ``start`` (a record's line, found by an earlier read) when given.
@@ -256,23 +399,21 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
     if start is not None:
         _skip(file, stream, start.offset)
     ends = LineEnds(start.offset if start is not None else 0) if positioned and checkpoints is not None else None
-    fast = fast_line_parser(opts.column) if FAST_JSONL else None
-    line_numbers: list[int] = []  # the line of each record in the pending batch, for messages
-    pending: list[np.ndarray] = []
     carried = opts.carried
+    fast = fast_line_parser(opts.column) if FAST_JSONL else None
+    # The fast path reads only the ids; a line whose other fields are carried takes the full parse.
+    deferred = raw_ids_decoder(opts.column) if FAST_JSONL and not carried else None
+    pending = _Pending(file, opts, fast)
     pending_carried: list[list[Any]] = [[] for _ in carried]  # per carried name, the value of each record
-    pending_tokens = 0
     row = start.row if start is not None else 0
-    skipped = Skipped()
     digest = hashlib.sha256()
 
     def flush() -> DocBatch:
-        nonlocal row, skipped
-        lengths = np.fromiter((len(a) for a in pending), dtype=np.int64, count=len(pending))
-        offsets = np.zeros(len(pending) + 1, dtype=np.int64)
+        nonlocal row
+        lines = list(pending.lines)
+        ids, lengths, skipped = pending.resolve()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        ids = np.concatenate(pending) if pending_tokens else np.empty(0, dtype=np.int64)
-        lines = list(line_numbers)
         batch_start = row
         carried_values = [list(values) for values in pending_carried]
         for values in pending_carried:
@@ -285,7 +426,6 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
         if opts.skip_bad:
             kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
             batch = DocBatch(file_index, row, offsets, kept, done, skipped.merged(more))
-            skipped = Skipped()
         else:
             batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
         if carried:
@@ -295,48 +435,56 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
             after = ends.after(lines[-1])
             if after is not None:
                 checkpoints.append(Checkpoint(row, after, lines[-1] + 1))
-        pending.clear()
-        line_numbers.clear()
         return batch
 
+    def take(line_no: int, raw: bytes | bytearray) -> None:
+        """One line into the batch: its id text deferred, or parsed now (its error kept in its place)."""
+        text = deferred(raw) if deferred is not None else None
+        if text is not None:
+            pending.defer(line_no, raw, text)
+            return
+        found: list[Any] = []
+        fast_ids = fast(raw) if fast is not None and not carried else None
+        try:
+            ids = fast_ids if fast_ids is not None else _parse_line(file, line_no, raw, opts.column, opts.dtype,
+                                                                   carried, found)
+        except InputError as exc:
+            pending.add(line_no, exc)
+            if not opts.skip_bad:
+                pending.resolve()  # raises the first bad line's error: an earlier deferred one, or this one
+            found = [None] * len(opts.keep) + [[] for _ in opts.keep_token]
+        else:
+            pending.add(line_no, ids)
+        for values, value in zip(pending_carried, found, strict=True):
+            values.append(value)
+
     first_line = start.line if start is not None else 1
-    try:
-        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest, first_line=first_line, ends=ends),
-                                      start=first_line):
-            if not raw.strip():
-                continue
-            found: list[Any] = []
-            # the fast path reads only the ids; a line whose other fields are carried takes the full parse
-            fast_ids = fast(raw) if fast is not None and not carried else None
-            try:
-                ids = fast_ids if fast_ids is not None else _parse_line(file, line_no, raw, opts.column, opts.dtype,
-                                                                       carried, found)
-            except InputError as exc:
-                if not opts.skip_bad:
-                    raise
-                skipped = skipped.record(exc)
-                ids = np.empty(0, dtype=np.int64)  # kept in the numbering as an empty document
-                found = [None] * len(opts.keep) + [[] for _ in opts.keep_token]
-            for values, value in zip(pending_carried, found, strict=True):
-                values.append(value)
-            pending.append(ids)
-            line_numbers.append(line_no)
-            pending_tokens += len(ids)
-            if pending_tokens >= BATCH_TOKENS:
-                yield flush()
-                pending_tokens = 0
-    except LineTooLong as exc:
-        raise InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may hold "
-                                    "in memory", line=exc.line_no,
-                         fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or check "
-                             "that the file really is JSON Lines") from None
-    except (pa.ArrowException, OSError, EOFError) as exc:
-        raise unreadable(file, exc, "cannot read", "check the file and its compression") from None
+    try:  # the parse thread, if one was started, ends with the read however it ends
+        try:
+            for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest, first_line=first_line,
+                                                 ends=ends), start=first_line):
+                if raw.strip():
+                    take(line_no, raw)
+                    if pending.tokens >= BATCH_TOKENS:
+                        yield flush()
+        except LineTooLong as exc:
+            if not opts.skip_bad:
+                pending.resolve()  # a bad line before this one is the first error
+            raise InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may "
+                                        "hold in memory", line=exc.line_no,
+                             fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or "
+                                 "check that the file really is JSON Lines") from None
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            if not opts.skip_bad:
+                pending.resolve()
+            raise unreadable(file, exc, "cannot read", "check the file and its compression") from None
+        finally:
+            if not file.is_stdin:
+                stream.close()
+        # Always a last batch, even one without documents: it carries the content hash of the whole file.
+        yield replace(flush(), content_sha256=digest.hexdigest())
     finally:
-        if not file.is_stdin:
-            stream.close()
-    # Always a last batch, even one without documents: it carries the content hash of the whole file.
-    yield replace(flush(), content_sha256=digest.hexdigest())
+        pending.close()
 
 
 SKIP_BYTES = 1 << 23  # decompressed bytes read and dropped per step while a compressed stream skips ahead
