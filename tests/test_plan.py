@@ -224,3 +224,31 @@ def test_plan_size_does_not_grow_with_documents() -> None:
     assert int(fill.sum()) == int((counts * np.arange(ctx + 1)).sum())
     assert fill.max() <= ctx and fill.min() > 0
     assert plan.pieces == int(counts.sum())
+
+
+@given(pieces(), st.sampled_from([1, 3, 64]))
+def test_longest_first_order_by_blocks_is_the_stable_sort(case: tuple[int, list[int]], block: int) -> None:
+    """descending_order sorts by blocks (here a few pieces each, so every case takes the block path) and must give
+    exactly numpy's stable argsort: longest first, ties in input order."""
+    from bestfit_cli import plan
+
+    ctx, lengths = case
+    pieces_ = np.asarray(lengths, dtype=np.int64)
+    saved = plan._SORT_BLOCK
+    plan._SORT_BLOCK = block
+    try:
+        order = plan.descending_order(pieces_, ctx)
+    finally:
+        plan._SORT_BLOCK = saved
+    assert order.tolist() == np.argsort(ctx - pieces_, kind="stable").tolist()
+
+
+@pytest.mark.parametrize("ctx", [2048, 70_000])
+def test_longest_first_order_over_many_blocks(ctx: int) -> None:
+    from bestfit_cli import plan
+
+    rng = np.random.default_rng(ctx)
+    lengths = np.minimum(rng.lognormal(5.5, 1.5, 40 * plan._SORT_BLOCK).astype(np.int64) + 1, ctx)
+    lengths[::7] = ctx  # many ties
+    order = plan.descending_order(lengths, ctx)
+    assert np.array_equal(order, np.argsort(ctx - lengths, kind="stable"))
