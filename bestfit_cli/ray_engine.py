@@ -2,11 +2,13 @@
 shards; the driver plans, collects and commits.
 
 An engine only schedules. The windows are ``window.plan_windows``'s, which are ``window.windows``' (the local
-engine's) computed before reading: a Parquet input's row groups come from its footer and only the row groups a
-window ends inside are read (lengths only); a JSONL input, or any input under ``--on-bad-record skip``, is read
-once for its lengths, one task per file, which also notes where each of its batches starts (``Checkpoint``), so a
-window task seeks to its first line (a compressed one skips the decompressed bytes before it) instead of parsing
-the file from the top. Each window task then packs with
+engine's) computed before reading, from the blocks a format knows without reading its documents
+(``InputFormat.blocks``: Parquet row groups from the footer, Megatron runs of documents from the ``.idx``, local
+Arrow record batches); only the blocks a window ends inside are read (lengths only). Any other input (JSONL, token
+streams, Arrow on an object store), or any input under ``--on-bad-record skip``, is read once for its lengths, one
+task per file, which also notes where its batches start (``Checkpoint``). A window task reads only its rows
+(``InputFormat.read_rows``): from its row group, its first document, its record batch or the checkpoint at or
+before its first row, never from the file's top. Each window task then packs with
 ``pipeline.pack_window`` and writes its shards as the local engine does (``write.ShardStager``: staged in OUT's
 temporary folder and flushed before the task returns, or put into OUT on an object store, claimed first), so the
 commit, the rollback and the output bytes are the local engine's. A task killed mid-way runs again

@@ -45,3 +45,44 @@ def corpus(folder: Path, n_docs: int, seed: int = 0, max_len: int = 400) -> Path
 def tree_bytes(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` by relative path, for byte-for-byte comparisons of outputs."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_megatron(prefix: Path, docs: Sequence[Sequence[int]], dtype: type = np.int32, chunk: int = 50) -> Path:
+    """A Megatron ``.bin``/``.idx`` pair in megatron-core's layout (written here, without megatron-core), each
+    document cut into sequences of ``chunk`` tokens as Megatron-LM's preprocess_data.py cuts them."""
+    lengths: list[int] = []
+    document_index = [0]
+    for doc in docs:
+        lengths += [chunk] * (len(doc) // chunk) + ([len(doc) % chunk] if len(doc) % chunk else [])
+        document_index.append(len(lengths))
+    itemsize = np.dtype(dtype).itemsize
+    pointers = (np.cumsum([0, *lengths[:-1]]) * itemsize) if lengths else np.empty(0)
+    code = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4, np.dtype(np.int64): 5}[np.dtype(dtype)]
+    head = b"MMIDIDX\x00\x00" + np.array([1], "<u8").tobytes() + bytes([code]) + np.array(
+        [len(lengths), len(document_index)], "<u8").tobytes()
+    Path(f"{prefix}.idx").write_bytes(head + np.array(lengths, "<i4").tobytes() + np.array(pointers, "<i8").tobytes()
+                                      + np.array(document_index, "<i8").tobytes())
+    flat = [t for doc in docs for t in doc]
+    Path(f"{prefix}.bin").write_bytes(np.array(flat, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+    return Path(f"{prefix}.bin")
+
+
+def write_stream(path: Path, docs: Sequence[Sequence[int]], separator: int, dtype: type = np.uint16) -> Path:
+    """A flat token stream (raw ``.bin``, or ``.npy`` by the name): every document followed by ``separator``."""
+    flat = np.array([t for doc in docs for t in [*doc, separator]], dtype=dtype)
+    if path.suffix == ".npy":
+        np.save(path, flat)
+    else:
+        flat.tofile(path)
+    return path
+
+
+def write_arrow(path: Path, docs: Sequence[Sequence[int]], stream: bool, batch_rows: int) -> Path:
+    """An Arrow IPC file (``stream`` False: random access by record batch) or stream of ``batch_rows`` rows a
+    record batch, one ``input_ids`` column of int32 lists."""
+    table = pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32()))})
+    opener = pa.ipc.new_stream if stream else pa.ipc.new_file
+    with opener(str(path), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+    return path

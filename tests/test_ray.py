@@ -89,6 +89,58 @@ def test_sample_is_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
     assert {i["path"].rsplit(".", 1)[1] for i in manifest["inputs"]} == {"parquet", "jsonl", "zst"}
 
 
+def _seekable_inputs(folder: Path) -> list[str]:
+    """A Megatron dataset, token streams (.bin, .npy), an Arrow IPC file, an Arrow stream (as save_to_disk writes)
+    and a Feather file of about 500k tokens each (the streams 1.3M, past their first checkpoint at 1M tokens), so
+    each holds several windows whose tasks enter it mid-way."""
+    from tests.synthetic import write_arrow, write_megatron, write_stream
+
+    rng = np.random.default_rng(12)
+
+    def docs(n_docs: int = 1100) -> list[list[int]]:
+        return [rng.integers(1, 30_000, int(n)).tolist() for n in rng.integers(0, 900, n_docs)]
+
+    folder.mkdir()
+    stream_docs = docs(3000)
+    stream_docs[7] = []  # consecutive separators, and tokens after the last one: the stream's notes
+    npy = write_stream(folder / "tokens.npy", stream_docs, separator=0)
+    np.save(npy, np.concatenate([np.load(npy), [3, 4, 5]]).astype(np.uint16))
+    table = pa.table({"input_ids": pa.array(docs(), pa.list_(pa.int32()))})
+    import pyarrow.feather as feather
+
+    feather.write_feather(table, folder / "docs.feather", chunksize=150)
+    return [str(write_megatron(folder / "mega", docs())), str(write_stream(folder / "tokens.bin", docs(3000), 0)),
+            str(npy), str(write_arrow(folder / "file.arrow", docs(), stream=False, batch_rows=200)),
+            str(write_arrow(folder / "stream.arrow", docs(), stream=True, batch_rows=1000)),
+            str(folder / "docs.feather")]
+
+
+def test_megatron_arrow_and_stream_inputs_are_byte_identical(cluster: RayCluster, tmp_path: Path) -> None:
+    from bestfit_cli.fs import resolve_inputs
+    from bestfit_cli.ray_engine import file_lengths
+    from bestfit_cli.read import ReadOptions, input_format
+
+    inputs = _seekable_inputs(tmp_path / "in")
+    options = ["--ctx", "2048", "--window-tokens", "300000", "--split-at", "0", "--stream-dtype", "uint16",
+               "--rows-per-shard", "64"]
+    opts = ReadOptions(split_at=0, stream_dtype="uint16")
+    for file in resolve_inputs(inputs):  # what the driver plans from, and where the window tasks start
+        if file.format in ("bin", "npy"):
+            assert input_format(file).blocks(file, opts) is None
+            assert any(0 < c.row < 2900 for c in file_lengths(file, 0, opts, full=True).checkpoints)
+        else:  # a Megatron dataset's 1,100 documents are one block of the .idx; Arrow's, record batches
+            assert len(input_format(file).blocks(file, opts) or []) >= (1 if file.format == "megatron" else 2)
+    files = assert_same_pack(inputs, tmp_path, cluster, *options)
+    manifest = json.loads(files["manifest.json"])
+    assert len(manifest["windows"]) >= 12
+    assert [len(i.get("notes", [])) for i in manifest["inputs"]] == [0, 1, 2, 0, 0, 0]  # separators alone; a tail
+    # Under --on-bad-record skip every file is read once for its lengths; the tasks then start from the
+    # checkpoints that pass recorded (streams, Arrow files) or where the .idx says (Megatron).
+    skipping = tmp_path / "skip"
+    skipping.mkdir()
+    assert_same_pack(inputs, skipping, cluster, *options, "--on-bad-record", "skip")
+
+
 @pytest.mark.slow
 def test_shared_corpora_are_byte_identical(cluster: RayCluster, tmp_path: Path, shared_corpora: Path) -> None:
     # Windows that end inside row groups (read for their lengths) and others made of whole row groups (footers).

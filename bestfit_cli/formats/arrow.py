@@ -37,7 +37,7 @@ from ..read import (
     unreadable,
     with_carried,
 )
-from .base import DatasetFolder, Folder, InputFormat
+from .base import Checkpoint, DatasetFolder, Folder, InputFormat
 
 STATE_JSON = "state.json"
 INFO_JSON = "dataset_info.json"
@@ -57,6 +57,17 @@ class _Opened:
     batches: Iterator[pa.RecordBatch]
     n_batches: int | None  # the file format knows its batches; a stream does not
     is_stream: bool
+    reader: pa.ipc.RecordBatchFileReader | None = None  # the file format: its batches by index
+
+    def batches_from(self, index: int) -> Iterator[pa.RecordBatch]:
+        """The record batches from the ``index``-th on: the file format gets them by index, a stream reads (but
+        does not decode) the ones before it."""
+        if self.reader is not None:
+            reader = self.reader
+            return (reader.get_batch(i) for i in range(index, reader.num_record_batches))
+        for _ in range(index):
+            next(self.batches, None)
+        return self.batches
 
     def fraction(self, batches_read: int) -> float:
         if self.n_batches:
@@ -81,7 +92,7 @@ def _open(file: InputFile) -> _Opened:
         if head.startswith(_FILE_MAGIC):
             reader = pa.ipc.open_file(source)
             count = reader.num_record_batches
-            return _Opened(source, reader.schema, (reader.get_batch(i) for i in range(count)), count, False)
+            return _Opened(source, reader.schema, (reader.get_batch(i) for i in range(count)), count, False, reader)
         stream = pa.ipc.open_stream(source)
         return _Opened(source, stream.schema, iter(stream), None, True)
     except (pa.ArrowException, OSError) as exc:
@@ -121,27 +132,40 @@ def _corrupt(file: InputFile, row: int, exc: BaseException) -> BestfitError:
     return InputError(file.name, f"truncated or corrupt Arrow data after row {row:,} ({detail})", fix=_REWRITE)
 
 
-def _columns(file: InputFile, opts: ReadOptions, opened: _Opened
+def _columns(file: InputFile, opts: ReadOptions, opened: _Opened, rows: tuple[int, int] | None = None,
+             start: Checkpoint | None = None, checkpoints: list[Checkpoint] | None = None
              ) -> Iterator[tuple[int, pa.Array, pa.RecordBatch, float]]:
     """The token column in pieces of about ``BATCH_TOKENS`` tokens: (first row, list array, the record batch's
-    same rows, fraction read)."""
-    row = 0
-    read = 0
+    same rows, fraction read); with ``rows`` (``lo, hi``) only those rows, record batches before them passed by
+    their row counts without touching their columns, from ``start`` (the record batch of ``checkpoints``, which a
+    whole read of an IPC file fills with where each record batch starts)."""
+    lo, hi = rows if rows is not None else (0, None)
+    row = start.row if start is not None else 0
+    read = start.offset if start is not None else 0
+    batches = opened.batches_from(read) if start is not None else opened.batches
     try:
-        for record_batch in opened.batches:
+        for record_batch in batches:
+            if checkpoints is not None and not opened.is_stream:
+                checkpoints.append(Checkpoint(row, read, 0))
             read += 1
+            if row + record_batch.num_rows <= lo:  # before the rows asked for: not converted, not checked
+                row += record_batch.num_rows
+                continue
+            if hi is not None and row >= hi:
+                return
             column = record_batch.column(opts.column)
             if pa.types.is_fixed_size_list(column.type):
                 column = column.cast(pa.list_(column.type.value_type))
             offsets = column.offsets.to_numpy()
-            start = 0
-            while start < len(column):
+            first = max(lo - row, 0)
+            stop = len(column) if hi is None else min(hi - row, len(column))
+            while first < stop:
                 # The rows up to about BATCH_TOKENS tokens, at least one.
-                end = int(np.searchsorted(offsets, offsets[start] + BATCH_TOKENS, side="right")) - 1
-                end = min(max(end, start + 1), len(column))
-                yield (row + start, column.slice(start, end - start), record_batch.slice(start, end - start),
+                end = int(np.searchsorted(offsets, offsets[first] + BATCH_TOKENS, side="right")) - 1
+                end = min(max(end, first + 1), stop)
+                yield (row + first, column.slice(first, end - first), record_batch.slice(first, end - first),
                        opened.fraction(read))
-                start = end
+                first = end
             row += len(column)
     except (pa.ArrowException, OSError) as exc:
         raise _corrupt(file, row, exc) from None
@@ -149,16 +173,18 @@ def _columns(file: InputFile, opts: ReadOptions, opened: _Opened
         opened.source.close()
 
 
-def read_arrow(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+def read_arrow(file: InputFile, file_index: int, opts: ReadOptions, rows: tuple[int, int] | None = None,
+               start: Checkpoint | None = None, checkpoints: list[Checkpoint] | None = None) -> Iterator[DocBatch]:
+    """The file's documents (with ``rows``, only rows ``lo .. hi - 1``: see ``_columns``)."""
     opened = _checked(file, opts)
 
     def label(row: int) -> dict[str, int]:
         return {"row": row}
 
-    for first_row, column, rows, done in _columns(file, opts, opened):
+    for first_row, column, rows_of, done in _columns(file, opts, opened, rows, start, checkpoints):
         batch = batch_from_arrow(file, file_index, first_row, column, opts, label)
         if opts.carried:
-            batch = with_carried(file, batch, rows.column, opts)
+            batch = with_carried(file, batch, rows_of.column, opts)
         yield replace(batch, fraction_done=done)
 
 
@@ -167,6 +193,14 @@ def read_arrow_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> I
     opened = _checked(file, opts)
     for first_row, column, _, done in _columns(file, opts, opened):
         yield LengthBatch(file_index, first_row, lengths_from_arrow(file, first_row, column, opts), done)
+
+
+def _ids_in(column: pa.Array) -> int:
+    """The ids a list column's rows hold, from the ends of its offsets (a fixed-size list: rows times its size)."""
+    if pa.types.is_fixed_size_list(column.type):
+        return len(column) * int(column.type.list_size)
+    offsets = column.offsets
+    return int(offsets[len(offsets) - 1].as_py()) - int(offsets[0].as_py())
 
 
 # --------------------------------------------------------------------------------------------- save_to_disk
@@ -257,6 +291,43 @@ class ArrowInput(InputFormat):
         if opts.skip_bad:  # skipped records need the full reader
             return super().read_lengths(file, file_index, opts)
         return read_arrow_lengths(file, file_index, opts)
+
+    # What the Ray engine asks: record batches are blocks, and a window's task reads only those it overlaps.
+
+    def blocks(self, file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]] | None:
+        """Each record batch's rows and ids, from its list offsets (two values of it) or its list size, for a local
+        file (memory-mapped: the batches before a window cost their metadata only); a file on an object store, or
+        any under ``--on-bad-record skip``, is read once by the lengths pass instead."""
+        if opts.skip_bad or not isinstance(file.fs, pafs.LocalFileSystem):
+            return None
+        opened = _checked(file, opts)
+        out: list[tuple[int, int, int | None]] = []
+        row = 0
+        try:
+            for record_batch in opened.batches:
+                if record_batch.num_rows:
+                    out.append((row, record_batch.num_rows, _ids_in(record_batch.column(opts.column))))
+                row += record_batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise _corrupt(file, row, exc) from None
+        finally:
+            opened.source.close()
+        return out
+
+    def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
+        opened = _checked(file, opts)
+        lengths = [lengths_from_arrow(file, first, column, opts)
+                   for first, column, _, _ in _columns(file, opts, opened, (lo, hi))]
+        return np.concatenate(lengths) if lengths else np.empty(0, dtype=np.int64)
+
+    def read_checkpointed(self, file: InputFile, file_index: int, opts: ReadOptions,
+                          checkpoints: list[Checkpoint]) -> Iterator[DocBatch]:
+        return read_arrow(file, file_index, opts, checkpoints=checkpoints)
+
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
+                  start: Checkpoint | None = None) -> Iterator[DocBatch]:
+        start = start if start is not None and start.row <= lo else None
+        return read_arrow(file, file_index, opts, (lo, hi), start)
 
     def signature(self, file: InputFile) -> str | None:
         """sha256 of the file's first and last 64 KiB: its schema, its footer (IPC file) or last batch (stream)."""

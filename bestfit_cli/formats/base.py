@@ -18,7 +18,9 @@ from ..read import DocBatch, LengthBatch, ReadOptions
 @dataclass(frozen=True)
 class Checkpoint:
     """Where a read of a file may start instead of its first byte: record ``row`` starts on line ``line`` (1-based,
-    for messages), at or after byte ``offset``. A JSONL reader records them as it reads (``read_checkpointed``)."""
+    for messages), at or after byte ``offset`` (of the decompressed text, for a compressed file). A JSONL reader
+    records them as it reads (``read_checkpointed``); a token stream too, with ``offset`` the token that record
+    starts at and ``line`` 0 (it has no lines)."""
 
     row: int
     offset: int

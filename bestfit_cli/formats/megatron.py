@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, OptionError, OutputError
 from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, LengthBatch, ReadOptions, Skipped, check_ids, drop_bad_ids
-from .base import InputFormat, PackedRows
+from .base import Checkpoint, InputFormat, PackedRows
 from .parquet import _list_array, arrow_owned, kept_columns
 from .parquet_footer import check_bytes
 from .ranged import open_ranges
@@ -242,6 +242,7 @@ class MegatronDataset:
     """One input dataset: its ``.bin`` (``file``) and the ``.idx`` beside it, opened for ranged reads."""
 
     def __init__(self, file: InputFile) -> None:
+        """Open both files; the counts the ``.bin`` holds are known once ``check`` (or ``assume_checked``) ran."""
         self.file = file
         self.idx_name = index_path(file.name)
         self.index = open_ranges(self.idx_name, file.fs, index_path(file.fs_path))
@@ -304,6 +305,11 @@ class MegatronDataset:
             raise self._bad(f"its last {head.n_seq - (last or 0):,} sequences belong to no document (the builder "
                             "was finalized without end_document?)")
 
+    def assume_checked(self) -> None:
+        """Take the ``.bin``'s size for what ``check`` found: in a Ray task or a planner on the driver, whose run
+        checked the whole pair before any work (``read.check_schemas``), so the ``.idx`` is not walked again."""
+        self.total_tokens = self.bin.size // self.head.dtype.itemsize
+
     def _bad(self, what: str) -> InputError:
         return InputError(self.idx_name, f"not a readable Megatron index: {what}",
                           fix="re-create the dataset, or restore a complete copy of its .idx")
@@ -340,10 +346,12 @@ def check_input(file: InputFile) -> None:
         data.check()
 
 
-def _doc_steps(data: MegatronDataset) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first document, token offsets)`` for runs of documents of about ``BATCH_TOKENS`` tokens each."""
-    for first in range(0, data.n_docs, DOC_STEP):
-        stop = min(data.n_docs, first + DOC_STEP)
+def _doc_steps(data: MegatronDataset, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first document, token offsets)`` for runs of documents ``lo .. hi - 1`` (default: all) of about
+    ``BATCH_TOKENS`` tokens each."""
+    end = data.n_docs if hi is None else min(hi, data.n_docs)
+    for first in range(lo, end, DOC_STEP):
+        stop = min(end, first + DOC_STEP)
         offsets = data.doc_offsets(first, stop)
         targets = offsets[0] + np.arange(BATCH_TOKENS, int(offsets[-1] - offsets[0]), BATCH_TOKENS)
         cuts = np.unique(np.concatenate([[0], np.searchsorted(offsets, targets, side="left"), [stop - first]]))
@@ -355,12 +363,19 @@ def _row(first: int, i: int) -> dict[str, int]:
     return {"row": first + i}
 
 
-def read_megatron(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
-    """Documents of a Megatron dataset in document-index order, token ids checked and cast to ``--dtype``."""
+def read_megatron(file: InputFile, file_index: int, opts: ReadOptions, rows: tuple[int, int] | None = None
+                  ) -> Iterator[DocBatch]:
+    """Documents of a Megatron dataset in document-index order, token ids checked and cast to ``--dtype``; with
+    ``rows`` (``lo, hi``), only documents ``lo .. hi - 1``: their offsets are looked up in the ``.idx`` and only
+    their tokens are read (the pair was checked before any work; skipped records are counted where the whole
+    dataset is read)."""
     with MegatronDataset(file) as data:
-        data.check()
+        if rows is None:
+            data.check()
+        else:
+            data.assume_checked()
         total = max(data.total_tokens, 1)
-        for first, offsets in _doc_steps(data):
+        for first, offsets in _doc_steps(data, *(rows or (0, None))):
             raw = data.tokens(int(offsets[0]), int(offsets[-1]))
             local = offsets - offsets[0]
             if opts.skip_bad:
@@ -370,7 +385,8 @@ def read_megatron(file: InputFile, file_index: int, opts: ReadOptions) -> Iterat
                 skipped = Skipped()
             if np.may_share_memory(ids, raw):  # own the ids: the mapping is closed when the file is done
                 ids = ids.copy()
-            yield DocBatch(file_index, first, local, ids, float(offsets[-1]) / total, skipped)
+            yield DocBatch(file_index, first, local, ids, float(offsets[-1]) / total,
+                           skipped if rows is None else Skipped())
 
 
 def megatron_lengths(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
@@ -410,3 +426,25 @@ class MegatronInput(InputFormat):
 
     def read_lengths(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[LengthBatch]:
         return megatron_lengths(file, file_index, opts)
+
+    def blocks(self, file: InputFile, opts: ReadOptions) -> list[tuple[int, int, int | None]] | None:
+        """Runs of ``DOC_STEP`` documents and their token counts, from the ``.idx`` alone (no token read); under
+        ``--on-bad-record skip`` only reading the ids tells the lengths, so None."""
+        if opts.skip_bad:
+            return None
+        with MegatronDataset(file) as data:
+            data.assume_checked()
+            starts = [*range(0, data.n_docs, DOC_STEP), data.n_docs]
+            offsets = [int(data.doc_offsets(doc, doc)[0]) for doc in starts]  # two lookups a block
+            return [(a, b - a, end - begin) for a, b, begin, end
+                    in zip(starts[:-1], starts[1:], offsets[:-1], offsets[1:], strict=True)]
+
+    def block_lengths(self, file: InputFile, opts: ReadOptions, lo: int, hi: int) -> np.ndarray:
+        with MegatronDataset(file) as data:
+            data.assume_checked()
+            lengths: np.ndarray = np.diff(data.doc_offsets(lo, hi)) if hi > lo else np.empty(0, dtype=np.int64)
+            return lengths
+
+    def read_rows(self, file: InputFile, file_index: int, opts: ReadOptions, lo: int, hi: int,
+                  start: Checkpoint | None = None) -> Iterator[DocBatch]:
+        return read_megatron(file, file_index, opts, (lo, hi))  # the .idx says where every document starts

@@ -25,11 +25,12 @@ import pyarrow as pa
 from ..errors import InputError, OptionError
 from ..fs import InputFile
 from ..read import STREAM_DTYPES, TOKEN_DTYPES, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids
-from .base import InputFormat
+from .base import Checkpoint, InputFormat
 from .ranged import open_ranges
 
 STREAM_FORMATS = ("bin", "npy")
 CHUNK_TOKENS = 1 << 22
+CHECKPOINT_TOKENS = 1 << 20  # the Ray engine's lengths pass notes where a read may start about this often
 DOC_BYTES_PER_TOKEN = 8  # a carried document costs its ids as read, their concatenation and the cast
 
 
@@ -105,8 +106,15 @@ def check_stream(file: InputFile, opts: ReadOptions) -> StreamLayout:
     return layout
 
 
-def read_stream(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
-    """Documents of a stream in order; the last batch carries the notes on what the split found."""
+def read_stream(file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None = None,
+                checkpoints: list[Checkpoint] | None = None) -> Iterator[DocBatch]:
+    """Documents of a stream in order; the last batch carries the notes on what the split found.
+
+    ``checkpoints`` gets where each batch after the first starts (its row, and the token its first document starts
+    at, as ``offset``); a read from one (``start``) reads the stream from that token on, numbering rows as the
+    whole read does. It gives no notes and no "no separator" error: those are about the whole stream, which the
+    read that recorded the checkpoint (the Ray engine's lengths pass) has reported.
+    """
     layout = check_stream(file, opts)
     separator = opts.split_at
     assert separator is not None
@@ -114,29 +122,39 @@ def read_stream(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator
     max_doc = max(1, opts.max_line_bytes // DOC_BYTES_PER_TOKEN)
     carried: list[np.ndarray] = []  # the unfinished document, in pieces (copied once, when it ends)
     carried_tokens = 0
-    row = 0
+    row = start.row if start is not None else 0
+    first_token = start.offset if start is not None else 0
     separators = 0
+    before = int(start is not None)  # a read from a checkpoint has separators before it
     alone = 0  # documents that are the separator alone
     with open_ranges(file.name, file.fs, file.fs_path, file.size) as data:
-        for start in range(0, layout.count, CHUNK_TOKENS):
-            chunk = data.array(layout.offset + start * itemsize, min(CHUNK_TOKENS, layout.count - start),
-                               layout.dtype)
+        for start_token in range(first_token, layout.count, CHUNK_TOKENS):
+            chunk = data.array(layout.offset + start_token * itemsize,
+                               min(CHUNK_TOKENS, layout.count - start_token), layout.dtype)
             ends = np.flatnonzero(chunk == separator) + 1
             if not len(ends):
                 carried.append(chunk)
                 carried_tokens += len(chunk)
                 if carried_tokens > max_doc:
-                    raise _too_long(file, separator, start + len(chunk) - carried_tokens, max_doc, separators)
+                    raise _too_long(file, separator, start_token + len(chunk) - carried_tokens, max_doc,
+                                    separators + before)
                 continue
             if carried_tokens + int(ends[0]) > max_doc:
-                raise _too_long(file, separator, start - carried_tokens, max_doc, separators)
+                raise _too_long(file, separator, start_token - carried_tokens, max_doc, separators + before)
             separators += len(ends)
             offsets = np.concatenate([[0], carried_tokens + ends]).astype(np.int64)
             alone += int(np.count_nonzero(np.diff(offsets) == 1))
+            if checkpoints is not None:
+                _mark(checkpoints, row, start_token - carried_tokens + offsets[1:])
             raw = np.concatenate([*carried, chunk[: int(ends[-1])]])
             carried, carried_tokens = [chunk[int(ends[-1]):]], len(chunk) - int(ends[-1])
-            yield _batch(file, file_index, row, offsets, raw, opts, (start + int(ends[-1])) / layout.count)
+            yield _batch(file, file_index, row, offsets, raw, opts, (start_token + int(ends[-1])) / layout.count)
             row += len(offsets) - 1
+        if start is not None:  # what the notes and the separator check say was said by the read from the start
+            if carried_tokens:
+                yield _batch(file, file_index, row, np.array([0, carried_tokens], dtype=np.int64),
+                             np.concatenate(carried), opts, 1.0)
+            return
         if separators == 0:
             raise InputError(file.name, f"holds no separator id {separator} in its {layout.count:,} ids, so "
                                         "--split-at cannot split it into documents",
@@ -153,6 +171,17 @@ def read_stream(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator
     if notes:
         yield DocBatch(file_index, row + (1 if carried_tokens else 0), np.zeros(1, dtype=np.int64),
                        np.empty(0, dtype=TOKEN_DTYPES[opts.dtype]), 1.0, notes=tuple(notes))
+
+
+def _mark(checkpoints: list[Checkpoint], row: int, ends: np.ndarray) -> None:
+    """Checkpoints about every ``CHECKPOINT_TOKENS`` tokens among the documents ``row, row + 1, ...`` that end at
+    tokens ``ends`` (of the stream): each names the row after such an end, and the token it starts at."""
+    last = checkpoints[-1].offset if checkpoints else 0
+    at = int(np.searchsorted(ends, last + CHECKPOINT_TOKENS, side="left"))
+    while at < len(ends):
+        last = int(ends[at])
+        checkpoints.append(Checkpoint(row + at + 1, last, 0))
+        at = int(np.searchsorted(ends, last + CHECKPOINT_TOKENS, side="left"))
 
 
 def _too_long(file: InputFile, separator: int, start: int, max_doc: int, separators: int) -> InputError:
@@ -186,6 +215,14 @@ class StreamInput(InputFormat):
 
     def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
         return read_stream(file, file_index, opts)
+
+    def read_checkpointed(self, file: InputFile, file_index: int, opts: ReadOptions,
+                          checkpoints: list[Checkpoint]) -> Iterator[DocBatch]:
+        return read_stream(file, file_index, opts, checkpoints=checkpoints)
+
+    def read_from(self, file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None
+                  ) -> Iterator[DocBatch]:
+        return read_stream(file, file_index, opts, start)
 
 
 BIN_STREAM = StreamInput("bin", ".bin", "a token stream (.bin)")
