@@ -134,3 +134,15 @@ def test_the_parse_thread_ends_with_the_read(tmp_path: Path, monkeypatch: pytest
     reader.close()  # abandoned half-way, as a failing run abandons it
     assert not any(t.name.startswith("bestfit-json") for t in threading.enumerate())
     assert json_ids.MAX_DIGITS == 8
+
+
+def test_lines_with_large_other_fields_end_a_batch_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferred lines are kept whole until their batch is handed on, so a batch ends once they hold HELD_BYTES,
+    however few ids they carry (memory stays what parsing line by line would hold)."""
+    monkeypatch.setattr(jsonl, "HELD_BYTES", 10_000)
+    lines = [json.dumps({"text": "x" * 1000, "input_ids": [i]}).encode() for i in range(100)]
+    path = _write(tmp_path / "wide.jsonl", lines)
+    [file] = resolve_inputs([str(path)])
+    batches = [b for b in read_file(file, 0, ReadOptions()) if b.n_docs]
+    assert len(batches) >= 9 and max(b.n_docs for b in batches) <= 10
+    assert [t for b in batches for t in b.tokens.tolist()] == list(range(100))

@@ -300,6 +300,7 @@ class _Pending:
         self.lines: list[int] = []  # each slot's line number
         self.chunks: list[_Texts] = []  # the deferred texts, in line order; the last one still filling
         self.tokens = 0  # ids so far (deferred texts: estimated from their length)
+        self.held = 0  # bytes of the deferred lines, kept until the batch is resolved
         self.pure = True  # every line so far deferred
         self._thread: ThreadPoolExecutor | None = None
 
@@ -311,6 +312,7 @@ class _Pending:
         chunk.texts.append(text)
         chunk.raws.append(raw)
         chunk.size += len(text)
+        self.held += len(raw)
         self.slots.append(None)
         self.lines.append(line_no)
         self.tokens += len(text) // 4 + 1  # a flat id array takes 2 to 9 bytes an id
@@ -373,6 +375,7 @@ class _Pending:
         self.lines.clear()
         self.chunks.clear()
         self.tokens = 0
+        self.held = 0
         self.pure = True
 
     def close(self) -> None:
@@ -380,6 +383,9 @@ class _Pending:
             self._thread.shutdown(cancel_futures=True)
 
 
+# Deferred lines are kept whole until their batch is handed on: a batch ends early once they hold this many bytes,
+# so lines with large other fields (a "text" beside few ids) cost what parsing them one by one would.
+HELD_BYTES = 1 << 26
 DEFERRED_BYTES = 1 << 17  # id texts read at once: their arrays stay under pack's 1 MiB mmap threshold (steady_heap)
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -465,7 +471,7 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
                                                  ends=ends), start=first_line):
                 if raw.strip():
                     take(line_no, raw)
-                    if pending.tokens >= BATCH_TOKENS:
+                    if pending.tokens >= BATCH_TOKENS or pending.held >= HELD_BYTES:
                         yield flush()
         except LineTooLong as exc:
             if not opts.skip_bad:
