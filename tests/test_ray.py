@@ -179,7 +179,12 @@ def _bad_inputs(tmp_path: Path) -> list[list[str]]:
     lines = [json.dumps({"input_ids": d}) for d in docs[:300]]
     lines[240] = '{"input_ids": [1, 2,'
     bad_json.write_text("\n".join(lines) + "\n")
-    return [[str(good), str(with_null)], [str(good), str(bad_json)]]
+    from tests.synthetic import write_megatron
+
+    negative = [list(d) for d in docs]
+    negative[450][3] = -7  # a Megatron dataset's window task enters it mid-way, and names the row as a whole read
+    bad_megatron = write_megatron(tmp_path / "d", negative)
+    return [[str(good), str(with_null)], [str(good), str(bad_json)], [str(good), str(bad_megatron)]]
 
 
 def test_bad_input_on_a_worker_fails_as_locally(cluster: RayCluster, tmp_path: Path) -> None:
@@ -192,7 +197,7 @@ def test_bad_input_on_a_worker_fails_as_locally(cluster: RayCluster, tmp_path: P
         message = local.stderr.strip()
         assert len(message.splitlines()) == 1 and "Traceback" not in on_ray.stderr
         assert on_ray.stderr.strip() == message
-        assert (" row 450" in message) if case == 0 else (":241:" in message)
+        assert (":241:" in message) if case == 1 else (" row 450" in message)
         assert not out.exists()  # nothing complete-looking, not even the folder it created
 
 
