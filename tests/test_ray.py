@@ -143,10 +143,13 @@ def test_megatron_arrow_and_stream_inputs_are_byte_identical(cluster: RayCluster
 
 @pytest.mark.slow
 def test_shared_corpora_are_byte_identical(cluster: RayCluster, tmp_path: Path, shared_corpora: Path) -> None:
-    # Windows that end inside row groups (read for their lengths) and others made of whole row groups (footers).
+    # Windows that end inside row groups (read for their lengths) and others made of whole row groups (footers);
+    # every piece carries its document's id.
     files = assert_same_pack([str(shared_corpora / "nl"), str(shared_corpora / "jsonl" / "code.jsonl")], tmp_path,
-                             cluster, "--ctx", "4096", "--window-tokens", "2000000", "--long-docs", "truncate")
-    assert len(json.loads(files["manifest.json"])["windows"]) >= 5
+                             cluster, "--ctx", "4096", "--window-tokens", "2000000", "--long-docs", "truncate",
+                             "--keep", "id")
+    manifest = json.loads(files["manifest.json"])
+    assert len(manifest["windows"]) >= 5 and manifest["columns"][-1] == "id"
     done = run("verify", str(shared_corpora / "nl"), str(shared_corpora / "jsonl" / "code.jsonl"),
                str(tmp_path / "ray"))
     assert done.returncode == 0, done.stderr
