@@ -61,6 +61,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 MAX_RETRIES = 3  # a window task whose worker dies is run again this many times
 FORWARDED_ENV = ("AWS_", "BESTFIT_TEST_")  # passed on to the tasks: object-store settings, test hooks
 CANCEL_WAIT_SECONDS = 30.0
+FINISH_WAIT_SECONDS = 3600.0  # after bad input, the windows being packed finish (each a window's work at most)
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,35 @@ def _lengths_task(file: InputFile, index: int, opts: ReadOptions, full: bool = F
         return exc
 
 
+class StopFlag:
+    """Set by the driver when the run has failed on bad input (a Ray actor): a window task that starts after it
+    does nothing. The driver then waits for the tasks instead of cancelling them, since a task cancelled while it
+    returns can abort the driver inside Ray (``task_manager.cc``: "Tried to complete task that was not pending"),
+    before the run's one-line error is shown."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def is_stopped(self) -> bool:
+        return self.stopped
+
+
 def _pack_task(spec: WindowSpec, sources: list[tuple[int, int, int]], starts: list[Checkpoint | None],
                files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, stager: ShardStager,
-               document_types: dict[str, FirstType] | None = None) -> tuple[WindowResult, np.ndarray] | BestfitError:
+               document_types: dict[str, FirstType] | None = None, stop: Any = None
+               ) -> tuple[WindowResult, np.ndarray] | BestfitError | None:
     """Read one planned window from shared storage, pack it and stage its shards (runs on a Ray worker); each
     source's reading starts at its checkpoint (``starts``), if it has one. Its --keep columns are cast to the types
-    the driver found fixed before them (``document_types``), as the local engine casts them reading every input."""
+    the driver found fixed before them (``document_types``), as the local engine casts them reading every input.
+    Returns None, having done nothing, once the run has failed (``stop``, a ``StopFlag``)."""
     from .pipeline import kept_lengths, pack_window
 
+    if stop is not None and _ray().get(stop.is_stopped.remote()):
+        stager.close()
+        return None
     try:
         buffer = WindowBuffer(max(spec.n_tokens, 1), expected_tokens=spec.n_tokens)
         dtype = np.dtype(np.int64)
@@ -258,6 +280,7 @@ class RayEngine:
         pending: list[Any] = []
         checkpoints: dict[int, list[Checkpoint]] = {}
         document_types: dict[str, FirstType] = {}
+        stop = None
         try:
             plan = plan_windows(self._blocks(files, footers, passes, counts, limit, names, checkpoints,
                                              schema_types, document_types),
@@ -269,13 +292,22 @@ class RayEngine:
             pack_task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES,
                                    **({"memory": opts.memory} if opts.memory else {}))(_pack_task)
             files_ref = ray.put(list(files))
+            stop = ray.remote(num_cpus=0)(StopFlag).remote()
             pending = []
             for spec in plan.windows:
                 sources = plan.sources(spec)
                 starts = [_checkpoint_before(checkpoints.get(i, []), lo) for i, lo, _ in sources]
                 pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager,
-                                                document_types))
+                                                document_types, stop))
             results, kept = self._collect(plan, pending, files, progress)
+        except BestfitError:
+            if stop is None:
+                self.cancel(pending + list(passes.values()))
+            else:  # bad input: the tasks still to start end at once, those running finish their window
+                ray.get(stop.stop.remote())
+                self.cancel(list(passes.values()))
+                self.finish(pending)
+            raise
         except BaseException:
             self.cancel(pending + list(passes.values()))
             raise
@@ -340,6 +372,18 @@ class RayEngine:
                 shown = now
         return results, kept
 
+    def finish(self, refs: list[Any]) -> None:
+        """Wait until the tasks of ``refs`` have ended on their own (at most ``FINISH_WAIT_SECONDS``, then cancel
+        what is left): only then may the run remove its temporary folder."""
+        ray = _ray()
+        remaining = list(refs)
+        deadline = time.monotonic() + FINISH_WAIT_SECONDS
+        try:
+            while remaining and time.monotonic() < deadline:
+                _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=1.0)
+        finally:  # also on Ctrl-C while waiting
+            self.cancel(remaining)
+
     @staticmethod
     def cancel(refs: list[Any]) -> None:
         """Stop tasks still running (their workers are killed, so they write nothing more) and wait until they
@@ -363,6 +407,13 @@ def _get(ref: Any) -> Any:
     ray = _ray()
     try:
         return ray.get(ref)
+    except SystemError as exc:
+        # Ctrl-C or SIGTERM (the CLI's handler raises Terminated) landing inside Ray's C code comes out as a
+        # SystemError caused by it: the run unwinds as for the signal itself.
+        signalled = exc.__cause__ or exc.__context__
+        if signalled is not None and not isinstance(signalled, Exception):
+            raise signalled from None
+        raise
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BestfitError):
