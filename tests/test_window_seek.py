@@ -10,6 +10,7 @@ never read it. The planner's blocks (``InputFormat.blocks``) are checked against
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,3 +230,44 @@ def test_arrow_blocks_of_fixed_size_lists_count_rows_times_the_size(tmp_path: Pa
     assert input_format(file).blocks(file, ReadOptions()) == [(0, 25, 100), (25, 25, 100), (50, 25, 100),
                                                                (75, 15, 60)]
     _assert_rows(file, rows, 30, 80)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_arrow_rows_carry_their_own_kept_values(tmp_path: Path, stream: bool) -> None:
+    import pyarrow as pa
+
+    docs = _docs(300, seed=6)
+    table = pa.table({"input_ids": pa.array(docs, pa.list_(pa.int32())), "id": [f"doc-{i}" for i in range(300)]})
+    path = tmp_path / "kept.arrow"
+    with (pa.ipc.new_stream if stream else pa.ipc.new_file)(str(path), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=64):
+            writer.write_batch(batch)
+    (file,) = resolve_inputs([str(path)])
+    opts = ReadOptions(keep=("id",))
+    batches = list(read_rows(file, 0, opts, 70, 200))
+    assert [v for b in batches for v in b.columns["id"].to_pylist()] == [f"doc-{i}" for i in range(70, 200)]
+    assert _tokens(batches) == [t for d in docs[70:200] for t in d]
+
+
+def test_arrow_on_an_object_store_is_planned_by_the_lengths_pass_and_entered_by_batch(s3: Any,
+                                                                                    tmp_path: Path) -> None:
+    from bestfit_cli.formats.base import Checkpoint
+
+    docs = _docs(300, seed=7)
+    write_arrow(tmp_path / "file.arrow", docs, stream=False, batch_rows=50)
+    write_arrow(tmp_path / "stream.arrow", docs, stream=True, batch_rows=50)
+    s3.upload(tmp_path / "file.arrow", f"s3://{s3.bucket}/file.arrow")
+    s3.upload(tmp_path / "stream.arrow", f"s3://{s3.bucket}/stream.arrow")
+    on_file, on_stream = resolve_inputs([f"s3://{s3.bucket}/file.arrow", f"s3://{s3.bucket}/stream.arrow"])
+    for file in (on_file, on_stream):
+        fmt = input_format(file)
+        assert fmt.blocks(file, ReadOptions()) is None  # the driver would read every batch: a task does it
+        checkpoints: list[Checkpoint] = []
+        assert _tokens(list(fmt.read_checkpointed(file, 0, ReadOptions(), checkpoints))) == [
+            t for d in docs for t in d]
+        # An IPC file's checkpoints name record batches; a stream has none (read from its start, unconverted).
+        assert [(c.row, c.offset) for c in checkpoints] == ([(50 * i, i) for i in range(6)]
+                                                            if file is on_file else [])
+        _assert_rows(file, docs, 120, 260)
+    shifted = list(read_rows(on_file, 0, ReadOptions(), 110, 130, Checkpoint(100, 3, 0)))
+    assert _tokens(shifted) == [t for d in docs[160:180] for t in d]  # started at batch 3, not at row 100
