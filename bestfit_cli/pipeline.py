@@ -73,20 +73,23 @@ GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound in
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
 
 
-def steady_heap(threshold: int = 1 << 20) -> None:
+def steady_heap(threshold: int = 1 << 20, keep_free: int = 1 << 25) -> None:
     """Keep glibc's heap from creeping up window after window (for a process that runs ``pack``).
 
     glibc raises its mmap threshold each time a large block is freed, so later buffers of a few MB land on the
     heap, where freed space is rarely returned: peak memory then grows for the first dozen windows. A fixed
-    threshold keeps it flat (measured in docs/benchmarks.md). Does nothing where glibc's ``mallopt`` is absent.
+    threshold keeps it flat (measured in docs/benchmarks.md). Fixing it also fixes glibc's trim threshold at
+    128 KiB, so the heap's free top was handed back and faulted in again all the time (the JSONL reader's
+    buffers): up to ``keep_free`` bytes of it are kept instead. Does nothing where glibc's ``mallopt`` is absent.
     """
     import ctypes
     import ctypes.util
 
-    m_mmap_threshold = -3
+    m_trim_threshold, m_mmap_threshold = -1, -3
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(m_mmap_threshold, threshold)
+        libc.mallopt(m_trim_threshold, keep_free)
     except (OSError, AttributeError):
         pass
 

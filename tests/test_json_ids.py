@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bestfit_cli.errors import InputError
-from bestfit_cli.formats import json_ids, jsonl
+from bestfit_cli.formats import jsonl
 from bestfit_cli.formats.json_ids import flat_id_arrays
 from bestfit_cli.fs import resolve_inputs
 from bestfit_cli.read import ReadOptions, read_file
@@ -119,21 +119,6 @@ def test_a_bad_line_before_a_too_long_line_is_the_error(tmp_path: Path) -> None:
     assert isinstance(message, str) and "long.jsonl:2:" in message and "longer than" not in message, message
     message = _read(path, ReadOptions(max_line_bytes=1000, on_bad_record="skip"))
     assert isinstance(message, str) and "long.jsonl:3:" in message and "longer than" in message, message
-
-
-def test_the_parse_thread_ends_with_the_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
-    monkeypatch.setattr(jsonl, "DEFERRED_BYTES", 16)
-    path = _write(tmp_path / "t.jsonl", [json.dumps({"input_ids": list(range(i, i + 9))}).encode()
-                                         for i in range(50)])
-    [file] = resolve_inputs([str(path)])
-    reader = read_file(file, 0, ReadOptions())
-    next(iter(reader), None)
-    assert any(t.name.startswith("bestfit-json") for t in threading.enumerate())
-    reader.close()  # abandoned half-way, as a failing run abandons it
-    assert not any(t.name.startswith("bestfit-json") for t in threading.enumerate())
-    assert json_ids.MAX_DIGITS == 8
 
 
 def test_lines_with_large_other_fields_end_a_batch_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
