@@ -61,6 +61,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 MAX_RETRIES = 3  # a window task whose worker dies is run again this many times
 FORWARDED_ENV = ("AWS_", "BESTFIT_TEST_")  # passed on to the tasks: object-store settings, test hooks
 CANCEL_WAIT_SECONDS = 30.0
+WINDOWS_AHEAD_PER_CPU = 2  # window tasks in flight per cluster CPU (windows_ahead)
 FINISH_WAIT_SECONDS = 3600.0  # after bad input, the windows being packed finish (each a window's work at most)
 
 
@@ -294,12 +295,20 @@ class RayEngine:
             files_ref = ray.put(list(files))
             stop = ray.remote(num_cpus=0)(StopFlag).remote()
             pending = []
-            for spec in plan.windows:
-                sources = plan.sources(spec)
-                starts = [_checkpoint_before(checkpoints.get(i, []), lo) for i, lo, _ in sources]
-                pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager,
-                                                document_types, stop))
-            results, kept = self._collect(plan, pending, files, progress)
+            windows = iter(plan.windows)
+
+            def submit() -> None:
+                """Submit the next window's task, if any is left."""
+                spec = next(windows, None)
+                if spec is not None:
+                    sources = plan.sources(spec)
+                    starts = [_checkpoint_before(checkpoints.get(i, []), lo) for i, lo, _ in sources]
+                    pending.append(pack_task.remote(spec, sources, starts, files_ref, read_opts, opts, stager,
+                                                    document_types, stop))
+
+            for _ in range(windows_ahead(ray)):
+                submit()
+            results, kept = self._collect(plan, pending, files, progress, submit)
         except BestfitError:
             if stop is None:
                 self.cancel(pending + list(passes.values()))
@@ -353,15 +362,18 @@ class RayEngine:
                 raise result.error
 
     def _collect(self, plan: WindowPlan, pending: list[Any], files: Sequence[InputFile],
-                 progress: Callable[[int], None] | None) -> tuple[list[WindowResult], list[np.ndarray]]:
+                 progress: Callable[[int], None] | None, submit: Callable[[], None]
+                 ) -> tuple[list[WindowResult], list[np.ndarray]]:
+        """Each window's outcome in window order; each one collected lets the next window's task be submitted."""
         total_tokens = max(sum(s.n_tokens for s in plan.windows), 1)
         total_bytes = sum(f.size or 0 for f in files)
         results, kept = [], []
         done_tokens = shown = 0
-        for spec, ref in zip(plan.windows, pending, strict=True):
-            outcome = _get(ref)
+        for index, spec in enumerate(plan.windows):
+            outcome = _get(pending[index])
             if isinstance(outcome, BaseException):
                 raise outcome
+            submit()
             result, lengths = outcome
             results.append(result)
             kept.append(lengths)
@@ -400,6 +412,14 @@ class RayEngine:
         remaining = list(refs)
         while remaining and time.monotonic() < deadline:
             _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=1.0)
+
+
+def windows_ahead(ray: Any) -> int:
+    """How many window tasks are submitted ahead of the one the driver waits for: twice the cluster's CPUs, so
+    every worker stays busy while the driver collects in order, and after bad input at most that many tasks are
+    still to finish (each submitted task is scheduled, even to return at once)."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(2, WINDOWS_AHEAD_PER_CPU * cpus)
 
 
 def _get(ref: Any) -> Any:

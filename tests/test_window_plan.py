@@ -364,3 +364,16 @@ def test_the_lengths_pass_hands_on_the_rows_before_a_bad_record(tmp_path: Path,
     assert isinstance(result.error, InputError) and result.error.line == 151
     assert 100 < result.documents <= 150 and result.content_sha256 is None
     assert result.lengths.tolist() == [len(d["input_ids"]) for d in _carried_docs(200, 4)[:result.documents]]
+
+
+def test_ray_submits_windows_two_per_cluster_cpu_ahead() -> None:
+    from bestfit_cli import ray_engine
+
+    class Cluster:
+        def __init__(self, cpus: float | None) -> None:
+            self.cpus = cpus
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {} if self.cpus is None else {"CPU": self.cpus}
+
+    assert [ray_engine.windows_ahead(Cluster(c)) for c in (None, 1.0, 2.0, 16.0)] == [2, 2, 4, 32]
