@@ -218,7 +218,8 @@ FAST_JSONL = True
 
 
 def fast_line_parser(column: str) -> Callable[[bytes | bytearray], np.ndarray | None]:
-    """A parser for the common line: an object whose ``column`` is a list of integers that fit int64.
+    """A parser for a line that the grouped read (``raw_ids_decoder`` and ``json_ids``) does not take, such as one
+    with a 9-digit id: an object whose ``column`` is a list of integers that fit int64.
 
     It gives the same int64 array ``_parse_line`` gives for such a line, or None for any other line, which then
     goes through ``_parse_line`` and gets its exact message. msgspec reads the line in one pass, checks the JSON
