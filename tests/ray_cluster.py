@@ -19,7 +19,8 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE_BYTES = 80 << 20
-WORKER_PORTS = 8  # per node: Ray workers each listen on one
+# Per node: Ray workers each listen on one (8 ran out in a full run: the stop-flag actor, retried, restarted workers).
+WORKER_PORTS = 24
 # Ray replaces "127.0.0.1" and "localhost" by the machine's outward address (to be reachable from other machines);
 # another address of the loopback range is taken as given, so the whole cluster stays on loopback.
 NODE_IP = "127.0.0.2"
