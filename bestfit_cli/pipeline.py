@@ -26,7 +26,7 @@ from .fingerprint import Fingerprint, check_unchanged, fingerprint
 from .formats import FORMATS, PackedRows
 from .fs import InputArgs, InputFile, InputScan, check_output_location, input_args, scan_inputs
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
-from .plan import Placement, assign_slots, plan_capacities
+from .plan import Placement, assign_slots, longest_first, plan_capacities
 from .read import (
     BAD_RECORD_POLICIES,
     DEFAULT_MAX_BAD_RECORDS,
@@ -291,8 +291,8 @@ class PackResult:
 
 
 def place(pieces: Pieces, ctx: int) -> Placement:
-    counts = np.bincount(pieces.length, minlength=ctx + 1)
-    return assign_slots(plan_capacities(counts, ctx), pieces.length)
+    order, counts = longest_first(pieces.length, ctx)
+    return assign_slots(plan_capacities(counts, ctx), pieces.length, order)
 
 
 def sequence_order(n_bins: int, opts: PackOptions, window_index: int) -> np.ndarray:

@@ -19,8 +19,10 @@ import bisect
 from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass(frozen=True)
@@ -130,46 +132,59 @@ def plan_capacities(counts: np.ndarray, ctx: int) -> CapacityPlan:
                         table[:, 3].copy(), table[:, 4].copy())
 
 
-def descending_order(piece_lengths: np.ndarray, ctx: int) -> np.ndarray:
-    """Positions of pieces sorted longest first, ties in input order: a stable counting sort by blocks.
+def longest_first(piece_lengths: np.ndarray, ctx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of pieces sorted longest first, ties in input order (a stable counting sort by blocks), and
+    ``counts[s]``, the number of pieces of length ``s`` (what ``plan_capacities`` takes).
 
     Each block of ``_SORT_BLOCK`` pieces (or more, for a large ctx) is sorted on its own, where it fits in the
-    cache (numpy's stable argsort of 16-bit keys is a radix sort); the blocks' length histograms say where each
-    block's pieces of each length go among all pieces of that length (after those of earlier blocks), so one
-    scatter a block puts them in place. Measured about twice as fast as one argsort of all pieces at 10M pieces
-    (docs/benchmarks.md), with the same result.
+    cache, as one array of ``key << bits | position in the block``: the values are distinct, so numpy's fastest
+    sort (vectorised where the CPU has AVX2 or AVX-512) gives exactly the stable order, and measured about a
+    quarter faster than a stable argsort of the keys. The blocks' length histograms say where each block's pieces
+    of each length go among all pieces of that length (after those of earlier blocks), so one scatter a block
+    puts them in place. The order is int32 below 2**31 pieces and the only array as long as the pieces that this
+    allocates (docs/benchmarks.md, "Planner").
     """
     piece_lengths = np.asarray(piece_lengths)
-    key_dtype = np.uint16 if ctx < 1 << 16 else np.uint32 if ctx < 1 << 32 else np.uint64
-    keys = (ctx - piece_lengths).astype(key_dtype)  # 0 for the longest pieces
-    n = len(keys)
+    n = len(piece_lengths)
     block = max(_SORT_BLOCK, 16 * ctx)  # the histograms stay a sixteenth of the pieces or less
-    if n <= block:
-        return np.argsort(keys, kind="stable")
+    position_bits = (min(n, block) - 1).bit_length()
+    # Keys hold a block position, and then a piece's position overall.
+    key_type = np.uint32 if position_bits + (ctx - 1).bit_length() <= 32 and n < 2**32 else np.uint64
     n_blocks = -(-n // block)
-    counts = np.empty((n_blocks, ctx + 1), dtype=np.int64)
+    block_counts = np.empty((n_blocks, ctx + 1), dtype=np.int32 if block < 2**31 else np.int64)  # by length
     for b in range(n_blocks):
-        counts[b] = np.bincount(keys[b * block:(b + 1) * block], minlength=ctx + 1)
-    before_block = np.cumsum(counts, axis=0) - counts  # pieces of each key in earlier blocks
-    totals = counts.sum(axis=0)
-    key_start = np.cumsum(totals) - totals  # where each key's pieces start in the whole order
-    order = np.empty(n, dtype=np.intp)
-    ramp = np.arange(block, dtype=np.intp)
+        block_counts[b] = np.bincount(piece_lengths[b * block:(b + 1) * block], minlength=ctx + 1)
+    counts = block_counts.sum(axis=0, dtype=np.int64)
+    by_key = counts[::-1]  # key = ctx - length: 0 for the longest pieces
+    next_slot = np.cumsum(by_key) - by_key  # where the next piece of each key goes in the whole order
+    order = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    ramp = np.arange(min(n, block), dtype=np.int64)
+    key_ramp: npt.NDArray[np.unsignedinteger[Any]] = ramp.astype(key_type)
+    sorted_keys: npt.NDArray[np.unsignedinteger[Any]] = np.empty(min(n, block), dtype=key_type)
     for b in range(n_blocks):
         lo = b * block
-        block_keys = keys[lo:lo + block]
-        inner = np.argsort(block_keys, kind="stable")
-        # A piece at position k of the block's own order goes to k + (its key's start overall, after earlier
-        # blocks) - (its key's start within the block).
-        shift = key_start + before_block[b] - (np.cumsum(counts[b]) - counts[b])
-        destination = shift[block_keys[inner]]
-        destination += ramp[:len(inner)]
-        inner += lo
-        order[destination] = inner
-    return order
+        block_lengths = piece_lengths[lo:lo + block]
+        m = len(block_lengths)
+        keys = sorted_keys[:m]
+        np.subtract(ctx, block_lengths, out=keys, casting="unsafe")
+        keys <<= position_bits
+        keys |= key_ramp[:m]
+        keys.sort()
+        # The k-th piece of the block's own order goes to k + (the next slot of its key overall)
+        # - (where its key starts within the block).
+        in_block = block_counts[b, ::-1]
+        destination = np.repeat(next_slot - (np.cumsum(in_block) - in_block), in_block)
+        destination += ramp[:m]
+        keys &= (1 << position_bits) - 1  # the positions in the block, in the block's own order
+        if lo:
+            keys += lo
+        # Of the same width as the order, the keys scatter without a cast (measured: a third faster).
+        order[destination] = keys.view(order.dtype) if keys.itemsize == order.itemsize else keys
+        next_slot += in_block
+    return order, counts
 
 
-_SORT_BLOCK = 1 << 15  # pieces sorted at once by descending_order (measured: 2**14 to 2**17 about alike)
+_SORT_BLOCK = 1 << 16  # pieces sorted at once by longest_first (measured: 2**15 to 2**17 about alike)
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,9 @@ class Placement:
 
     Kept in the planner's longest-first order: piece ``order[i]`` goes to sequence ``sorted_bin[i]`` at token
     ``sorted_offset[i]``. ``bin`` and ``offset`` give the same indexed like the pieces passed to ``assign_slots``.
+    The arrays are as narrow as their values allow, to halve the memory traffic of 100M pieces: ``order`` and
+    ``sorted_bin`` int32 below 2**31 pieces (int64 beyond), ``sorted_offset`` int16 up to ctx 32768
+    (``offset_dtype``). Widen them (``astype(np.int64)``) before arithmetic that can leave those ranges.
     """
 
     n_bins: int
@@ -200,39 +218,66 @@ def _unsort(order: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray) -> Placement:
+def assign_slots(plan: CapacityPlan, piece_lengths: np.ndarray, order: np.ndarray | None = None) -> Placement:
     """Give every piece its sequence and offset, following the plan's events.
 
-    One vectorised step per event (a few thousand events, however many pieces): event ``e`` takes the next
-    ``n_pieces[e]`` pieces of the longest-first order, ``per_bin[e]`` to a sequence. No per-piece index arrays are
-    built, which keeps memory traffic near one write per piece.
+    ``order`` is ``longest_first(piece_lengths, plan.ctx)[0]`` when the caller has it already. Event ``e`` takes
+    the next ``n_pieces[e]`` pieces of the longest-first order, ``per_bin[e]`` to a sequence: seen as a table of
+    one row a sequence, its sequences are a ramp down the rows and its offsets the same in every row, written in
+    cache-sized steps without index arrays, so memory traffic stays near one write per piece.
     """
     piece_lengths = np.asarray(piece_lengths)
     n = len(piece_lengths)
     if n != plan.pieces:
         raise ValueError(f"plan is for {plan.pieces} pieces, got {n}")
-    index_dtype = np.int32 if max(n, plan.n_bins, plan.ctx) < 2**31 - 1 else np.int64
-    order = descending_order(piece_lengths, plan.ctx)
-    bins = np.empty(n, dtype=index_dtype)
-    offsets = np.empty(n, dtype=index_dtype)
-    ramp = np.arange(int(plan.n_pieces.max()) if n else 0, dtype=index_dtype)
+    if order is None:
+        order = longest_first(piece_lengths, plan.ctx)[0]
+    bins = np.empty(n, dtype=np.int32 if max(n, plan.n_bins) < 2**31 else np.int64)
+    offsets = np.empty(n, dtype=offset_dtype(plan.ctx))
+    ramp = np.arange(max(_SLOT_STEP, plan.ctx), dtype=np.int64)
     lo = 0
     # Events are contiguous runs of the longest-first order, so every write below is sequential.
     for size, count, first_bin, per_bin, start in zip(plan.size.tolist(), plan.n_pieces.tolist(),
                                                       plan.first_bin.tolist(), plan.per_bin.tolist(),
                                                       plan.start_offset.tolist(), strict=True):
-        hi = lo + count
-        if per_bin == 1:
-            np.add(ramp[:count], first_bin, out=bins[lo:hi])
-            offsets[lo:hi] = start
-        else:
-            seq, slot = np.divmod(ramp[:count], per_bin)
-            np.add(seq, first_bin, out=bins[lo:hi])
-            window = offsets[lo:hi]
-            np.multiply(slot, size, out=window)
-            np.add(window, start, out=window)
-        lo = hi
+        full, rest = divmod(count, per_bin)  # full sequences, and pieces left for one more (one of them is 0)
+        row_offsets = ramp[:min(per_bin, count)] * size + start
+        rows_per_step = max(1, _SLOT_STEP // per_bin)
+        for row in range(0, full, rows_per_step):
+            k = min(rows_per_step, full - row)
+            a = lo + row * per_bin
+            _write_rows(bins[a:a + k * per_bin].reshape(k, per_bin), offsets[a:a + k * per_bin].reshape(k, per_bin),
+                        ramp[:k], first_bin + row, row_offsets)
+        if rest:
+            a = lo + full * per_bin
+            bins[a:a + rest] = first_bin + full
+            offsets[a:a + rest] = row_offsets[:rest]
+        lo += count
     return Placement(plan.n_bins, order, bins, offsets)
+
+
+def offset_dtype(ctx: int) -> type[np.signedinteger]:
+    """Offsets lie in ``0..ctx-1``: int16 up to ctx 32768, int32 beyond."""
+    return np.int16 if ctx <= 1 << 15 else np.int32 if ctx <= 1 << 31 else np.int64
+
+
+def _write_rows(bins: np.ndarray, offsets: np.ndarray, ramp: np.ndarray, first_bin: int,
+                row_offsets: np.ndarray) -> None:
+    """Row ``r`` of the tables ``bins`` and ``offsets`` (one row a sequence) gets sequence ``first_bin + r`` and
+    the offsets ``row_offsets``. Narrow rows are written a column at a time (measured: numpy's broadcast over
+    rows of 2 or 3 entries is several times slower), wide ones a row at a time."""
+    per_bin = bins.shape[1]
+    if per_bin < _WIDE_ROW:
+        for j in range(per_bin):
+            np.add(ramp, first_bin, out=bins[:, j], casting="unsafe")
+            offsets[:, j] = row_offsets[j]
+    else:
+        np.add(ramp[:, None], first_bin, out=bins, casting="unsafe")
+        offsets[:] = row_offsets
+
+
+_SLOT_STEP = 1 << 16  # pieces written at once by assign_slots: the slices stay in the cache
+_WIDE_ROW = 8  # from this many pieces a sequence, assign_slots writes whole rows (measured, docs/benchmarks.md)
 
 
 def plan_pieces(piece_lengths: np.ndarray, ctx: int) -> Placement:
@@ -240,5 +285,5 @@ def plan_pieces(piece_lengths: np.ndarray, ctx: int) -> Placement:
     piece_lengths = np.asarray(piece_lengths)
     if piece_lengths.size and (piece_lengths.min() < 1 or piece_lengths.max() > ctx):
         raise ValueError("piece lengths must lie in 1..ctx")
-    counts = np.bincount(piece_lengths, minlength=ctx + 1)
-    return assign_slots(plan_capacities(counts, ctx), piece_lengths)
+    order, counts = longest_first(piece_lengths, ctx)
+    return assign_slots(plan_capacities(counts, ctx), piece_lengths, order)

@@ -255,53 +255,85 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool | np.ndarray, long_docs
     First comes each kept document's first piece, in document order, then the further pieces of split documents
     (in document order, each document's in token order). Nearly every document is one piece, so the first part is
     a few sequential passes over the lengths, and only split documents cost more.
-    ``doc`` and ``start`` are int32 whenever the values fit (they nearly always do): half the memory traffic.
+    ``length`` is int32; ``doc`` and ``start`` are int32 whenever their values fit (they nearly always do; see
+    ``_index_dtype``). The three arrays are the only ones as long as the pieces that this builds: everything else is
+    written into them in place or in cache-sized chunks, because at 100M documents every fresh array costs more in
+    first touches of memory than the work done in it (docs/benchmarks.md, "Planner").
     """
     doc_lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(eos, np.ndarray) or eos:
         doc_lengths = packed_lengths(doc_lengths, eos)
-    long_doc = np.flatnonzero(doc_lengths > ctx)
+    long_doc = _longer_than(doc_lengths, ctx)
     long_lengths = doc_lengths[long_doc]
-    keep = doc_lengths > 0
-    empty_documents = len(keep) - int(np.count_nonzero(keep))
+    empty_documents = len(doc_lengths) - int(np.count_nonzero(doc_lengths))
     extra = np.zeros(0, dtype=np.int64)  # pieces after the first, per long document
     dropped_documents = dropped_tokens = clipped = 0
     if long_docs == "split":
-        extra = (long_lengths - 1) // ctx
+        extra = long_lengths - 1
+        extra //= ctx  # >= 1: every long document is split
     elif long_docs == "drop":
-        keep[long_doc] = False
         dropped_documents, dropped_tokens = len(long_doc), int(long_lengths.sum())
     else:
         clipped, dropped_tokens = len(long_doc), int((long_lengths - ctx).sum())
-    all_kept = empty_documents == 0 and dropped_documents == 0
-    doc_dtype = np.int32 if len(keep) < 2**31 else np.int64
-    start_dtype = np.int32 if not len(long_lengths) or long_lengths.max() < 2**31 else np.int64
-    kept = np.arange(len(keep), dtype=doc_dtype) if all_kept else np.flatnonzero(keep).astype(doc_dtype)
-    first_lengths = np.empty(len(kept), dtype=np.int32)
-    np.minimum(doc_lengths if all_kept else doc_lengths[kept], ctx, out=first_lengths, casting="unsafe")
+    n_first = len(doc_lengths) - empty_documents - dropped_documents
     n_extra = int(extra.sum())
-    if not n_extra:  # one piece per kept document
-        return Pieces(kept, np.zeros(len(kept), dtype=start_dtype), first_lengths, documents=len(kept),
-                      empty_documents=empty_documents, tokens=int(first_lengths.sum()),
-                      dropped_documents=dropped_documents, dropped_tokens=dropped_tokens, clipped_documents=clipped,
-                      truncated_documents=0, truncations=0)
-    split = extra > 0
-    split_doc, extra = long_doc[split], extra[split]
-    # Every kept document's first piece, in document order, then the later pieces of split documents.
-    n_first = len(kept)
-    doc = np.empty(n_first + n_extra, dtype=doc_dtype)
-    doc[:n_first] = kept
-    doc[n_first:] = np.repeat(split_doc, extra)
+    doc = np.empty(n_first + n_extra, dtype=_index_dtype(len(doc_lengths)))
+    start = np.zeros(n_first + n_extra, dtype=_index_dtype(int(long_lengths.max()) if len(long_lengths) else 0))
     length = np.empty(n_first + n_extra, dtype=np.int32)
-    length[:n_first] = first_lengths
-    start = np.zeros(n_first + n_extra, dtype=start_dtype)
-    chunk = np.arange(1, n_extra + 1, dtype=np.int64) - np.repeat(np.cumsum(extra) - extra, extra)
-    chunk_start = chunk * ctx
-    start[n_first:] = chunk_start
-    length[n_first:] = np.minimum(np.repeat(doc_lengths[split_doc], extra) - chunk_start, ctx)
-    return Pieces(doc, start, length, documents=len(kept), empty_documents=empty_documents,
+    if n_first == len(doc_lengths):  # every document kept: its index is its position
+        _fill_ramp(doc[:n_first])
+        np.minimum(doc_lengths, ctx, out=length[:n_first], casting="unsafe")
+    else:
+        keep = doc_lengths > 0
+        if dropped_documents:
+            keep[long_doc] = False
+        doc[:n_first] = np.flatnonzero(keep)
+        np.minimum(doc_lengths[doc[:n_first]], ctx, out=length[:n_first], casting="unsafe")
+    if n_extra:
+        _further_pieces(long_doc, long_lengths, extra, ctx, doc[n_first:], start[n_first:], length[n_first:])
+    return Pieces(doc, start, length, documents=n_first, empty_documents=empty_documents,
                   tokens=int(length.sum()), dropped_documents=dropped_documents, dropped_tokens=dropped_tokens,
                   clipped_documents=clipped, truncated_documents=len(extra), truncations=n_extra)
+
+
+def _index_dtype(largest: int) -> type[np.signedinteger]:
+    """int32 for indices and offsets that stay below 2**31, int64 beyond."""
+    return np.int32 if largest < 2**31 else np.int64
+
+
+def _fill_ramp(out: np.ndarray) -> None:
+    """``out[:] = 0, 1, 2, ...`` without a temporary as long as ``out``."""
+    ramp = np.arange(min(len(out), _CHUNK), dtype=out.dtype)
+    for lo in range(0, len(out), _CHUNK):
+        np.add(ramp[:len(out) - lo], lo, out=out[lo:lo + _CHUNK])
+
+
+_CHUNK = 1 << 16  # entries per step of the chunked passes: their temporaries stay in the cache
+
+
+def _longer_than(doc_lengths: np.ndarray, ctx: int) -> np.ndarray:
+    """Indices of the documents longer than ``ctx``, one cache-sized chunk at a time."""
+    parts = [np.flatnonzero(doc_lengths[lo:lo + _CHUNK] > ctx) + lo for lo in range(0, len(doc_lengths), _CHUNK)]
+    return np.concatenate(parts, dtype=_index_dtype(len(doc_lengths))) if parts else np.zeros(0, dtype=np.int32)
+
+
+def _further_pieces(long_doc: np.ndarray, long_lengths: np.ndarray, extra: np.ndarray, ctx: int, doc: np.ndarray,
+                    start: np.ndarray, length: np.ndarray) -> None:
+    """Write the pieces after the first of each long document (``extra`` of them, from token ``ctx`` on, the last
+    one what is left) into ``doc``, ``start`` and ``length``, for a cache-sized chunk of documents at a time."""
+    lo = 0
+    for first in range(0, len(extra), _CHUNK):
+        chunk_extra = extra[first:first + _CHUNK]
+        hi = lo + int(chunk_extra.sum())
+        doc[lo:hi] = np.repeat(long_doc[first:first + _CHUNK], chunk_extra)
+        # Piece k (1, 2, ...) of its document starts at k * ctx.
+        piece_start = np.arange(1, hi - lo + 1, dtype=np.int64)
+        piece_start -= np.repeat(np.cumsum(chunk_extra) - chunk_extra, chunk_extra)
+        piece_start *= ctx
+        start[lo:hi] = piece_start
+        np.minimum(np.repeat(long_lengths[first:first + _CHUNK], chunk_extra) - piece_start, ctx, out=length[lo:hi],
+                   casting="unsafe")
+        lo = hi
 
 
 def span_steps(lengths: np.ndarray, step_tokens: int) -> Iterator[tuple[int, int, np.ndarray]]:

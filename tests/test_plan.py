@@ -74,6 +74,22 @@ def test_plan_equals_reference_bfd(case: tuple[int, list[int]], long_docs: str) 
     assert free_space_multiset(plan.free_space()) == free_space_multiset(reference.free_space())
 
 
+def test_make_pieces_widens_starts_only_past_int32() -> None:
+    """Starts are int32 while every document has fewer than 2**31 tokens, int64 from there; no tokens are needed
+    to cut so long a document, only its length."""
+    from bestfit_cli.window import _index_dtype
+
+    assert _index_dtype(2**31 - 1) is np.int32 and _index_dtype(2**31) is np.int64
+    ctx = 2**30
+    for longest, dtype in ((2**31 - 1, np.int32), (2**31 + 5, np.int64)):
+        got = make_pieces(np.array([3, longest, 0, ctx], dtype=np.int64), ctx, False, "split")
+        assert got.start.dtype == dtype and got.doc.dtype == np.int32 and got.length.dtype == np.int32
+        expected = reference_pieces([3, longest, 0, ctx], ctx)
+        in_order = [p for p in expected if p[1] == 0] + [p for p in expected if p[1] > 0]
+        assert list(zip(got.doc.tolist(), got.start.tolist(), got.length.tolist(), strict=True)) == in_order
+        assert got.tokens == 3 + longest + ctx
+
+
 @given(pieces())
 def test_placement_is_valid_and_matches_plan(case: tuple[int, list[int]]) -> None:
     ctx, lengths = case
@@ -102,15 +118,25 @@ def test_sequences_open_longest_first(case: tuple[int, list[int]]) -> None:
     assert np.all(np.diff(opener) <= 0)
 
 
-@given(corpus(), st.sampled_from(LONG_DOC_POLICIES), st.booleans())
-def test_make_pieces_matches_reference_cutting(case: tuple[int, list[int]], long_docs: str, eos: bool) -> None:
+@given(corpus(), st.sampled_from(LONG_DOC_POLICIES), st.booleans(), st.sampled_from([1, 2, 1 << 16]))
+def test_make_pieces_matches_reference_cutting(case: tuple[int, list[int]], long_docs: str, eos: bool,
+                                               chunk: int) -> None:
+    from bestfit_cli import window
+
     ctx, doc_lengths = case
     raw = np.array(doc_lengths, dtype=np.int64)
     packed = [n + 1 if eos and n else n for n in doc_lengths]
-    got = make_pieces(raw, ctx, eos, long_docs)  # type: ignore[arg-type]
+    saved = window._CHUNK
+    window._CHUNK = chunk  # make_pieces works in chunks of documents: here, often several
+    try:
+        got = make_pieces(raw, ctx, eos, long_docs)  # type: ignore[arg-type]
+    finally:
+        window._CHUNK = saved
     expected = reference_pieces(packed, ctx, long_docs)
-    # The same pieces (their order is the planner's business: first pieces, then split documents' further ones).
-    assert sorted(zip(got.doc.tolist(), got.start.tolist(), got.length.tolist(), strict=True)) == sorted(expected)
+    # The same pieces in the order the planner breaks ties by (so the output depends on it): every document's
+    # first piece in document order, then the further pieces of split documents, in document and token order.
+    in_order = [p for p in expected if p[1] == 0] + [p for p in expected if p[1] > 0]
+    assert list(zip(got.doc.tolist(), got.start.tolist(), got.length.tolist(), strict=True)) == in_order
     long_ = [n for n in packed if n > ctx]
     per_doc = Counter(doc for doc, _, _ in expected)
     assert got.tokens == sum(n for _, _, n in expected)
@@ -228,8 +254,8 @@ def test_plan_size_does_not_grow_with_documents() -> None:
 
 @given(pieces(), st.sampled_from([1, 3, 64]))
 def test_longest_first_order_by_blocks_is_the_stable_sort(case: tuple[int, list[int]], block: int) -> None:
-    """descending_order sorts by blocks (here a few pieces each, so every case takes the block path) and must give
-    exactly numpy's stable argsort: longest first, ties in input order."""
+    """longest_first sorts by blocks (here a few pieces each, so most cases take several blocks) and must give
+    exactly numpy's stable argsort: longest first, ties in input order; and the piece counts by length."""
     from bestfit_cli import plan
 
     ctx, lengths = case
@@ -237,18 +263,86 @@ def test_longest_first_order_by_blocks_is_the_stable_sort(case: tuple[int, list[
     saved = plan._SORT_BLOCK
     plan._SORT_BLOCK = block
     try:
-        order = plan.descending_order(pieces_, ctx)
+        order, counts = plan.longest_first(pieces_, ctx)
     finally:
         plan._SORT_BLOCK = saved
     assert order.tolist() == np.argsort(ctx - pieces_, kind="stable").tolist()
+    assert counts.tolist() == np.bincount(pieces_, minlength=ctx + 1).tolist()
 
 
 @pytest.mark.parametrize("ctx", [2048, 70_000])
 def test_longest_first_order_over_many_blocks(ctx: int) -> None:
+    """Many full blocks, ties across blocks; at ctx 70,000 the sort keys need 64 bits (a position in a block of
+    16 * ctx pieces and a key of 17 bits), at 2048 they fit 32."""
     from bestfit_cli import plan
 
     rng = np.random.default_rng(ctx)
     lengths = np.minimum(rng.lognormal(5.5, 1.5, 40 * plan._SORT_BLOCK).astype(np.int64) + 1, ctx)
     lengths[::7] = ctx  # many ties
-    order = plan.descending_order(lengths, ctx)
+    order, counts = plan.longest_first(lengths.astype(np.int32), ctx)
+    assert order.dtype == np.int32
     assert np.array_equal(order, np.argsort(ctx - lengths, kind="stable"))
+    assert np.array_equal(counts, np.bincount(lengths, minlength=ctx + 1))
+
+
+def expand_events(plan: CapacityPlan, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every piece's sequence and offset, event by event, one piece at a time (what assign_slots must write)."""
+    bins, offsets = np.empty(plan.pieces, dtype=np.int64), np.empty(plan.pieces, dtype=np.int64)
+    i = 0
+    for size, count, first_bin, per_bin, start in zip(plan.size.tolist(), plan.n_pieces.tolist(),
+                                                      plan.first_bin.tolist(), plan.per_bin.tolist(),
+                                                      plan.start_offset.tolist(), strict=True):
+        for k in range(count):
+            bins[i], offsets[i] = first_bin + k // per_bin, start + (k % per_bin) * size
+            i += 1
+    return bins, offsets
+
+
+@given(pieces(), st.sampled_from([1, 2, 5]))
+def test_slots_written_in_steps_are_the_events(case: tuple[int, list[int]], step: int) -> None:
+    """assign_slots writes each event in steps of whole sequences (a few here, so events span many steps, with
+    narrow rows a column at a time and wide ones a row at a time): the same slots as the events spelt out."""
+    from bestfit_cli import plan as plan_module
+
+    ctx, lengths = case
+    piece_lengths = np.array(lengths, dtype=np.int64)
+    order, counts = plan_module.longest_first(piece_lengths, ctx)
+    plan = plan_capacities(counts, ctx)
+    saved = plan_module._SLOT_STEP
+    plan_module._SLOT_STEP = step
+    try:
+        placement = assign_slots(plan, piece_lengths, order)
+    finally:
+        plan_module._SLOT_STEP = saved
+    bins, offsets = expand_events(plan, order)
+    assert placement.sorted_bin.tolist() == bins.tolist()
+    assert placement.sorted_offset.tolist() == offsets.tolist()
+    assert placement.order.tolist() == order.tolist()
+
+
+@pytest.mark.parametrize(("ctx", "dtype"), [(32_768, np.int16), (32_769, np.int32)])
+def test_offsets_take_the_narrowest_type_that_holds_ctx_minus_one(ctx: int, dtype: type) -> None:
+    """ctx pieces of one token fill one sequence, the last at offset ctx - 1: int16 holds 32,767, not 32,768."""
+    from bestfit_cli.plan import offset_dtype
+
+    assert offset_dtype(ctx) is dtype
+    placement = plan_pieces(np.ones(ctx, dtype=np.int32), ctx)
+    assert placement.sorted_offset.dtype == dtype
+    assert placement.n_bins == 1
+    assert placement.sorted_offset.astype(np.int64).tolist() == list(range(ctx))
+
+
+def test_large_events_fill_many_slot_steps() -> None:
+    """Events far longer than one write step (200,000 full-length pieces; 3 and 7 pieces a sequence)."""
+    from bestfit_cli import plan as plan_module
+
+    lengths = np.concatenate([np.full(200_000, 64), np.full(300_001, 21), np.full(140_003, 9),
+                              np.arange(1, 65).repeat(50)]).astype(np.int32)
+    lengths = lengths[np.random.default_rng(3).permutation(len(lengths))]
+    order, counts = plan_module.longest_first(lengths, 64)
+    plan = plan_capacities(counts, 64)
+    placement = assign_slots(plan, lengths, order)
+    assert max(plan.n_pieces.tolist()) > 3 * plan_module._SLOT_STEP
+    bins, offsets = expand_events(plan, order)
+    assert np.array_equal(placement.sorted_bin, bins) and np.array_equal(placement.sorted_offset, offsets)
+    check_placement(placement, lengths.astype(np.int64), 64)
