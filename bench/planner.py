@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import bisect
 import gc
+import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 
 from bestfit_cli.pipeline import place
+from bestfit_cli.plan import assign_slots, longest_first, plan_capacities
 from bestfit_cli.window import make_pieces
 
 from .common import log, save
@@ -38,6 +41,48 @@ def bestfit_plan(lengths: np.ndarray, ctx: int) -> int:
     pieces = make_pieces(lengths, ctx, eos=False, long_docs="split")
     placement = place(pieces, ctx)
     return placement.n_bins
+
+
+def profile(n: int = 100_000_000, ctx: int = 2048, repeats: int = 3) -> list[dict[str, Any]]:
+    """``bestfit_plan`` stage by stage (``place`` spelt out), wall and CPU (user, system) seconds of each, and the
+    arrays as long as the pieces that the result holds. System time is mostly page faults: first touches of
+    memory, which on this VM cost more than the work done in it (docs/benchmarks.md, "Planner").
+
+    ``python -c "from bench.planner import profile; profile(100_000_000, 2048, 3)"``
+    """
+    lengths = lognormal_lengths(n)
+    rows = []
+    for run in range(repeats):
+        gc.collect()
+        stages: dict[str, list[float]] = {}
+        pieces = _stage(stages, "make_pieces", make_pieces, lengths, ctx, False, "split")
+        order, counts = _stage(stages, "longest_first", longest_first, pieces.length, ctx)
+        plan = _stage(stages, "plan_capacities", plan_capacities, counts, ctx)
+        placement = _stage(stages, "assign_slots", assign_slots, plan, pieces.length, order)
+        arrays = {name: f"{a.dtype} {a.nbytes / 2**20:,.0f} MiB" for name, a in
+                  (("doc", pieces.doc), ("start", pieces.start), ("length", pieces.length),
+                   ("order", placement.order), ("sorted_bin", placement.sorted_bin),
+                   ("sorted_offset", placement.sorted_offset))}
+        row = {"run": run, "documents": n, "ctx": ctx, "pieces": len(pieces.length), "events": len(plan.size),
+               "sequences": placement.n_bins, "stages": stages, "arrays": arrays,
+               "load_average": round(os.getloadavg()[0], 2)}
+        totals = [round(sum(s[i] for s in stages.values()), 2) for i in range(3)]
+        print(f"run {run}: wall {totals[0]} s, user {totals[1]} s, sys {totals[2]} s, load {row['load_average']}; "
+              + ", ".join(f"{k} {v[0]}/{v[1]}/{v[2]}" for k, v in stages.items()), file=sys.stderr, flush=True)
+        rows.append(row)
+        del pieces, order, counts, plan, placement
+    print(f"arrays: {rows[-1]['arrays']}", file=sys.stderr)
+    return rows
+
+
+def _stage(stages: dict[str, list[float]], name: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, its wall, user and system seconds recorded in ``stages[name]``."""
+    started, cpu = time.perf_counter(), os.times()
+    result = fn(*args)
+    done = os.times()
+    stages[name] = [round(time.perf_counter() - started, 3), round(done.user - cpu.user, 3),
+                    round(done.system - cpu.system, 3)]
+    return result
 
 
 def _pieces_longest_first(lengths: np.ndarray, ctx: int) -> list[int]:

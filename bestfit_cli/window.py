@@ -202,7 +202,8 @@ def window_bounds(raw_lengths: np.ndarray, window_tokens: int, window_documents:
 class Pieces:
     """What the planner places: piece ``i`` is ``length[i]`` tokens of window document ``doc[i]`` from ``start[i]``.
 
-    Lengths count the appended EOS token. ``dropped_*`` count what the long-document policy removed.
+    Lengths count the appended EOS token. ``dropped_*`` count what the long-document policy removed. The arrays are
+    narrow (``make_pieces``): widen them before arithmetic that can leave their range.
     """
 
     doc: np.ndarray
@@ -255,10 +256,11 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool | np.ndarray, long_docs
     First comes each kept document's first piece, in document order, then the further pieces of split documents
     (in document order, each document's in token order). Nearly every document is one piece, so the first part is
     a few sequential passes over the lengths, and only split documents cost more.
-    ``length`` is int32; ``doc`` and ``start`` are int32 whenever their values fit (they nearly always do; see
-    ``_index_dtype``). The three arrays are the only ones as long as the pieces that this builds: everything else is
-    written into them in place or in cache-sized chunks, because at 100M documents every fresh array costs more in
-    first touches of memory than the work done in it (docs/benchmarks.md, "Planner").
+    The arrays are as narrow as their values allow: ``length`` int16 up to ctx 32767 (else int32), ``doc`` and
+    ``start`` int32 whenever their values fit (they nearly always do; see ``_index_dtype``). They are the only
+    arrays as long as the pieces that this builds: everything else is written into them in place or in
+    cache-sized chunks, because at 100M documents every fresh array costs more in first touches of memory than
+    the work done in it (docs/benchmarks.md, "Planner").
     """
     doc_lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(eos, np.ndarray) or eos:
@@ -279,7 +281,7 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool | np.ndarray, long_docs
     n_extra = int(extra.sum())
     doc = np.empty(n_first + n_extra, dtype=_index_dtype(len(doc_lengths)))
     start = np.zeros(n_first + n_extra, dtype=_index_dtype(int(long_lengths.max()) if len(long_lengths) else 0))
-    length = np.empty(n_first + n_extra, dtype=np.int32)
+    length = np.empty(n_first + n_extra, dtype=np.int16 if ctx < 1 << 15 else np.int32)
     if n_first == len(doc_lengths):  # every document kept: its index is its position
         _fill_ramp(doc[:n_first])
         np.minimum(doc_lengths, ctx, out=length[:n_first], casting="unsafe")

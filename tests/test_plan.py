@@ -90,6 +90,18 @@ def test_make_pieces_widens_starts_only_past_int32() -> None:
         assert got.tokens == 3 + longest + ctx
 
 
+@pytest.mark.parametrize(("ctx", "dtype"), [(32_767, np.int16), (32_768, np.int32)])
+def test_piece_lengths_are_int16_while_ctx_fits(ctx: int, dtype: type) -> None:
+    """A piece holds up to ctx tokens: int16 holds 32,767, not 32,768; the plan is the same either way."""
+    got = make_pieces(np.array([2 * ctx + 1, ctx, 5], dtype=np.int64), ctx, False, "split")
+    assert got.length.dtype == dtype
+    assert got.length.tolist() == [ctx, ctx, 5, ctx, 1] and got.tokens == 3 * ctx + 6
+    placement = plan_pieces(got.length, ctx)
+    wide = plan_pieces(got.length.astype(np.int64), ctx)
+    assert placement.n_bins == wide.n_bins == 4
+    assert placement.bin.tolist() == wide.bin.tolist() and placement.offset.tolist() == wide.offset.tolist()
+
+
 @given(pieces())
 def test_placement_is_valid_and_matches_plan(case: tuple[int, list[int]]) -> None:
     ctx, lengths = case
