@@ -266,7 +266,7 @@ def cli() -> None:
 @click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
               help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Windows packed in parallel (0: one per usable core).")
+              help="Windows packed in parallel, and processes parsing JSONL (0: one per usable core).")
 @click.option("--format", "output_format", type=click.Choice(list(FORMATS)), default="parquet", show_default=True,
               help="Shard format: Parquet, or Megatron's indexed dataset (.bin + .idx; needs --eos-id and a --pad-id "
                    "other than it; docs/training.md#megatron).")
@@ -294,9 +294,10 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     Writes fixed-length shards (Parquet, or Megatron's .bin + .idx), stats.json and, last, manifest.json to the
     folder OUT.
     """
-    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions, steady_heap
+    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions
     from .pipeline import pack as run_pack
     from .report import render_report
+    from .resources import steady_heap
 
     memory, window_tokens = _memory_or_window(memory, window_tokens)
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, eos_mode=eos_mode, pad_id=pad_id,

@@ -8,7 +8,6 @@ thread pool; results are collected in window order, so the output does not depen
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +42,7 @@ from .read import (
     read_inputs,
 )
 from .report import PackStats, Report
+from .resources import usable_cores
 from .strategies import ConcatCounts, concat_counts
 from .training import TRAINING_COLUMNS
 from .window import (
@@ -71,34 +71,6 @@ MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
 GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound index arrays
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
-
-
-def steady_heap(threshold: int = 1 << 20, keep_free: int = 1 << 25) -> None:
-    """Keep glibc's heap from creeping up window after window (for a process that runs ``pack``).
-
-    glibc raises its mmap threshold each time a large block is freed, so later buffers of a few MB land on the
-    heap, where freed space is rarely returned: peak memory then grows for the first dozen windows. A fixed
-    threshold keeps it flat (measured in docs/benchmarks.md). Fixing it also fixes glibc's trim threshold at
-    128 KiB, so the heap's free top was handed back and faulted in again all the time (the JSONL reader's
-    buffers): up to ``keep_free`` bytes of it are kept instead. Does nothing where glibc's ``mallopt`` is absent.
-    """
-    import ctypes
-    import ctypes.util
-
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_mmap_threshold, threshold)
-        libc.mallopt(m_trim_threshold, keep_free)
-    except (OSError, AttributeError):
-        pass
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -494,7 +466,9 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                           fix="leave them out, or convert this input to Parquet with its columns")
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
-                            split_at=opts.split_at, stream_dtype=opts.stream_dtype)
+                            split_at=opts.split_at, stream_dtype=opts.stream_dtype,
+                            # JSONL parsed on every worker's core; under --memory, in this process only
+                            parse_workers=1 if opts.memory else opts.resolved_workers)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)

@@ -239,6 +239,7 @@ class RayEngine:
         """A ``read.read_lengths`` stand-in for ``stats.read_corpus_lengths``: every file's lengths read at once,
         one task per file, handed on in input order (each file's error when its turn comes)."""
         check_inputs(files)
+        opts = replace(opts, parse_workers=1)  # a task holds one CPU: it parses in its own process
         ray = _ray()
         task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_lengths_task)
         refs = {index: task.remote(file, index, opts) for index, file in enumerate(files)}
@@ -260,6 +261,7 @@ class RayEngine:
         """Plan the windows, pack each as a task, and return the results, each window's kept lengths (for the
         concatenation baseline) and the per-file counts, in window order; raises the first failure in input
         order after cancelling every task still running."""
+        read_opts = replace(read_opts, parse_workers=1)  # a task holds one CPU: it parses in its own process
         check_inputs(files)
         ray = _ray()
         counts = InputCounts.for_files(len(files))

@@ -157,6 +157,7 @@ class ReadOptions:
         return (*self.keep, *(c.name for c in self.keep_token))
     split_at: int | None = None  # flat token streams: the separator id that ends each document
     stream_dtype: str | None = None  # a raw .bin stream: the type of its ids (a .npy says its own)
+    parse_workers: int = 1  # JSONL: processes parsing a file's lines (formats/jsonl_workers.py); never the output
 
     @property
     def skip_bad(self) -> bool:
@@ -356,18 +357,29 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
     """Batches of every input file, in input order (what ``pack`` and ``verify`` both read); an empty file is an
     error, since it is almost always an interrupted copy."""
     types = carry.DocumentTypes(opts.keep)
-    for index, file in enumerate(files):
-        if file.size == 0:
-            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
-        for batch in read_file(file, index, opts):
-            if batch.columns:
-                batch = replace(batch, columns=types.conform(file.name, batch.columns))
-            counts.documents[index] += batch.n_docs
-            counts.skipped[index] += batch.skipped
-            if batch.content_sha256 is not None:
-                counts.content_sha256[index] = batch.content_sha256
-            counts.notes[index].extend(batch.notes)
-            yield batch
+    try:
+        for index, file in enumerate(files):
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            for batch in read_file(file, index, opts):
+                if batch.columns:
+                    batch = replace(batch, columns=types.conform(file.name, batch.columns))
+                counts.documents[index] += batch.n_docs
+                counts.skipped[index] += batch.skipped
+                if batch.content_sha256 is not None:
+                    counts.content_sha256[index] = batch.content_sha256
+                counts.notes[index].extend(batch.notes)
+                yield batch
+    finally:
+        close_readers()
+
+
+def close_readers() -> None:
+    """Release what reading started, in every format (JSONL's parse workers): at the end of a run's reading."""
+    from .formats import INPUT_FORMATS
+
+    for fmt in INPUT_FORMATS.values():
+        fmt.close()
 
 
 def input_format(file: InputFile) -> InputFormat:

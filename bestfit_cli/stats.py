@@ -37,8 +37,10 @@ from .read import (
     ReadOptions,
     Skipped,
     check_schemas,
+    close_readers,
     read_lengths,
 )
+from .resources import usable_cores
 from .strategies import (
     STRATEGIES,
     Strategy,
@@ -198,44 +200,47 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
     all_skipped = Skipped()
     read_so_far = 0
     names = ", ".join(f.name for f in files)
-    for index, file in enumerate(files):
-        if file.size == 0:
-            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
-        if file.format == "jsonl" and not file.is_stdin:
-            head = _peek(file)
-            if _HISTOGRAM_PREFIX.match(head):
-                hist, options = load_histogram_file(file)
-                saved, has_saved = saved + hist, True
-                described.append({"path": file.name, "format": "histogram", "documents": hist.documents,
-                                  "eos_id": options.get("eos_id")})
-                if progress is not None:
-                    progress(file.size or 0)
-                continue
-            if _is_json_document(file, head):
-                raise InputError(file.name, "holds one JSON document, neither JSON Lines nor a length histogram",
-                                 fix="pass token files, or histograms written by `bestfit histogram`")
-        documents = 0
-        done = 0
-        skipped = Skipped()
-        notes: list[str] = []
-        for batch in lengths_reader(file, index, opts):
-            chunks.append(batch.lengths)
-            documents += len(batch.lengths)
-            skipped += batch.skipped
-            notes.extend(batch.notes)
-            if batch.skipped.count:  # a count limit fails as soon as it is passed
-                limit.check(all_skipped + skipped, read_so_far + documents, names, final=False)
-            now = int((file.size or 0) * batch.fraction_done)
-            if progress is not None and now > done:
-                progress(now - done)
-                done = now
-        described.append({"path": file.name, "format": file.format, "documents": documents})
-        if skipped.count:
-            described[-1].update(skipped_records=skipped.count, skipped_first=list(skipped.where))
-        if notes:
-            described[-1]["notes"] = notes
-        all_skipped += skipped
-        read_so_far += documents
+    try:
+        for index, file in enumerate(files):
+            if file.size == 0:
+                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+            if file.format == "jsonl" and not file.is_stdin:
+                head = _peek(file)
+                if _HISTOGRAM_PREFIX.match(head):
+                    hist, options = load_histogram_file(file)
+                    saved, has_saved = saved + hist, True
+                    described.append({"path": file.name, "format": "histogram", "documents": hist.documents,
+                                      "eos_id": options.get("eos_id")})
+                    if progress is not None:
+                        progress(file.size or 0)
+                    continue
+                if _is_json_document(file, head):
+                    raise InputError(file.name, "holds one JSON document, neither JSON Lines nor a length histogram",
+                                     fix="pass token files, or histograms written by `bestfit histogram`")
+            documents = 0
+            done = 0
+            skipped = Skipped()
+            notes: list[str] = []
+            for batch in lengths_reader(file, index, opts):
+                chunks.append(batch.lengths)
+                documents += len(batch.lengths)
+                skipped += batch.skipped
+                notes.extend(batch.notes)
+                if batch.skipped.count:  # a count limit fails as soon as it is passed
+                    limit.check(all_skipped + skipped, read_so_far + documents, names, final=False)
+                now = int((file.size or 0) * batch.fraction_done)
+                if progress is not None and now > done:
+                    progress(now - done)
+                    done = now
+            described.append({"path": file.name, "format": file.format, "documents": documents})
+            if skipped.count:
+                described[-1].update(skipped_records=skipped.count, skipped_first=list(skipped.where))
+            if notes:
+                described[-1]["notes"] = notes
+            all_skipped += skipped
+            read_so_far += documents
+    finally:
+        close_readers()  # JSONL parse workers
     in_order = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
     histogram = LengthHistogram.from_lengths(in_order) + saved
     if histogram.documents == 0:
@@ -411,7 +416,7 @@ def run_stats(inputs: Sequence[str], opts: StatsOptions,
     """
     opts.validate()
     read_opts = ReadOptions(column=opts.column, dtype=opts.dtype, on_bad_record=opts.on_bad_record,
-                            split_at=opts.split_at, stream_dtype=opts.stream_dtype)
+                            split_at=opts.split_at, stream_dtype=opts.stream_dtype, parse_workers=usable_cores())
     limit = BadRecordLimit.parse(opts.max_bad_records)
     return compare(_read_with_progress(scan_inputs(inputs), read_opts, progress_factory, limit, engine, ray_address),
                    opts)
@@ -461,7 +466,7 @@ def measure_histogram(inputs: Sequence[str], column: str = "input_ids", eos_id: 
                           fix="use a smaller id, or a wider --dtype")  # the words pack and stats use
     PackOptions(ctx=1, split_at=split_at, stream_dtype=stream_dtype).validate()  # the words pack uses for them
     read_opts = ReadOptions(column=column, dtype=dtype, on_bad_record=on_bad_record, split_at=split_at,
-                            stream_dtype=stream_dtype)
+                            stream_dtype=stream_dtype, parse_workers=usable_cores())
     scan = scan_inputs(inputs)
     if output is not None:
         check_histogram_output(output, inputs, scan)

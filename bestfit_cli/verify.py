@@ -17,7 +17,7 @@ import os
 import posixpath
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ from .read import (
     Skipped,
     read_inputs,
 )
+from .resources import usable_cores
 from .training import TRAINING_COLUMNS, row_columns
 from .window import EOS_MODES, UNBOUNDED_TOKENS, Window, WindowBuffer, eos_appended, packed_lengths, span_steps
 
@@ -196,7 +197,7 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     _check_fingerprints(files, listed_inputs, result)
     _check_stats_file(fs, root, manifest, result)
     _check_window_claims(manifest, result)
-    reader = _InputDocs(files, opts.read, reserve_limit=_reserve_limit(files))
+    reader = _InputDocs(files, replace(opts.read, parse_workers=usable_cores()), reserve_limit=_reserve_limit(files))
     # Every window is checked, however many problems come up, so problem_count counts them all; only a window
     # that cannot be lined up with the inputs stops the check.
     for window in manifest["windows"]:

@@ -216,6 +216,9 @@ class InputFormat:
             if batch.first_row + batch.n_docs >= hi:
                 return
 
+    def close(self) -> None:
+        """Release what reading started (JSONL's parse workers); a later read starts it again. Nothing by default."""
+
     def signature(self, file: InputFile) -> str | None:
         """A hex digest of what identifies the file's contents beyond its size and time (a Parquet footer), cheap to
         compute, or None; recorded as the input's ``footer_sha256`` (``fingerprint.py``)."""

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,12 @@ def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
         return stream, lambda: size if raw.closed else raw.tell()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise unreadable(file, exc, "cannot open", "check the file and its compression") from None
+
+
+class Readable(Protocol):
+    """What the line reader needs of a stream: ``read(n)``, ``n`` bytes a time (fewer only at its end)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class LineTooLong(Exception):
@@ -77,8 +83,8 @@ class LineEnds:
 READ_BYTES = 1 << 19
 
 
-def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_size: int = READ_BYTES,
-           first_line: int = 1, ends: LineEnds | None = None) -> Iterator[bytes | bytearray]:
+def _lines(stream: Readable, max_line_bytes: int, digest: Any = None, chunk_size: int = READ_BYTES,
+           first_line: int = 1, ends: LineEnds | None = None, offset: int = 0) -> Iterator[bytes | bytearray]:
     """Lines of a binary stream, read in large chunks (pyarrow's streams have no readline), in linear time.
 
     The unfinished end of a chunk is kept in a growing buffer, so a line of any length is copied once, never
@@ -87,11 +93,15 @@ def _lines(stream: IO[bytes], max_line_bytes: int, digest: Any = None, chunk_siz
     a file of nothing but spaces reads in bounded memory. Every chunk also goes into ``digest`` (a hashlib
     object): the input's content fingerprint (``fingerprint.py``). ``first_line`` numbers the first line (a stream
     that starts mid-file, at a line's start); ``ends`` is told of every chunk, to say where a line ends.
+    ``offset`` is where the stream starts in the file: reads end where they would in a read from the file's start,
+    so a part of a file read on its own splits and measures its lines exactly as the whole file's read does.
     """
     line_no = first_line - 1  # lines finished so far
     tail = bytearray()
+    size = chunk_size - offset % chunk_size
     while True:
-        chunk = stream.read(chunk_size)
+        chunk = stream.read(size)
+        size = chunk_size
         if not chunk:
             break
         if digest is not None:
@@ -367,9 +377,10 @@ class _Pending:
                              for t, raw, slot in zip(chunk.texts, chunk.raws, chunk.slots, strict=True)]
                 for at, part in zip(chunk.slots, parts, strict=True):
                     self.slots[at] = part
-            for line in self.slots:
+            for at, line in enumerate(self.slots):
                 if isinstance(line, InputError):
                     if not self.opts.skip_bad:
+                        self._check_ids_before(at)  # an id out of range on an earlier line is the first error
                         self.clear()
                         raise line
                     skipped = skipped.record(line)
@@ -378,6 +389,29 @@ class _Pending:
             ids = np.concatenate(arrays).astype(np.int64, copy=False) if int(lengths.sum()) else _EMPTY
         self.clear()
         return ids, lengths, skipped
+
+    def _check_ids_before(self, at: int) -> None:
+        arrays = [s for s in self.slots[:at] if isinstance(s, np.ndarray)]
+        if not arrays:
+            return
+        lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        lines = self.lines[:at]
+        try:
+            check_ids(self.file, np.concatenate(arrays), offsets, 0, self.opts, lambda r: {"line": lines[r]})
+        except InputError:
+            self.clear()
+            raise
+
+    def raise_first_error(self) -> None:
+        """Reading cannot go on (``--on-bad-record error``): the first bad line of the batch so far, bad JSON or a
+        bad id, is the error, as it would be had the batch been read to its end; returns if there is none."""
+        lines = list(self.lines)
+        ids, lengths, _ = self.resolve()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        check_ids(self.file, ids, offsets, 0, self.opts, lambda r: {"line": lines[r]})
 
     def clear(self) -> None:
         self.slots.clear()
@@ -409,15 +443,37 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
     start = start if positioned else None
     if start is not None:
         _skip(file, stream, start.offset)
-    ends = LineEnds(start.offset if start is not None else 0) if positioned and checkpoints is not None else None
+    offset = start.offset if start is not None else 0
+    ends = LineEnds(offset) if positioned and checkpoints is not None else None
+    size = file.size
+
+    def done() -> float:
+        return min(file_position() / size, 1.0) if size else 0.0
+
+    try:
+        yield from read_lines(file, file_index, opts, stream, first_line=start.line if start is not None else 1,
+                              row=start.row if start is not None else 0, offset=offset, digest=hashlib.sha256(),
+                              done=done, ends=ends, checkpoints=checkpoints)
+    finally:
+        if not file.is_stdin:
+            stream.close()
+
+
+def read_lines(file: InputFile, file_index: int, opts: ReadOptions, stream: Readable, *, first_line: int = 1,
+               row: int = 0, offset: int = 0, digest: Any = None, done: Callable[[], float] = lambda: 0.0,
+               ends: LineEnds | None = None, checkpoints: list[Checkpoint] | None = None,
+               read_bytes: int | None = None) -> Iterator[DocBatch]:
+    """The records of ``stream``, the part of ``file`` from byte ``offset`` (a line's start), batch by batch:
+    its first line numbered ``first_line`` and its first record ``row``. The last batch, handed on even without
+    documents, carries the SHA-256 of the bytes read when ``digest`` is given; ``done()`` is the share of the file
+    read, for progress; ``read_bytes``, how much is read at a time (``READ_BYTES``). Bad lines fail or are skipped
+    as ``opts`` says, in line order, with their line numbers."""
     carried = opts.carried
     fast = fast_line_parser(opts.column) if FAST_JSONL else None
     # The fast path reads only the ids; a line whose other fields are carried takes the full parse.
     deferred = raw_ids_decoder(opts.column) if FAST_JSONL and not carried else None
     pending = _Pending(file, opts, fast)
     pending_carried: list[list[Any]] = [[] for _ in carried]  # per carried name, the value of each record
-    row = start.row if start is not None else 0
-    digest = hashlib.sha256()
 
     def flush() -> DocBatch:
         nonlocal row
@@ -433,12 +489,11 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
         def label(r: int) -> dict[str, int]:
             return {"line": lines[r - batch_start]}
 
-        done = min(file_position() / file.size, 1.0) if file.size else 0.0
         if opts.skip_bad:
             kept, offsets, _, more = drop_bad_ids(file, ids, offsets, opts, lambda i: {"line": lines[i]})
-            batch = DocBatch(file_index, row, offsets, kept, done, skipped.merged(more))
+            batch = DocBatch(file_index, row, offsets, kept, done(), skipped.merged(more))
         else:
-            batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done)
+            batch = DocBatch(file_index, row, offsets, check_ids(file, ids, offsets, row, opts, label), done())
         if carried:
             batch = _carried_from_json(file, batch, carried_values, lines, opts)
         row += batch.n_docs
@@ -469,30 +524,31 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
         for values, value in zip(pending_carried, found, strict=True):
             values.append(value)
 
-    first_line = start.line if start is not None else 1
     try:
-        for line_no, raw in enumerate(_lines(stream, opts.max_line_bytes, digest, first_line=first_line, ends=ends),
-                                      start=first_line):
+        lines = _lines(stream, opts.max_line_bytes, digest, read_bytes or READ_BYTES, first_line, ends, offset)
+        for line_no, raw in enumerate(lines, start=first_line):
             if raw.strip():
                 take(line_no, raw)
                 if pending.tokens >= BATCH_TOKENS or pending.held >= HELD_BYTES:
                     yield flush()
     except LineTooLong as exc:
         if not opts.skip_bad:
-            pending.resolve()  # a bad line before this one is the first error
-        raise InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may hold "
-                                    "in memory", line=exc.line_no,
-                         fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or check "
-                             "that the file really is JSON Lines") from None
+            pending.raise_first_error()  # a bad line before this one is the first error
+        raise line_too_long(file, opts, exc.line_no) from None
     except (pa.ArrowException, OSError, EOFError) as exc:
         if not opts.skip_bad:
-            pending.resolve()
+            pending.raise_first_error()
         raise unreadable(file, exc, "cannot read", "check the file and its compression") from None
-    finally:
-        if not file.is_stdin:
-            stream.close()
     # Always a last batch, even one without documents: it carries the content hash of the whole file.
-    yield replace(flush(), content_sha256=digest.hexdigest())
+    last = flush()
+    yield replace(last, content_sha256=digest.hexdigest()) if digest is not None else last
+
+
+def line_too_long(file: InputFile, opts: ReadOptions, line_no: int) -> InputError:
+    return InputError(file.name, f"line longer than {opts.max_line_bytes:,} bytes, the most one line may hold in "
+                                 "memory", line=line_no,
+                      fix="give a larger --memory (one line costs about 8 bytes of memory a byte), or check that "
+                          "the file really is JSON Lines")
 
 
 SKIP_BYTES = 1 << 23  # decompressed bytes read and dropped per step while a compressed stream skips ahead
@@ -545,6 +601,10 @@ class JsonlInput(InputFormat):
     carries_columns = True
 
     def read(self, file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
+        if opts.parse_workers > 1:
+            from .jsonl_workers import read_jsonl_parallel  # it imports this module
+
+            return read_jsonl_parallel(file, file_index, opts)
         return read_jsonl(file, file_index, opts)
 
     def read_checkpointed(self, file: InputFile, file_index: int, opts: ReadOptions,
@@ -554,6 +614,12 @@ class JsonlInput(InputFormat):
     def read_from(self, file: InputFile, file_index: int, opts: ReadOptions, start: Checkpoint | None
                   ) -> Iterator[DocBatch]:
         return read_jsonl(file, file_index, opts, start)
+
+    def close(self) -> None:
+        if "bestfit_cli.formats.jsonl_workers" in sys.modules:  # started only by a read on parse workers
+            from .jsonl_workers import PARSE_WORKERS
+
+            PARSE_WORKERS.close()
 
     def not_data(self, fs: pafs.FileSystem, path: str) -> str | None:
         """A ``*.json`` file that is one JSON document (indented metadata such as ``stats.json``, a JSON array) or

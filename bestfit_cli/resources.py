@@ -1,0 +1,33 @@
+"""What the process runs with: the cores it may use, and glibc's heap thresholds fixed for large arrays."""
+
+from __future__ import annotations
+
+import os
+
+
+def steady_heap(threshold: int = 1 << 20, keep_free: int = 1 << 25) -> None:
+    """Keep glibc's heap from creeping up window after window (for a process that runs ``pack``).
+
+    glibc raises its mmap threshold each time a large block is freed, so later buffers of a few MB land on the
+    heap, where freed space is rarely returned: peak memory then grows for the first dozen windows. A fixed
+    threshold keeps it flat (measured in docs/benchmarks.md). Fixing it also fixes glibc's trim threshold at
+    128 KiB, so the heap's free top was handed back and faulted in again all the time (the JSONL reader's
+    buffers): up to ``keep_free`` bytes of it are kept instead. Does nothing where glibc's ``mallopt`` is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, threshold)
+        libc.mallopt(m_trim_threshold, keep_free)
+    except (OSError, AttributeError):
+        pass
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
