@@ -265,9 +265,7 @@ def make_pieces(lengths: np.ndarray, ctx: int, eos: bool | np.ndarray, long_docs
     doc_lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(eos, np.ndarray) or eos:
         doc_lengths = packed_lengths(doc_lengths, eos)
-    long_doc = _longer_than(doc_lengths, ctx)
-    long_lengths = doc_lengths[long_doc]
-    empty_documents = len(doc_lengths) - int(np.count_nonzero(doc_lengths))
+    long_doc, long_lengths, empty_documents = _scan(doc_lengths, ctx)
     extra = np.zeros(0, dtype=np.int64)  # pieces after the first, per long document
     dropped_documents = dropped_tokens = clipped = 0
     if long_docs == "split":
@@ -313,10 +311,22 @@ def _fill_ramp(out: np.ndarray) -> None:
 _CHUNK = 1 << 16  # entries per step of the chunked passes: their temporaries stay in the cache
 
 
-def _longer_than(doc_lengths: np.ndarray, ctx: int) -> np.ndarray:
-    """Indices of the documents longer than ``ctx``, one cache-sized chunk at a time."""
-    parts = [np.flatnonzero(doc_lengths[lo:lo + _CHUNK] > ctx) + lo for lo in range(0, len(doc_lengths), _CHUNK)]
-    return np.concatenate(parts, dtype=_index_dtype(len(doc_lengths))) if parts else np.zeros(0, dtype=np.int32)
+def _scan(doc_lengths: np.ndarray, ctx: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The documents longer than ``ctx`` (their indices and lengths) and the number of empty ones, in one pass of
+    cache-sized chunks (each chunk is read from memory once)."""
+    long_doc, long_lengths = [], []
+    nonzero = 0
+    for lo in range(0, len(doc_lengths), _CHUNK):
+        chunk = doc_lengths[lo:lo + _CHUNK]
+        found = np.flatnonzero(chunk > ctx)
+        long_lengths.append(chunk[found])
+        found += lo
+        long_doc.append(found)
+        nonzero += int(np.count_nonzero(chunk))
+    if not long_doc:
+        return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64), 0
+    return (np.concatenate(long_doc, dtype=_index_dtype(len(doc_lengths))), np.concatenate(long_lengths),
+            len(doc_lengths) - nonzero)
 
 
 def _further_pieces(long_doc: np.ndarray, long_lengths: np.ndarray, extra: np.ndarray, ctx: int, doc: np.ndarray,
