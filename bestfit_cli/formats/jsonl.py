@@ -462,12 +462,12 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
 def read_lines(file: InputFile, file_index: int, opts: ReadOptions, stream: Readable, *, first_line: int = 1,
                row: int = 0, offset: int = 0, digest: Any = None, done: Callable[[], float] = lambda: 0.0,
                ends: LineEnds | None = None, checkpoints: list[Checkpoint] | None = None,
-               read_bytes: int | None = None) -> Iterator[DocBatch]:
+               read_bytes: int | None = None, batch_tokens: int = BATCH_TOKENS) -> Iterator[DocBatch]:
     """The records of ``stream``, the part of ``file`` from byte ``offset`` (a line's start), batch by batch:
     its first line numbered ``first_line`` and its first record ``row``. The last batch, handed on even without
     documents, carries the SHA-256 of the bytes read when ``digest`` is given; ``done()`` is the share of the file
-    read, for progress; ``read_bytes``, how much is read at a time (``READ_BYTES``). Bad lines fail or are skipped
-    as ``opts`` says, in line order, with their line numbers."""
+    read, for progress; ``read_bytes``, how much is read at a time (``READ_BYTES``); a batch ends once it holds
+    ``batch_tokens`` ids. Bad lines fail or are skipped as ``opts`` says, in line order, with their line numbers."""
     carried = opts.carried
     fast = fast_line_parser(opts.column) if FAST_JSONL else None
     # The fast path reads only the ids; a line whose other fields are carried takes the full parse.
@@ -529,7 +529,7 @@ def read_lines(file: InputFile, file_index: int, opts: ReadOptions, stream: Read
         for line_no, raw in enumerate(lines, start=first_line):
             if raw.strip():
                 take(line_no, raw)
-                if pending.tokens >= BATCH_TOKENS or pending.held >= HELD_BYTES:
+                if pending.tokens >= batch_tokens or pending.held >= HELD_BYTES:
                     yield flush()
     except LineTooLong as exc:
         if not opts.skip_bad:
