@@ -44,7 +44,7 @@ BESTFIT = [sys.executable, "-m", "bestfit_cli"]
 def tiny_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Parts of about 48 bytes, read 16 bytes at a time, and workers for any file of two parts."""
     monkeypatch.setattr(workers_module, "PART_BYTES", 48)
-    monkeypatch.setattr(workers_module, "MIN_PARALLEL_BYTES", 96)
+    monkeypatch.setattr(workers_module, "MIN_PART_BYTES", 48)
     monkeypatch.setattr(jsonl, "READ_BYTES", 16)
 
 
@@ -244,3 +244,32 @@ def test_ctrl_c_during_a_parallel_read_exits_130_in_one_line(tmp_path: Path) -> 
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert _gone(workers)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_part_sizes() -> None:
+    mib = 1 << 20
+    assert workers_module.part_bytes(None, 2) == 8 * mib  # stdin, a compressed file: the text's size is unknown
+    assert workers_module.part_bytes(1 << 30, 2) == 8 * mib
+    assert workers_module.part_bytes(10 * mib, 2) == 10 * mib // 8  # four parts a worker
+    assert workers_module.part_bytes(3 * mib, 2) == mib
+
+
+def test_a_file_of_a_few_mib_is_parsed_on_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the real part sizes: a file of a little over 3 MiB is four parts of 1 MiB or less, all parsed by the
+    workers."""
+    path = tmp_path / "small.jsonl"
+    line = b'{"input_ids": [' + b", ".join(b"%d" % (i * 31 % 50_000) for i in range(400)) + b"]}\n"
+    path.write_bytes(line * (3 * 2**20 // len(line) + 1))
+    [file] = resolve_inputs([str(path)])
+    expected = _outcome(read_jsonl(file, 0, ReadOptions()))
+    sent: list[int] = []
+    real_send = workers_module._Worker.send
+    monkeypatch.setattr(workers_module._Numbering, "here", lambda self, part: pytest.fail("parsed in the reader"))
+
+    def send(self: Any, task: Any) -> bool:
+        sent.append(1)
+        return real_send(self, task)
+
+    monkeypatch.setattr(workers_module._Worker, "send", send)
+    assert _outcome(read_jsonl_parallel(file, 0, ReadOptions(parse_workers=2))) == expected
+    assert len(sent) == 4

@@ -2,7 +2,7 @@
 
 Parsing is what a JSONL read spends its time on (msgspec and ``json_ids``, one core each), and threads cannot share
 it (the GIL). So the reading process only reads the bytes, in order: it decompresses them, hashes them for the
-input's content fingerprint, and cuts them after the last newline of about ``PART_BYTES``. Workers parse the parts
+input's content fingerprint, and cuts them after the last newline of about a part's size. Workers parse the parts
 with the reader of ``jsonl.py``, each part read as the whole file's read would read it (``jsonl._lines`` is told
 where the part starts), and hand back its batches; the reading process hands them on in the file's order,
 numbered by the lines and records of the parts before them.
@@ -42,12 +42,19 @@ from ..resources import steady_heap
 from . import jsonl
 from .jsonl import Readable, _open_text, read_lines
 
-# Bytes of whole lines a worker parses at a time: about 0.15 s of parsing, so a run of a few parts keeps both
-# cores busy, and the parts in flight (one a worker, one read ahead) stay a small share of pack's memory.
+# Bytes of whole lines a worker parses at a time, at most: about 0.15 s of parsing, and the parts in flight (one a
+# worker, one read ahead) stay a small share of pack's memory. A smaller file is cut into smaller parts, at least
+# four a worker, so that it keeps every worker busy too; but no part is smaller than ``MIN_PART_BYTES`` (a part
+# costs a round trip through the pipes), and a file of less than two is parsed in the reading process.
 PART_BYTES = 1 << 23
-# A file (its text, decompressed) of fewer bytes than this is parsed in the reading process: workers cost a fork
-# each, and a part or two would leave one core idle anyway.
-MIN_PARALLEL_BYTES = 2 * PART_BYTES
+MIN_PART_BYTES = 1 << 20
+
+
+def part_bytes(file_bytes: int | None, workers: int) -> int:
+    """The size of the parts a file of ``file_bytes`` (None: unknown, stdin) is cut into."""
+    if file_bytes is None:
+        return PART_BYTES
+    return max(MIN_PART_BYTES, min(PART_BYTES, file_bytes // (4 * workers)))
 # A worker's batches are small, so the arrays the reading process receives fit under pack's mmap threshold
 # (``resources.steady_heap``): heap memory used again part after part, not fresh pages to fault in.
 WORKER_BATCH_TOKENS = 1 << 16
@@ -80,14 +87,16 @@ class _Buffers:
     """Part buffers handed back once their part is handed on: the next parts fill them again, instead of fresh
     memory the kernel must map page by page (a fifth of the reading process's time, measured)."""
 
-    def __init__(self) -> None:
+    def __init__(self, part: int) -> None:
+        self.part = part  # the bytes a part is cut at
+        self.size = part + jsonl.READ_BYTES  # room for a part and the read that fills it
         self.free: list[bytearray] = []
 
     def take(self) -> bytearray:
-        return self.free.pop() if self.free else bytearray(PART_BYTES + jsonl.READ_BYTES)
+        return self.free.pop() if self.free else bytearray(self.size)
 
     def give(self, part: _Part) -> None:
-        if len(part.buffer) == PART_BYTES + jsonl.READ_BYTES:  # not one grown for a long line
+        if len(part.buffer) == self.size:  # not one grown for a long line
             self.free.append(part.buffer)
 
 
@@ -108,14 +117,14 @@ def _parts(stream: IO[bytes], digest: Any, max_line_bytes: int, done: Callable[[
             buffer.extend(bytes(size + len(chunk) - len(buffer)))
         buffer[size:size + len(chunk)] = chunk
         size += len(chunk)
-        if size < PART_BYTES:
+        if size < buffers.part:
             continue
         cut = buffer.rfind(b"\n", 0, size) + 1
         if cut:
             following = buffers.take()
             following[:size - cut] = memoryview(buffer)[cut:size]  # the unfinished line starts the next part
-            if len(following) < PART_BYTES + jsonl.READ_BYTES:
-                following.extend(bytes(PART_BYTES + jsonl.READ_BYTES - len(following)))
+            if len(following) < buffers.size:
+                following.extend(bytes(buffers.size - len(following)))
             yield _Part(offset, buffer, cut, done())
             buffer, size, offset = following, size - cut, offset + cut
         elif size > max_line_bytes:  # one line longer than any part may be: the rest is read on in order
@@ -362,7 +371,7 @@ class _Numbering:
         self.file, self.file_index, self.opts, self.digest = file, file_index, opts, digest
         self.line, self.row = 1, 0
         self.held: DocBatch | None = None
-        self.buffers = _Buffers()
+        self.buffers = _Buffers(part_bytes(file.size if not file.format_compressed else None, opts.parse_workers))
 
     def _emit(self, batch: DocBatch) -> Iterator[DocBatch]:
         if batch.n_docs == 0 and not batch.skipped.count and not batch.notes:
@@ -420,7 +429,7 @@ def read_jsonl_parallel(file: InputFile, file_index: int, opts: ReadOptions) -> 
         head: list[_Part] = []
         for part in parts:
             head.append(part)
-            if sum(p.size for p in head) >= MIN_PARALLEL_BYTES or part.rest or part.failure:
+            if len(head) == 2 or part.rest or part.failure:
                 break
         with PARSE_WORKERS.take(opts.parse_workers) as workers:
             if workers is None or len(head) < 2 or head[-1].rest is not None or head[-1].failure is not None:
