@@ -92,10 +92,10 @@ def test_workers_read_what_one_process_reads(tmp_path: Path, tiny_parts: None, f
         assert one[-1] == hashlib.sha256(data).hexdigest()
 
 
-def _clean_file(path: Path, n: int = 300, extra: str = "") -> bytes:
+def _clean_file(path: Path, n: int = 300, most_ids: int = 12) -> bytes:
     rng = np.random.default_rng(n)
     data = b"".join(
-        f'{{"id": "d{i}", "input_ids": {rng.integers(0, 50_000, rng.integers(0, 12)).tolist()}{extra}}}\n'.encode()
+        f'{{"id": "d{i}", "input_ids": {rng.integers(0, 50_000, rng.integers(0, most_ids)).tolist()}}}\n'.encode()
         for i in range(n))
     path.write_bytes(data)
     return data
@@ -273,3 +273,44 @@ def test_a_file_of_a_few_mib_is_parsed_on_the_workers(tmp_path: Path, monkeypatc
     monkeypatch.setattr(workers_module._Worker, "send", send)
     assert _outcome(read_jsonl_parallel(file, 0, ReadOptions(parse_workers=2))) == expected
     assert len(sent) == 4
+
+
+class _FailingAfter:
+    """A file stream whose reads fail once ``limit`` bytes are read (a disk or a network that goes away)."""
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self.stream, self.limit, self.read_so_far = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.read_so_far + size > self.limit:
+            raise OSError(5, "Input/output error")
+        chunk = self.stream.read(size)
+        self.read_so_far += len(chunk)
+        return bytes(chunk)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.stream.closed)
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_a_read_that_fails_midway_fails_as_in_one_process(tmp_path: Path, tiny_parts: None, policy: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines before the failure are read, then the one-line error; the line the failure cut short is not read
+    as a line (it would be bad JSON, a different error)."""
+    path = tmp_path / "in.jsonl"
+    data = _clean_file(path, 400)
+    real_open = jsonl._open_text
+
+    def failing_open(file: Any) -> Any:
+        stream, position = real_open(file)
+        return _FailingAfter(stream, len(data) * 2 // 3), position
+
+    monkeypatch.setattr(jsonl, "_open_text", failing_open)
+    monkeypatch.setattr(workers_module, "_open_text", failing_open)
+    one, two = _both(path, ReadOptions(on_bad_record=policy))
+    assert isinstance(two, str) and "Input/output error" in two, two
+    assert one == two

@@ -107,8 +107,8 @@ def _parts(stream: IO[bytes], digest: Any, max_line_bytes: int, done: Callable[[
     while True:
         try:
             chunk = stream.read(jsonl.READ_BYTES)
-        except (pa.ArrowException, OSError, EOFError) as exc:
-            yield _Part(offset, buffer, size, done(), failure=exc)
+        except (pa.ArrowException, OSError, EOFError) as exc:  # the lines before it are read, as they are in order
+            yield _Part(offset, buffer, buffer.rfind(b"\n", 0, size) + 1, done(), failure=exc)
             return
         if not chunk:
             break
