@@ -23,3 +23,17 @@ def shared_corpora() -> Path:
     if not (SHARED / "code").is_dir():
         pytest.skip("../shared/corpora is not present")
     return SHARED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (pyproject's addopts) every test of an ``xdist_group`` runs on one worker: xdist
+    appends ``@group`` to its node id, and schedules by it. When that fails to take (pytest 9.2 ignores it,
+    pytest-dev/pytest-xdist#1386) the tests are spread as if ungrouped, and tests/test_ray.py starts one Ray cluster
+    per worker, which slows the whole suite on 2 cores: refuse the run instead."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup did not group {len(lost)} tests (e.g. {lost[0]}): "
+                                "this pytest-xdist does not work with this pytest; install pytest<9.2 (make install)")
