@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 
 ray = pytest.importorskip("ray")
 
@@ -41,6 +41,17 @@ def run(*args: str, cluster: RayCluster | None = None, env: dict[str, str] | Non
     engine = ["--engine", "ray", "--ray-address", cluster.address] if cluster is not None else []
     return subprocess.run([*BESTFIT, *args, *engine], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **CLIENT_ENV, **(env or {})})
+
+
+def run_in_one_driver(cluster: RayCluster, commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Each of ``commands`` run with --engine ray, one after another in one process connected once to the cluster
+    (tests/ray_driver.py), so that they share its workers: for cases that differ only in their inputs."""
+    done = subprocess.run([sys.executable, "-m", "tests.ray_driver", cluster.address], input=json.dumps(commands),
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, **CLIENT_ENV})
+    assert done.returncode == 0, done.stderr
+    outcomes = json.loads(done.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(args, o["code"], "", o["stderr"])
+            for args, o in zip(commands, outcomes, strict=True)]
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -191,11 +202,13 @@ def _bad_inputs(tmp_path: Path) -> list[list[str]]:
 
 
 def test_bad_input_on_a_worker_fails_as_locally(cluster: RayCluster, tmp_path: Path) -> None:
-    for case, inputs in enumerate(_bad_inputs(tmp_path)):
-        options = ["--ctx", "512", "--window-tokens", "20000", "-q"]
+    cases = _bad_inputs(tmp_path)
+    options = ["--ctx", "512", "--window-tokens", "20000", "-q"]
+    ray_runs = run_in_one_driver(cluster, [["pack", *inputs, str(tmp_path / f"ray{case}"), *options]
+                                           for case, inputs in enumerate(cases)])
+    for case, (inputs, on_ray) in enumerate(zip(cases, ray_runs, strict=True)):
         local = run("pack", *inputs, str(tmp_path / f"local{case}"), *options)
         out = tmp_path / f"ray{case}"
-        on_ray = run("pack", *inputs, str(out), *options, cluster=cluster)
         assert local.returncode == on_ray.returncode == 1
         message = local.stderr.strip()
         assert len(message.splitlines()) == 1 and "Traceback" not in on_ray.stderr
@@ -382,11 +395,13 @@ def _carried_bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
 
 
 def test_carried_column_errors_fail_as_locally(cluster: RayCluster, tmp_path: Path) -> None:
-    for case, (inputs, expected) in enumerate(_carried_bad_inputs(tmp_path)):
-        options = ["--ctx", "512", "--window-tokens", "20000", *KEEP, "-q"]
+    cases = _carried_bad_inputs(tmp_path)
+    options = ["--ctx", "512", "--window-tokens", "20000", *KEEP, "-q"]
+    ray_runs = run_in_one_driver(cluster, [["pack", *inputs, str(tmp_path / f"ray{case}"), *options]
+                                           for case, (inputs, _) in enumerate(cases)])
+    for case, ((inputs, expected), on_ray) in enumerate(zip(cases, ray_runs, strict=True)):
         local = run("pack", *inputs, str(tmp_path / f"local{case}"), *options)
         out = tmp_path / f"ray{case}"
-        on_ray = run("pack", *inputs, str(out), *options, cluster=cluster)
         assert local.returncode == on_ray.returncode == 1, on_ray.stderr
         message = local.stderr.strip()
         assert message.startswith(f"Error: {expected}"), message
