@@ -119,17 +119,16 @@ class RayCluster:
         return pids
 
     def stop(self) -> None:
-        """End the nodes this object started (newest first), each by its process group, then the folder."""
-        for proc in reversed(self._procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self._procs):
-            try:
-                proc.wait(timeout=5)  # a node that takes longer is killed: nothing of it outlives the test
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        """End the nodes this object started, each by its process group (SIGKILL: a test cluster keeps nothing worth
+        a graceful stop, which took 8-13 s of every suite run), then the folder."""
         groups = [proc.pid for proc in self._procs]
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for proc in self._procs:
+            proc.wait(timeout=10)
         deadline = time.monotonic() + 10
         while groups and time.monotonic() < deadline:  # what a node started shares its group: none may outlive it
             for group in list(groups):
@@ -137,7 +136,8 @@ class RayCluster:
                     os.killpg(group, signal.SIGKILL)
                 except ProcessLookupError:
                     groups.remove(group)
-            time.sleep(0.1)
+            if groups:
+                time.sleep(0.1)
         self._procs.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
