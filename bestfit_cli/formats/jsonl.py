@@ -462,13 +462,15 @@ def read_jsonl(file: InputFile, file_index: int, opts: ReadOptions, start: Check
 def read_lines(file: InputFile, file_index: int, opts: ReadOptions, stream: Readable, *, first_line: int = 1,
                row: int = 0, offset: int = 0, digest: Any = None, done: Callable[[], float] = lambda: 0.0,
                ends: LineEnds | None = None, checkpoints: list[Checkpoint] | None = None,
-               read_bytes: int | None = None, batch_tokens: int = BATCH_TOKENS) -> Iterator[DocBatch]:
+               read_bytes: int | None = None, batch_tokens: int | None = None) -> Iterator[DocBatch]:
     """The records of ``stream``, the part of ``file`` from byte ``offset`` (a line's start), batch by batch:
     its first line numbered ``first_line`` and its first record ``row``. The last batch, handed on even without
     documents, carries the SHA-256 of the bytes read when ``digest`` is given; ``done()`` is the share of the file
     read, for progress; ``read_bytes``, how much is read at a time (``READ_BYTES``); a batch ends once it holds
-    ``batch_tokens`` ids. Bad lines fail or are skipped as ``opts`` says, in line order, with their line numbers."""
+    ``batch_tokens`` ids (``BATCH_TOKENS``). Bad lines fail or are skipped as ``opts`` says, in line order, with
+    their line numbers."""
     carried = opts.carried
+    batch_tokens = batch_tokens or BATCH_TOKENS  # looked up now: tests make batches small
     fast = fast_line_parser(opts.column) if FAST_JSONL else None
     # The fast path reads only the ids; a line whose other fields are carried takes the full parse.
     deferred = raw_ids_decoder(opts.column) if FAST_JSONL and not carried else None
