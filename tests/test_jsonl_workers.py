@@ -314,3 +314,18 @@ def test_a_read_that_fails_midway_fails_as_in_one_process(tmp_path: Path, tiny_p
     one, two = _both(path, ReadOptions(on_bad_record=policy))
     assert isinstance(two, str) and "Input/output error" in two, two
     assert one == two
+
+
+def test_no_worker_to_be_had_reads_in_one_process(tmp_path: Path, tiny_parts: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "clean.jsonl"
+    _clean_file(path)
+    [file] = resolve_inputs([str(path)])
+    expected = _outcome(read_jsonl(file, 0, ReadOptions()))
+    PARSE_WORKERS.close()
+
+    def no_process(self: Any) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(workers_module._Worker, "__init__", no_process)
+    assert _outcome(read_jsonl_parallel(file, 0, ReadOptions(parse_workers=2))) == expected

@@ -337,9 +337,12 @@ class ParseWorkers:
             return
         try:
             self._prune()
-            while len(self.workers) < n:
-                self.workers.append(_Worker())
-            yield self.workers[:n]
+            try:
+                while len(self.workers) < n:
+                    self.workers.append(_Worker())
+            except OSError:  # no process to be had (a process limit, no memory): parse with what there is
+                pass
+            yield self.workers[:n] or None
         finally:
             for worker in self.workers:
                 worker.settle(self.SETTLE_SECONDS)
