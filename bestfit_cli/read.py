@@ -357,6 +357,7 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
     """Batches of every input file, in input order (what ``pack`` and ``verify`` both read); an empty file is an
     error, since it is almost always an interrupted copy."""
     types = carry.DocumentTypes(opts.keep)
+    opts = run_read_options(files, opts)
     try:
         for index, file in enumerate(files):
             if file.size == 0:
@@ -372,6 +373,21 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
                 yield batch
     finally:
         close_readers()
+
+
+# JSONL a run must read before it starts parse workers: their start (about half a second of CPU each) costs more
+# than they save on less (formats/jsonl_workers.py).
+PARALLEL_JSONL_BYTES = 64 << 20
+
+
+def run_read_options(files: Sequence[InputFile], opts: ReadOptions) -> ReadOptions:
+    """``opts`` for a run that reads ``files``: JSONL parse workers only when it reads ``PARALLEL_JSONL_BYTES`` of
+    JSONL or more (stdin, whose size is unknown, counts as that much)."""
+    jsonl = [f for f in files if f.format == "jsonl"]
+    if opts.parse_workers <= 1 or any(f.is_stdin for f in jsonl) or sum(f.size or 0 for f in jsonl) >= \
+            PARALLEL_JSONL_BYTES:
+        return opts
+    return replace(opts, parse_workers=1)
 
 
 def close_readers() -> None:

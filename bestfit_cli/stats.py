@@ -39,6 +39,7 @@ from .read import (
     check_schemas,
     close_readers,
     read_lengths,
+    run_read_options,
 )
 from .resources import usable_cores
 from .strategies import (
@@ -191,7 +192,7 @@ def read_corpus_lengths(files: Sequence[InputFile], opts: ReadOptions | None = N
     holds one JSON document (not JSON Lines) is refused with a message instead of being parsed line by line.
     ``lengths_reader`` reads one token file's lengths (``read_lengths``; the Ray engine's reads them all at once).
     """
-    opts = opts or ReadOptions()
+    opts = run_read_options(files, opts or ReadOptions())
     chunks: list[np.ndarray] = []
     saved = LengthHistogram()
     described: list[dict[str, Any]] = []

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bestfit_cli import PackOptions, pack
+from bestfit_cli import read as read_module
 from bestfit_cli.errors import BestfitError
 from bestfit_cli.formats import jsonl
 from bestfit_cli.formats import jsonl_workers as workers_module
@@ -34,6 +35,7 @@ from bestfit_cli.formats.jsonl import read_jsonl
 from bestfit_cli.formats.jsonl_workers import PARSE_WORKERS, read_jsonl_parallel
 from bestfit_cli.fs import resolve_inputs
 from bestfit_cli.read import DocBatch, ReadOptions, Skipped
+from bestfit_cli.stats import read_corpus_lengths
 
 from .test_jsonl_fast import FIXED, lines
 
@@ -174,8 +176,10 @@ def test_a_read_that_stops_early_leaves_the_workers_reusable(tmp_path: Path, tin
     assert _outcome(read_jsonl_parallel(file, 0, opts)) == expected
 
 
-def test_pack_is_byte_identical_with_one_or_two_workers(tmp_path: Path, tiny_parts: None) -> None:
+def test_pack_is_byte_identical_with_one_or_two_workers(tmp_path: Path, tiny_parts: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Through pack, with carried columns and several windows: parse workers never change the output."""
+    monkeypatch.setattr(read_module, "PARALLEL_JSONL_BYTES", 0)
     path = tmp_path / "in.jsonl"
     _clean_file(path, 3000)
     outs = []
@@ -329,3 +333,24 @@ def test_no_worker_to_be_had_reads_in_one_process(tmp_path: Path, tiny_parts: No
 
     monkeypatch.setattr(workers_module._Worker, "__init__", no_process)
     assert _outcome(read_jsonl_parallel(file, 0, ReadOptions(parse_workers=2))) == expected
+
+
+def test_a_run_of_little_jsonl_starts_no_worker(tmp_path: Path, tiny_parts: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting workers costs more than they save on a small run: pack and stats read it in one process."""
+    path = tmp_path / "in.jsonl"
+    _clean_file(path, 3000)
+
+    def no_start(self: Any) -> None:
+        raise AssertionError("a parse worker was started for a small run")
+
+    monkeypatch.setattr(workers_module._Worker, "__init__", no_start)
+    pack([str(path)], str(tmp_path / "out"), PackOptions(ctx=16, workers=2))
+    [file] = resolve_inputs([str(path)])
+    opts = ReadOptions(parse_workers=2)
+    assert read_corpus_lengths([file], opts).histogram.documents == 3000
+    assert read_module.run_read_options([file], opts).parse_workers == 1
+    monkeypatch.setattr(read_module, "PARALLEL_JSONL_BYTES", path.stat().st_size)
+    assert read_module.run_read_options([file], opts).parse_workers == 2
+    [stdin] = resolve_inputs(["-"])
+    assert read_module.run_read_options([stdin], opts).parse_workers == 2
