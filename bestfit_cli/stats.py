@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 
 from . import __version__
 from .errors import InputError, OptionError, OutputError, check_field_types
+from .formats.json_depth import TooDeep, loads_line
 from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
@@ -159,7 +160,9 @@ def _is_json_document(file: InputFile, head: bytes) -> bool:
         return False
     first_line = head.lstrip().split(b"\n", 1)[0]
     try:
-        json.loads(first_line)
+        loads_line(first_line)
+    except TooDeep:
+        return False  # JSON Lines, and the reader says the line is too deep
     except ValueError:
         return True
     return False

@@ -28,7 +28,7 @@ from . import parquet_footer as footer
 from .synthetic import documents, write_parquet
 from .test_bad_input import assert_fails, invoke
 
-DEEP = 1200  # deeper than Python's recursion limit: json.loads raises RecursionError
+DEEP = 1200  # deeper than Python's recursion limit (json.loads raises RecursionError), and than MAX_DEPTH
 
 
 def deep_jsonl(tmp_path: Path) -> Path:
@@ -42,11 +42,11 @@ def deep_jsonl(tmp_path: Path) -> Path:
 def test_deeply_nested_jsonl_is_a_bad_record(tmp_path: Path, command: list[Any]) -> None:
     out = tmp_path / "out"
     args = [command[0], deep_jsonl(tmp_path), *[out if a == "OUT" else a for a in command[1:]]]
-    assert_fails(invoke(*args), out, 1, "deep.jsonl:2: JSON nested too deeply to read")
+    assert_fails(invoke(*args), out, 1, "deep.jsonl:2: JSON nested deeper than 512 levels")
     as_json = ["--json"] if command[0] != "histogram" else []
     skipped = invoke(*args, "--on-bad-record", "skip", "--max-bad-records", 1, *as_json)
     assert skipped.exit_code == 0, skipped.stderr
-    assert "deep.jsonl:2 (JSON nested too deeply to read)" in skipped.stdout
+    assert "deep.jsonl:2 (JSON nested deeper than 512 levels)" in skipped.stdout
 
 
 def test_deeply_nested_manifest_is_malformed(tmp_path: Path) -> None:

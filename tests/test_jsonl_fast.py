@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -18,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bestfit_cli.errors import InputError
-from bestfit_cli.formats import jsonl
-from bestfit_cli.formats.jsonl import _parse_line, fast_line_parser
+from bestfit_cli.formats import json_depth, jsonl
+from bestfit_cli.formats.json_depth import MAX_DEPTH
+from bestfit_cli.formats.jsonl import _parse_line, fast_line_parser, raw_ids_decoder
 from bestfit_cli.fs import resolve_inputs
 from bestfit_cli.read import ReadOptions, read_file
 
@@ -100,6 +103,142 @@ def test_fast_line_parser_takes_the_common_line() -> None:
 @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_fast_line_parser_agrees_with_json(raw: bytes) -> None:
     _check_line(raw)
+
+
+def nested_line(depth: int, shape: str = "lists", ids: bytes = b"[1, 2]") -> bytes:
+    """A line nested ``depth`` levels deep, its own object counted: field ``x`` holds ``depth - 1`` containers."""
+    opener, closer = (b"[", b"]") if shape == "lists" else (b'{"a": ', b"}")
+    return b'{"input_ids": ' + ids + b', "x": ' + opener * (depth - 1) + b"0" + closer * (depth - 1) + b"}"
+
+
+def at_stack_depth(frames: int, call: Callable[[], Any]) -> Any:
+    """``call()`` made ``frames`` Python frames deeper than here: the line parsers must not care."""
+    return call() if frames <= 0 else at_stack_depth(frames - 1, call)
+
+
+DEEPER = f"-:1: JSON nested deeper than {MAX_DEPTH} levels (flatten or remove this line, or pass --on-bad-record skip)"
+
+
+@pytest.mark.parametrize("shape", ["lists", "objects"])
+def test_every_path_takes_max_depth_and_refuses_one_level_more(shape: str) -> None:
+    """msgspec and json.loads each stop where the caller's stack leaves them room (about 990 levels from a shallow
+    stack); both must stop at MAX_DEPTH instead, the grouped id texts too."""
+    fast, raw_ids = fast_line_parser("input_ids"), raw_ids_decoder("input_ids")
+    assert raw_ids is not None
+    deepest, deeper = nested_line(MAX_DEPTH, shape), nested_line(MAX_DEPTH + 1, shape)
+    assert json.loads(deeper)  # Python itself reads it: only bestfit's limit refuses it
+    for parse in (fast, _slow):
+        assert parse(deepest).tolist() == [1, 2]  # type: ignore[union-attr]
+    assert bytes(raw_ids(deepest)) == b"[1, 2]"
+    assert fast(deeper) is None and raw_ids(deeper) is None
+    assert _slow(deeper) == DEEPER
+    big = nested_line(MAX_DEPTH + 1, shape, ids=b"[123456789]")  # ids of 9 digits: the grouped texts leave them
+    assert fast(big) is None and _slow(big) == DEEPER
+
+
+def test_brackets_in_strings_are_no_nesting() -> None:
+    fast = fast_line_parser("input_ids")
+    text = '"' + '[{\\\"' * 400 + '"'  # brackets, escaped quotes and backslashes inside one string
+    raw = f'{{"text": {text}, "input_ids": [3], "y": ["{"[" * 900}"]}}'.encode()
+    assert json.loads(raw)["input_ids"] == [3]
+    assert fast(raw).tolist() == [3] and _slow(raw).tolist() == [3]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("frames", [0, 800])
+def test_the_limit_does_not_depend_on_the_callers_stack(frames: int) -> None:
+    """Called 800 frames deep, json.loads alone gives up about 190 levels down; a line within MAX_DEPTH is still
+    read, one deeper still refused, by the same test of the line."""
+    deepest, deeper = nested_line(MAX_DEPTH), nested_line(MAX_DEPTH + 1)
+    assert at_stack_depth(frames, lambda: _slow(deepest)).tolist() == [1, 2]
+    assert at_stack_depth(frames, lambda: _slow(deeper)) == DEEPER
+    fast = fast_line_parser("input_ids")
+    assert at_stack_depth(frames, lambda: fast(deeper)) is None  # msgspec's room there, or the depth limit
+    got = at_stack_depth(frames, lambda: fast(deepest))
+    assert got is None or got.tolist() == [1, 2]  # no room there: the slow path above reads it
+
+
+def test_a_read_from_a_deep_stack_reads_what_a_shallow_one_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b"\n".join([b'{"input_ids": [7]}', nested_line(MAX_DEPTH), nested_line(MAX_DEPTH + 1, "objects"),
+                                 b'{"input_ids": [8]}']) + b"\n")
+    skip, error = ReadOptions(on_bad_record="skip"), ReadOptions()
+    for fast in (True, False):
+        shallow = _read_all(path, skip, fast, monkeypatch)
+        assert not isinstance(shallow, str) and shallow[0][2] == [7, 1, 2, 8], shallow
+        assert "deep.jsonl:3 (JSON nested deeper than" in str(shallow[0][4])
+        assert at_stack_depth(800, lambda fast=fast: _read_all(path, skip, fast, monkeypatch)) == shallow
+        failed = at_stack_depth(800, lambda fast=fast: _read_all(path, error, fast, monkeypatch))
+        assert isinstance(failed, str), failed
+        assert failed.startswith(f"{path}:3: JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def _reference_depth(raw: bytes) -> int:
+    """The deepest the line's containers nest, read one byte at a time (valid JSON only)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            in_string, escaped = (True, False) if escaped else (byte != 0x22, byte == 0x5C)
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth -= 1
+    return deepest
+
+
+@st.composite
+def deep_lines(draw: st.DrawFn) -> bytes:
+    """Lines near MAX_DEPTH: nested fields, strings full of brackets, quotes and backslashes, a field named twice
+    (the decoded object keeps only its last value), whitespace between fields."""
+    fields = [b'"input_ids": [1]']
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["nested", "text", "number"]))
+        if kind == "nested":
+            depth = MAX_DEPTH + draw(st.sampled_from([0, -1, 1, -2, 2]))
+            value = nested_line(depth, draw(st.sampled_from(["lists", "objects"])))
+        elif kind == "text":
+            text = draw(st.text(st.sampled_from('[]{}"\\a\n'), min_size=500, max_size=1500))
+            value = json.dumps(text).encode()
+        else:
+            value = b"7"
+        fields.append(b'"' + draw(st.sampled_from([b"x", b"input_ids", b"y"])) + b'":' + value)
+    order = draw(st.permutations(fields))
+    return b"{" + draw(st.sampled_from([b",", b", ", b" " * 1100 + b","])).join(order) + b"}"
+
+
+@pytest.mark.parametrize("value_depth", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+@pytest.mark.parametrize("shape", ["plain", "named twice", "spaced", "no msgspec"])
+def test_the_depth_test_at_the_limit(value_depth: int, shape: str) -> None:
+    value = nested_line(value_depth, "objects")
+    text = json.dumps("[{" * 600).encode()  # brackets in a string: no nesting
+    raw = {"plain": b'{"text": ' + text + b', "x": ' + value + b"}",
+           "named twice": b'{"x": ' + value + b', "text": ' + text + b', "x": 1}',
+           "spaced": b'{"text": ' + text + b',' + b" " * 2000 + b'"x": ' + value + b"}",
+           "no msgspec": b'{"text": ' + text + b', "x": ' + value + b"}"}[shape]
+    assert _reference_depth(raw) == value_depth + 1
+    with patch.object(json_depth, "_fields_decoder", (lambda: None) if shape == "no msgspec"
+                      else json_depth._fields_decoder):
+        assert json_depth.too_deep(raw) == (value_depth + 1 > MAX_DEPTH)
+
+
+@given(deep_lines(), st.booleans())
+@settings(deadline=None)
+def test_the_depth_test_is_exact(raw: bytes, with_msgspec: bool) -> None:
+    json.loads(raw)  # valid JSON, from any shallow stack
+    if not with_msgspec:  # the fields' texts unknown: every string cut out of the whole line
+        with patch.object(json_depth, "_fields_decoder", lambda: None):
+            assert json_depth.too_deep(raw) == (_reference_depth(raw) > MAX_DEPTH)
+    else:
+        assert json_depth.too_deep(raw) == (_reference_depth(raw) > MAX_DEPTH)
+
+
+def test_the_limit_is_documented() -> None:
+    usage = (Path(__file__).parents[1] / "docs" / "usage.md").read_text()
+    assert f"nested deeper than {MAX_DEPTH} levels" in usage
 
 
 def _read_all(path: Path, opts: ReadOptions, fast: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any] | str:

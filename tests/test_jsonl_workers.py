@@ -31,13 +31,14 @@ from bestfit_cli import read as read_module
 from bestfit_cli.errors import BestfitError
 from bestfit_cli.formats import jsonl
 from bestfit_cli.formats import jsonl_workers as workers_module
+from bestfit_cli.formats.json_depth import MAX_DEPTH
 from bestfit_cli.formats.jsonl import read_jsonl
 from bestfit_cli.formats.jsonl_workers import PARSE_WORKERS, read_jsonl_parallel
 from bestfit_cli.fs import resolve_inputs
 from bestfit_cli.read import DocBatch, ReadOptions, Skipped
 from bestfit_cli.stats import read_corpus_lengths
 
-from .test_jsonl_fast import FIXED, lines
+from .test_jsonl_fast import FIXED, at_stack_depth, lines, nested_line
 
 BESTFIT = [sys.executable, "-m", "bestfit_cli"]
 
@@ -132,6 +133,29 @@ def test_bad_line_is_named_as_one_process_names_it(tmp_path: Path, tiny_parts: N
     one, two = _both(path, ReadOptions(on_bad_record="skip"))
     assert not isinstance(two, str) and two[3] == 2 and "bad.jsonl:201 " in two[4][0] and "bad.jsonl:251 " in two[4][1]
     assert one == two
+
+
+@pytest.mark.parametrize("frames", [0, 800])
+def test_the_nesting_limit_is_the_same_on_the_workers(tmp_path: Path, tiny_parts: None, frames: int) -> None:
+    """A worker parses on a fresh stack, the reading process on whatever stack its caller has: a line within
+    MAX_DEPTH is read by both, one deeper refused by both (here also when the reading process is 800 frames deep)."""
+    path = tmp_path / "deep.jsonl"
+    lines_ = _clean_file(path, 40).split(b"\n")
+    lines_[10], lines_[30] = nested_line(MAX_DEPTH), nested_line(MAX_DEPTH + 1)
+    path.write_bytes(b"\n".join(lines_))
+    deeper = f"deep.jsonl:31: JSON nested deeper than {MAX_DEPTH} levels"
+    one, two = at_stack_depth(frames, lambda: _both(path, ReadOptions()))
+    assert isinstance(two, str) and deeper in two, two
+    assert one == two
+    one, two = at_stack_depth(frames, lambda: _both(path, ReadOptions(on_bad_record="skip")))
+    assert not isinstance(two, str) and two[3] == 1 and "deep.jsonl:31 " in two[4][0]
+    assert one == two
+    lines_[30] = b'{"input_ids": [9]}'  # only the deepest line left: read by the workers, not the reading process
+    path.write_bytes(b"\n".join(lines_))
+    one, two = at_stack_depth(frames, lambda: _both(path, ReadOptions()))
+    assert not isinstance(two, str) and one == two
+    ids, lengths = two[0], two[2]
+    assert lengths[10] == 2 and ids[sum(lengths[:10]):][:2] == [1, 2]  # line 11, the deepest, read
 
 
 def test_carried_columns_go_with_their_documents(tmp_path: Path, tiny_parts: None) -> None:

@@ -22,6 +22,7 @@ from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
 from . import json_ids
 from .base import Checkpoint, InputFormat
+from .json_depth import DEEP_BYTES, TooDeep, loads_line, too_deep
 
 
 def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
@@ -181,12 +182,12 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: s
 def _load_record(file: InputFile, line_no: int, raw: bytes | bytearray) -> dict[str, Any]:
     """The line as a JSON object, or the one-line error saying why it is not one."""
     try:
-        record = json.loads(raw)
+        record = loads_line(raw)
+    except TooDeep as exc:
+        raise InputError(file.name, f"JSON {exc}", line=line_no,
+                         fix="flatten or remove this line, or pass --on-bad-record skip") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise _not_json(file, line_no, raw, f"{exc.__class__.__name__}: {str(exc).split(':')[0]}") from None
-    except RecursionError:
-        raise InputError(file.name, "JSON nested too deeply to read", line=line_no,
-                         fix="repair or remove this line, or pass --on-bad-record skip") from None
     if not isinstance(record, dict):
         raise InputError(file.name, "line is not a JSON object", line=line_no,
                          fix='each line must be an object such as {"input_ids": [1, 2, 3]}')
@@ -251,6 +252,11 @@ def fast_line_parser(column: str) -> Callable[[bytes | bytearray], np.ndarray | 
             if not raw.isascii():
                 raw.decode("utf-8")
             ids = decode(raw).ids  # type: ignore[attr-defined]  # a field of the Struct made above
+            # msgspec's depth limit is what the caller's stack leaves of Python's: a line deeper than MAX_DEPTH
+            # goes to the slow path, which refuses it. The ids take 2 bytes an id or more, so only a line with
+            # many bytes besides them can be that deep (a line of ids alone is not counted through).
+            if len(raw) - 2 * len(ids) >= DEEP_BYTES and too_deep(raw):
+                return None
             return np.fromiter(ids, dtype=np.int64, count=len(ids))
         except rejected:  # ValidationError is a DecodeError; OverflowError: an id beyond int64; deep nesting
             return None
@@ -279,9 +285,14 @@ def raw_ids_decoder(column: str) -> Callable[[bytes | bytearray], Any] | None:
         try:
             if not raw.isascii():
                 raw.decode("utf-8")
-            return decode(raw).ids  # type: ignore[attr-defined]  # a field of the Struct made above
+            ids = decode(raw).ids  # type: ignore[attr-defined]  # a field of the Struct made above
         except rejected:
             return None
+        # As in ``fast_line_parser``: only the bytes besides the id text can nest deeper than MAX_DEPTH (a nested
+        # id text is no flat array, so it is parsed line by line anyway).
+        if len(raw) - len(ids) >= DEEP_BYTES and too_deep(raw):
+            return None
+        return ids
 
     return text
 
@@ -657,7 +668,9 @@ def json_document(head: bytes) -> str | None:
     if not newline and len(head) >= _PEEK_BYTES:
         return None  # a first line longer than the peek: a long record, most likely
     try:
-        json.loads(first_line)
-    except (ValueError, RecursionError):
+        loads_line(first_line)
+    except TooDeep:
+        return None  # a line of JSON Lines, and the reader says it is too deep
+    except ValueError:
         return "one JSON document, not JSON Lines (one object a line)"
     return None
