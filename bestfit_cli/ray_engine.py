@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +62,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 MAX_RETRIES = 3  # a window task whose worker dies is run again this many times
 FORWARDED_ENV = ("AWS_", "BESTFIT_TEST_")  # passed on to the tasks: object-store settings, test hooks
 CANCEL_WAIT_SECONDS = 30.0
+CONNECT_SECONDS = 5.0  # a cluster's address must accept a connection within this, or the run stops at once
 WINDOWS_AHEAD_PER_CPU = 2  # window tasks in flight per cluster CPU (windows_ahead)
 FINISH_WAIT_SECONDS = 3600.0  # after bad input, the windows being packed finish (each a window's work at most)
 
@@ -200,11 +202,14 @@ class RayEngine:
 
     def __init__(self, address: str | None = None) -> None:
         self.address = address or os.environ.get(RAY_ADDRESS_ENV) or None
+        self._from_env = not address and self.address is not None
         self._started = False
 
     def __enter__(self) -> RayEngine:
         ray = _ray()
         if not ray.is_initialized():
+            if self.address is not None:
+                self._check_reachable()
             env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
             handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
             try:
@@ -226,6 +231,27 @@ class RayEngine:
                             signal.signal(sig, handler)
             self._started = True
         return self
+
+    def _check_reachable(self) -> None:
+        """Refuse at once an address that nothing listens on: ``ray.init`` would retry it for many minutes (20
+        tries of about 40 s each, ``NUM_REDIS_GET_RETRIES``), printing a warning per try, before it gives up."""
+        assert self.address is not None
+        target = _connect_target(self.address)
+        if target is None:
+            return  # "auto", "local", a URL: Ray's own lookup, which fails on its own
+        host, port = target
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+        except OSError as exc:
+            reason = (f"no answer within {CONNECT_SECONDS:g} s" if isinstance(exc, TimeoutError)
+                      else (exc.strerror or type(exc).__name__).lower())
+            if host not in self.address:
+                reason += f" at {host}:{port}, the address Ray connects to for it"
+            where = f"{RAY_ADDRESS_ENV}={self.address}" if self._from_env else self.address
+            drop = f"unset {RAY_ADDRESS_ENV}" if self._from_env else "drop --ray-address"
+            raise BestfitError(f"--engine ray: no Ray cluster at {where} ({reason})",
+                               fix=f"start it with `ray start --head` and pass the address it prints, or {drop} to "
+                                   "start a local Ray") from None
 
     def __exit__(self, *exc: object) -> None:
         if self._started:
@@ -445,6 +471,26 @@ def _get(ref: Any) -> Any:
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
         raise BestfitError(f"a Ray task was lost after {MAX_RETRIES} retries ({type(exc).__name__})",
                            fix="check the cluster's nodes and their memory (ray status), then rerun") from None
+
+
+def _connect_target(address: str) -> tuple[str, int] | None:
+    """The host and port ``ray.init(address)`` connects to first: a Ray Client server's (``ray://host:port``) or
+    a cluster's GCS (``host:port``, where Ray puts the machine's own address for ``localhost`` and ``127.0.0.1``);
+    None for an address Ray looks up itself (``auto``, ``local``, a URL)."""
+    client = address.startswith("ray://")
+    rest = address[len("ray://"):] if client else address
+    host, colon, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or "/" in rest:
+        return None
+    if not client:
+        try:
+            from ray._private.services import resolve_ip_for_localhost  # what ray.init does to the host
+
+            host = resolve_ip_for_localhost(host)
+        except Exception:  # noqa: BLE001 -- a private helper of Ray's: without it, the host as given
+            pass
+    return host, int(port)
 
 
 def _ray() -> Any:

@@ -24,7 +24,7 @@ from tests.conftest import ROOT, SAMPLES
 
 ray = pytest.importorskip("ray")
 
-from tests.ray_cluster import CLIENT_ENV, RayCluster  # noqa: E402
+from tests.ray_cluster import CLIENT_ENV, RayCluster, free_ports  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")
 BESTFIT = [sys.executable, "-m", "bestfit_cli"]
@@ -247,6 +247,37 @@ def test_sigterm_on_the_driver_cancels_the_tasks(cluster: RayCluster, tmp_path: 
     assert code == 143, process.stderr.read() if process.stderr else ""
     time.sleep(3)  # a task still running would write more shards by now
     assert not out.exists()  # the run's folder and its temporary shards are gone, and nothing came back
+
+
+@pytest.mark.parametrize("given", ["--ray-address", "ray://", "RAY_ADDRESS"])
+def test_an_address_nothing_listens_on_fails_at_once(tmp_path: Path, given: str) -> None:
+    """A stopped cluster's address, or a wrong port: ray.init would retry it for about 14 minutes (20 tries), so
+    the run checks that the address accepts a connection first. No cluster is started for this test."""
+    [port] = free_ports(1)
+    address = f"ray://127.0.0.1:{port}" if given == "ray://" else f"127.0.0.1:{port}"
+    out = tmp_path / "out"
+    from_env = given == "RAY_ADDRESS"
+    command = [*BESTFIT, "pack", str(SAMPLES), str(out), "--ctx", "64", "--engine", "ray"]
+    command += [] if from_env else ["--ray-address", address]
+    env = {**os.environ, **CLIENT_ENV, **({"RAY_ADDRESS": address} if from_env else {})}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    shown = f"RAY_ADDRESS={address}" if from_env else address
+    assert line.startswith(f"Error: --engine ray: no Ray cluster at {shown} (connection refused"), line
+    assert "start it with `ray start --head`" in line
+    assert ("unset RAY_ADDRESS" if from_env else "drop --ray-address") in line
+    assert not out.exists()
+
+
+def test_the_address_ray_connects_to() -> None:
+    from bestfit_cli.ray_engine import _connect_target
+
+    assert _connect_target("ray://head.example:10001") == ("head.example", 10001)
+    assert _connect_target("head.example:6379") == ("head.example", 6379)
+    assert _connect_target("127.0.0.2:6379") == ("127.0.0.2", 6379)  # only 127.0.0.1 and localhost are replaced
+    for looked_up in ("auto", "local", "http://head.example:8265", "head.example"):
+        assert _connect_target(looked_up) is None
 
 
 def test_s3_in_and_out_is_byte_identical_with_a_worker_killed(cluster: RayCluster, s3: Any, tmp_path: Path) -> None:
