@@ -42,13 +42,14 @@ from .read import (
     read_inputs,
 )
 from .report import PackStats, Report
-from .resources import usable_cores
+from .resources import arrow_threads, usable_cores
 from .strategies import ConcatCounts, concat_counts
 from .training import TRAINING_COLUMNS
 from .window import (
     EOS_MODES,
     MEMORY_IN_FLIGHT,
     Pieces,
+    TokenBuffers,
     Window,
     ends_with,
     eos_appended,
@@ -529,20 +530,27 @@ def _pack_local(tracker: _InputTracker, read_opts: ReadOptions, opts: PackOption
     workers = opts.in_flight
     # Two pools: windows are planned on one while their shards are gathered, encoded and written on the other.
     # A window task waits for its shards, never the reverse, so neither pool can starve the other.
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit") as pool, \
+    # --workers N: N cores, pyarrow's decoding threads included.
+    with arrow_threads(opts.resolved_workers), \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit") as pool, \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit-shard") as shard_pool:
-        pending: list[Future[WindowResult]] = []
+        pending: list[tuple[Future[WindowResult], np.ndarray]] = []
+        # A packed window's buffer is filled again by a later window instead of new memory (TokenBuffers).
+        buffers = TokenBuffers(keep=workers)
         try:
-            for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents):
+            for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents, buffers):
                 concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
-                pending.append(pool.submit(pack_window, window, opts, writer, shard_pool))
+                pending.append((pool.submit(pack_window, window, opts, writer, shard_pool), window.tokens))
                 del window
                 # At most `workers` windows in flight plus the one being read: memory is bounded by the window.
                 while len(pending) >= workers:
-                    results.append(pending.pop(0).result())
-            results.extend(f.result() for f in pending)
+                    done, tokens = pending.pop(0)
+                    results.append(done.result())
+                    buffers.give(tokens)
+                    del tokens
+            results.extend(f.result() for f, _ in pending)
         except BaseException:
-            for f in pending:
+            for f, _ in pending:
                 f.cancel()
             raise
     return results, concat

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def steady_heap(threshold: int = 1 << 20, keep_free: int = 1 << 25) -> None:
@@ -31,3 +33,23 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextmanager
+def arrow_threads(limit: int) -> Iterator[None]:
+    """pyarrow's CPU thread pool (Parquet decoding, compute kernels) at most ``limit`` threads within the block.
+
+    ``--workers N`` means at most N cores busy: without this, pyarrow decodes on one thread per core whatever N
+    says. The previous size comes back afterwards (the pool is the process's, shared with a library caller).
+    """
+    import pyarrow as pa
+
+    before = pa.cpu_count()
+    if limit >= before:
+        yield
+        return
+    pa.set_cpu_count(max(1, limit))
+    try:
+        yield
+    finally:
+        pa.set_cpu_count(before)

@@ -8,6 +8,8 @@ policy and cuts documents into the pieces the planner places.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -58,17 +60,55 @@ def reservable_bytes() -> int:
 UNBOUNDED_TOKENS = 1 << 62  # a WindowBuffer limit for a window whose size is given by its document count
 
 
+class TokenBuffers:
+    """Token buffers of windows already packed, lent to the next windows to fill.
+
+    A window's buffer is hundreds of MB. Freed, it goes back to the system, and the next window's first touch of
+    its pages costs more than copying the tokens into them (about 1 s of system time per 512 MiB on this machine,
+    docs/benchmarks.md). ``get`` hands out a spare buffer that fits, or a new one; ``give`` takes back a buffer
+    ``get`` made once nothing reads that window any more. At most ``keep`` spares are held, so the peak stays what
+    the windows in flight need.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._spare: list[np.ndarray] = []
+        self._made: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, capacity: int, dtype: np.dtype) -> np.ndarray:
+        with self._lock:
+            for i, spare in enumerate(self._spare):
+                if spare.dtype == dtype and len(spare) >= capacity:
+                    return self._spare.pop(i)[:capacity]
+        made = np.empty(capacity, dtype=dtype)
+        with self._lock:
+            self._made[id(made)] = made
+        return made
+
+    def give(self, tokens: np.ndarray) -> None:
+        """Take back the buffer under ``tokens`` (a window's tokens), if ``get`` made it."""
+        base = tokens if tokens.base is None else tokens.base
+        with self._lock:
+            if self._made.get(id(base)) is not base:
+                return  # not one of ours: a window of one long document is a view of its batch
+            if len(self._spare) < self.keep and all(spare is not base for spare in self._spare):
+                self._spare.append(base)
+
+
 class WindowBuffer:
     """Tokens of the window being filled, copied once into a buffer of the window's size.
 
     Copying each batch straight into place (instead of joining a list of batches at the end) keeps the peak at one
     window of tokens rather than two. ``np.empty`` only reserves address space, so a last, short window costs what
-    it holds.
+    it holds. ``buffers`` lends the buffers of windows already packed (``TokenBuffers``).
     """
 
-    def __init__(self, window_tokens: int, expected_tokens: int | None = None) -> None:
+    def __init__(self, window_tokens: int, expected_tokens: int | None = None,
+                 buffers: TokenBuffers | None = None) -> None:
         self.window_tokens = window_tokens
         self.expected_tokens = expected_tokens  # reserved first when known; the buffer still grows past it
+        self.buffers = buffers
         self.tokens: np.ndarray | None = None
         self.filled = 0
         self.lengths: list[np.ndarray] = []
@@ -102,7 +142,8 @@ class WindowBuffer:
                     self.expected_tokens if self.expected_tokens is not None else self.window_tokens)
         capacity = min(self.window_tokens, max(need, 2 * capacity, first))
         try:
-            grown = np.empty(capacity, dtype=dtype)
+            grown = self.buffers.get(capacity, np.dtype(dtype)) if self.buffers is not None \
+                else np.empty(capacity, dtype=dtype)
         except MemoryError:  # a reservation ahead of the tokens (a hint) that the address space refuses:
             if capacity <= need:  # grow by what is read instead
                 raise
@@ -137,8 +178,8 @@ def concat_arrays(chunks: list[pa.Array]) -> pa.Array:
     return pa.concat_arrays(chunks)
 
 
-def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: int | None = None
-            ) -> Iterator[Window]:
+def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: int | None = None,
+            buffers: TokenBuffers | None = None) -> Iterator[Window]:
     """Group consecutive documents into windows of at most ``window_tokens`` tokens and ``window_documents``
     documents (no document limit when it is None).
 
@@ -150,7 +191,7 @@ def windows(batches: Iterable[DocBatch], window_tokens: int, window_documents: i
     if window_tokens < 1 or (window_documents is not None and window_documents < 1):
         raise ValueError("window_tokens and window_documents must be >= 1")
     max_docs = window_documents if window_documents is not None else -1
-    buffer = WindowBuffer(window_tokens)
+    buffer = WindowBuffer(window_tokens, buffers=buffers)
     index = first_doc = 0
     dtype = np.dtype(np.int64)
     for batch in batches:

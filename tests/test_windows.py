@@ -26,6 +26,7 @@ from bestfit_cli.window import (
     PIECE_BYTES,
     SHARD_COPIES,
     WINDOW_OVERHEAD,
+    TokenBuffers,
     parse_size,
     window_bounds,
     window_documents_for,
@@ -98,6 +99,23 @@ def test_short_documents_fill_windows_by_count_not_by_tokens() -> None:
 def test_a_document_longer_than_the_window_is_a_window_of_its_own() -> None:
     result = list(windows(_batches([3, 50, 2, 2], []), 10))
     assert [w.lengths.tolist() for w in result] == [[3], [50], [2, 2]]
+
+
+def test_a_packed_windows_buffer_is_filled_again_and_a_batchs_memory_never_is() -> None:
+    """TokenBuffers: a window given back lends its buffer to a later window (no new memory to fault in), which
+    then holds its own tokens; a window of one long document is a view of its batch and is never lent out."""
+    lengths = [4, 4, 4, 30, 4, 4, 4, 4]
+    buffers = TokenBuffers(keep=1)
+    seen = []
+    for window in windows(_batches(lengths, [3, 4]), 12, buffers=buffers):
+        first = sum(lengths[:window.first_doc])
+        assert np.array_equal(window.tokens, np.arange(first, first + window.n_tokens, dtype=np.int32))
+        seen.append(window.tokens)
+        buffers.give(window.tokens)
+    assert [len(t) for t in seen] == [12, 30, 12, 4]
+    assert np.shares_memory(seen[0], seen[2])  # the first window's buffer, filled again
+    assert not any(np.shares_memory(seen[1], other) for other in (seen[0], seen[2], seen[3]))
+    assert len(buffers._spare) == 1  # keep=1: no more held than asked
 
 
 def _input_documents() -> list[np.ndarray]:

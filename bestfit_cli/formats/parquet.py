@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import __version__
 from ..errors import BestfitError, InputError, OutputError
 from ..fs import InputFile
 from ..read import (
@@ -26,9 +27,11 @@ from ..read import (
     with_carried,
 )
 from ..training import row_columns
+from . import parquet_lists
 from .base import Checkpoint, InputFormat, PackedRows
 from .parquet_footer import FooterError, NotParquetError, check_bytes
 from .parquet_footer import check_file as check_footer_file
+from .parquet_lists import ListColumn, encodable
 
 PARQUET_BATCH_ROWS = 1024
 _PARQUET_MAGIC = b"PAR1"
@@ -61,34 +64,51 @@ class ParquetFormat:
     def check_options(self, opts: Any) -> None:
         pass
 
-    def table(self, rows: PackedRows) -> pa.Table:
+    def base_columns(self, rows: PackedRows) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The documented columns and the training ones, as (name, row offsets, flat values), in their order."""
         token_offsets = rows.row_offsets
         if token_offsets[-1] >= 2**31:
             raise OutputError("a shard would hold 2**31 tokens or more", fix="lower --rows-per-shard")
-        token_type = pa.from_numpy_dtype(rows.tokens.dtype)
-        columns = {
-            "input_ids": _list_array(token_offsets, rows.tokens, token_type),
-            "seq_lengths": _list_array(rows.piece_offsets, rows.seq_lengths.astype(np.int32), pa.int32()),
-            "doc_index": _list_array(rows.piece_offsets, rows.doc_index.astype(np.int64), pa.int64()),
-            "doc_offset": _list_array(rows.piece_offsets, rows.doc_offset.astype(np.int64), pa.int64()),
-        }
+        columns = [
+            ("input_ids", token_offsets, rows.tokens),
+            ("seq_lengths", rows.piece_offsets, rows.seq_lengths.astype(np.int32)),
+            ("doc_index", rows.piece_offsets, rows.doc_index.astype(np.int64)),
+            ("doc_offset", rows.piece_offsets, rows.doc_offset.astype(np.int64)),
+        ]
         if rows.training_columns:
             # A carried labels column is the base of the training labels (still ignored on boundaries, padding).
             extra = row_columns(rows.training_columns, rows.tokens, rows.seq_lengths, rows.piece_offsets,
                                 np.diff(token_offsets), labels_from=rows.token_columns.get("labels"))
-            columns.update({name: _list_array(token_offsets, values, pa.int64()) for name, values in extra.items()})
+            columns += [(name, token_offsets, values.astype(np.int64)) for name, values in extra.items()]
+        return columns
+
+    def table(self, rows: PackedRows) -> pa.Table:
+        columns = {name: _list_array(offsets, values, pa.from_numpy_dtype(values.dtype))
+                   for name, offsets, values in self.base_columns(rows)}
         columns.update(kept_columns(rows))
         for name, values in rows.token_columns.items():
             if name not in columns:
-                columns[name] = _list_array(token_offsets, values, pa.from_numpy_dtype(values.dtype))
+                columns[name] = _list_array(rows.row_offsets, values, pa.from_numpy_dtype(values.dtype))
         return pa.table(columns)
 
     def encode(self, rows: PackedRows) -> bytes | memoryview:
-        sink = pa.BufferOutputStream()
-        table = self.table(rows)
         # No dictionary pages: token ids have too many distinct values for them to pay (measured: a third faster
         # and 5 % smaller on cl100k shards). No min/max statistics on the token columns: no reader filters rows by
         # their token ids, and computing them is about a tenth of encoding a shard (docs/benchmarks.md).
+        if not rows.kept and self.compression == "zstd":
+            # Lists of numbers only (every shard but those with --keep columns) are written by parquet_lists,
+            # which does per token only what such columns need: to every reader, the same file as pyarrow's below.
+            columns = self.base_columns(rows)
+            named = {name for name, _, _ in columns}
+            columns += [(name, rows.row_offsets, values) for name, values in rows.token_columns.items()
+                        if name not in named]
+            if all(encodable(values.dtype) for _, _, values in columns):
+                return parquet_lists.encode(
+                    [ListColumn(name, offsets, values, statistics=name in STATS_COLUMNS)
+                     for name, offsets, values in columns],
+                    rows.n_rows, self.row_group_rows, created_by=f"bestfit version {__version__}")
+        sink = pa.BufferOutputStream()
+        table = self.table(rows)
         with_stats = [f"{name}.list.element" for name in table.column_names if name in STATS_COLUMNS]
         pq.write_table(table, sink, compression=self.compression, row_group_size=self.row_group_rows,
                        use_dictionary=False, write_statistics=with_stats)
