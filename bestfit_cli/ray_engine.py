@@ -65,6 +65,10 @@ CANCEL_WAIT_SECONDS = 30.0
 CONNECT_SECONDS = 5.0  # a cluster's address must accept a connection within this, or the run stops at once
 WINDOWS_AHEAD_PER_CPU = 2  # window tasks in flight per cluster CPU (windows_ahead)
 FINISH_WAIT_SECONDS = 3600.0  # after bad input, the windows being packed finish (each a window's work at most)
+# After Ctrl-C or SIGTERM, the windows being packed get this long to finish before they are cancelled: cancelling a
+# task just as it returns can abort the driver inside Ray ("Tried to complete task that was not pending"), so the
+# run cancels only what is still running after it (a SIGTERM's sender, Slurm or Kubernetes, waits 30 s or more).
+SIGNAL_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -345,8 +349,12 @@ class RayEngine:
                 self.cancel(list(passes.values()))
                 self.finish(pending)
             raise
-        except BaseException:
-            self.cancel(pending + list(passes.values()))
+        except BaseException:  # Ctrl-C, SIGTERM: the same flag, but a short wait before cancelling the rest
+            if stop is None or not self.raise_flag(stop):
+                self.cancel(pending + list(passes.values()))
+            else:
+                self.cancel(list(passes.values()))
+                self.finish(pending, SIGNAL_WAIT_SECONDS)
             raise
         if plan.error is not None:
             raise plan.error
@@ -412,12 +420,21 @@ class RayEngine:
                 shown = now
         return results, kept
 
-    def finish(self, refs: list[Any]) -> None:
-        """Wait until the tasks of ``refs`` have ended on their own (at most ``FINISH_WAIT_SECONDS``, then cancel
-        what is left): only then may the run remove its temporary folder."""
+    @staticmethod
+    def raise_flag(stop: Any) -> bool:
+        """Set the run's ``StopFlag``: True once it is set (within ``CANCEL_WAIT_SECONDS``)."""
+        try:
+            _ray().get(stop.stop.remote(), timeout=CANCEL_WAIT_SECONDS)
+        except Exception:  # noqa: BLE001 -- the actor is gone or too slow: the caller cancels instead
+            return False
+        return True
+
+    def finish(self, refs: list[Any], seconds: float = FINISH_WAIT_SECONDS) -> None:
+        """Wait until the tasks of ``refs`` have ended on their own (at most ``seconds``, then cancel what is
+        left): only then may the run remove its temporary folder."""
         ray = _ray()
         remaining = list(refs)
-        deadline = time.monotonic() + FINISH_WAIT_SECONDS
+        deadline = time.monotonic() + seconds
         try:
             while remaining and time.monotonic() < deadline:
                 _, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=1.0)

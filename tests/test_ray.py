@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -278,6 +279,76 @@ def test_the_address_ray_connects_to() -> None:
     assert _connect_target("127.0.0.2:6379") == ("127.0.0.2", 6379)  # only 127.0.0.1 and localhost are replaced
     for looked_up in ("auto", "local", "http://head.example:8265", "head.example"):
         assert _connect_target(looked_up) is None
+
+
+class _FakeRay:
+    """What ``RayEngine.pack_windows`` asks of Ray, recorded: which tasks are cancelled, and whether the run's
+    stop flag was raised first. ``running``: the window tasks never end on their own."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+        self.events: list[str] = []
+        self.windows: list[str] = []
+
+    def remote(self, **_: Any) -> Any:
+        fake = self
+
+        class Remote:
+            def __init__(self, fn: Any) -> None:
+                self.fn = fn
+
+            def remote(self, *_: Any) -> Any:
+                if self.fn.__name__ == "StopFlag":
+                    return SimpleNamespace(stop=SimpleNamespace(remote=lambda: fake.events.append("flag")))
+                fake.windows.append(f"window {len(fake.windows)}")
+                return fake.windows[-1]
+
+        return Remote
+
+    def put(self, value: Any) -> str:
+        return "files"
+
+    def get(self, ref: Any, timeout: float | None = None) -> None:
+        return None
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
+        self.events.append("wait")
+        return ([], list(refs)) if self.running else (list(refs), [])
+
+    def cancel(self, ref: Any, force: bool) -> None:
+        self.events.append(f"cancel {ref}")
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0}
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_a_signal_raises_the_stop_flag_before_it_cancels(monkeypatch: pytest.MonkeyPatch, running: bool) -> None:
+    """Cancelling a task just as it returns can abort the driver inside Ray ("Tried to complete task that was not
+    pending", seen once in test_sigterm_on_the_driver_cancels_the_tasks): after Ctrl-C or SIGTERM the tasks are
+    told to stop and given SIGNAL_WAIT_SECONDS to end, and only those still running are cancelled."""
+    from bestfit_cli import ray_engine
+    from bestfit_cli.fs import resolve_inputs
+    from bestfit_cli.pipeline import PackOptions
+    from bestfit_cli.read import ReadOptions
+
+    fake = _FakeRay(running)
+    monkeypatch.setattr(ray_engine, "_ray", lambda: fake)
+    monkeypatch.setattr(ray_engine, "SIGNAL_WAIT_SECONDS", 0.2, raising=False)
+    monkeypatch.setattr(ray_engine, "CANCEL_WAIT_SECONDS", 0.2)
+
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_engine.RayEngine, "_collect", interrupted)
+    files = resolve_inputs([str(SAMPLES / "code.parquet")])
+    with pytest.raises(KeyboardInterrupt):
+        ray_engine.RayEngine().pack_windows(files, ReadOptions(), PackOptions(ctx=256, window_tokens=20_000,
+                                                                                 window_documents=1000), None)
+    assert len(fake.windows) == 4  # twice the CPUs submitted ahead
+    assert fake.events[:2] == ["flag", "wait"]
+    cancelled = [e for e in fake.events if e.startswith("cancel")]
+    assert cancelled == ([f"cancel {w}" for w in fake.windows] if running else [])
 
 
 def test_s3_in_and_out_is_byte_identical_with_a_worker_killed(cluster: RayCluster, s3: Any, tmp_path: Path) -> None:
