@@ -260,9 +260,11 @@ def cli() -> None:
               help="Pad every row to ctx tokens, or end each row after its last piece (for padding-free "
                    "trainers such as TRL's).")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
-              help="Sequences per output shard.  [default: 16,777,216 tokens / ctx, e.g. 8192 at ctx 2048]")
+              help="Sequences per output shard at most; a window's shards are of equal size.  [default: "
+                   "16,777,216 tokens / ctx, e.g. 8192 at ctx 2048]")
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
-              help="Pack documents in consecutive windows of this many tokens; bounds memory.  [default: 134217728]")
+              help="Pack documents in consecutive windows of this many tokens; bounds memory.  [default: 8192 x ctx "
+                   "within 16,777,216..134,217,728: 16,777,216 at ctx 2048]")
 @click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
               help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
@@ -295,7 +297,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     Writes fixed-length shards (Parquet, or Megatron's .bin + .idx), stats.json and, last, manifest.json to the
     folder OUT.
     """
-    from .pipeline import DEFAULT_WINDOW_TOKENS, PackOptions
+    from .pipeline import PackOptions
     from .pipeline import pack as run_pack
     from .report import render_report
     from .resources import steady_heap
@@ -304,7 +306,7 @@ def pack(inputs: tuple[str, ...], out: str, ctx: int, column: str, eos_id: int |
     opts = PackOptions(ctx=ctx, column=column, eos_id=eos_id, eos_mode=eos_mode, pad_id=pad_id,
                        long_docs=long_docs,  # type: ignore[arg-type]
                        seed=seed, shuffle=shuffle, rows_per_shard=rows_per_shard or 0, dtype=dtype,
-                       window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS, workers=workers, overwrite=overwrite,
+                       window_tokens=window_tokens or 0, workers=workers, overwrite=overwrite,
                        on_bad_record=on_bad_record, max_bad_records=max_bad_records, memory=memory,
                        format=output_format, columns=columns, pad=pad, keep=keep, keep_token=keep_token,
                        split_at=split_at, stream_dtype=stream_dtype, engine=engine, ray_address=ray_address)
@@ -380,7 +382,8 @@ def verify_command(inputs: tuple[str, ...], out: str, max_problems: int, as_json
               help="Strategy to evaluate; repeat for several.  [default: all]")
 @input_options
 @click.option("--window-tokens", type=click.IntRange(min=1), default=None,
-              help="Window size pack would use, so bestfit matches it.  [default: 134217728]")
+              help="Window size pack would use, so bestfit matches it.  [default: pack's, 8192 x ctx within "
+                   "16,777,216..134,217,728]")
 @click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
               help="pack's memory budget: bestfit then plans the windows pack would (it sets --window-tokens).")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
@@ -404,12 +407,11 @@ def stats(inputs: tuple[str, ...], ctx: tuple[int, ...], strategies: tuple[str, 
     IN are token files or folders as for pack, or histograms written by `bestfit histogram`. One pass reads
     document lengths only, whatever the number of --ctx values and strategies.
     """
-    from .pipeline import DEFAULT_WINDOW_TOKENS
     from .stats import StatsOptions, render_stats, run_stats
 
     memory, window_tokens = _memory_or_window(memory, window_tokens)
     opts = StatsOptions(ctx=ctx, strategies=strategies or STRATEGIES, column=column, eos_id=eos_id,  # type: ignore[arg-type]
-                        long_docs=long_docs, window_tokens=window_tokens or DEFAULT_WINDOW_TOKENS,  # type: ignore[arg-type]
+                        long_docs=long_docs, window_tokens=window_tokens or 0,  # type: ignore[arg-type]
                         on_bad_record=on_bad_record, max_bad_records=max_bad_records, dtype=dtype, memory=memory,
                         rows_per_shard=rows_per_shard or 0, split_at=split_at, stream_dtype=stream_dtype)
     if plot:

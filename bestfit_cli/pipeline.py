@@ -67,9 +67,28 @@ MANIFEST_VERSION = 2  # 2: inputs' fingerprints, inputs_left_out, stats.json's s
 COLUMNS = ("input_ids", "seq_lengths", "doc_index", "doc_offset")  # of every shard, in this order
 UNPADDED_VERSION = 3  # rows of fewer than ctx tokens (--no-pad): a reader of version 2 would misread them
 BASE_COLUMNS = COLUMNS
-DEFAULT_WINDOW_TOKENS = 1 << 27  # 134M tokens: 512 MiB of int32 ids per window
+# The default window: 8,192 sequences' worth of tokens (16M at ctx 2048: 64 MiB of int32 ids), within 16M..134M.
+# Each window ends in a partly filled sequence, about half a sequence wasted a window, so a window of 8,192
+# sequences costs about 0.006 % extra sequences at any ctx (docs/benchmarks.md#windows-and-packing-quality).
+DEFAULT_WINDOW_SEQUENCES = 8192
+DEFAULT_WINDOW_RANGE = (1 << 24, 1 << 27)
 MAX_CTX = 1 << 20
 SHARD_TOKENS = 1 << 24  # default shard size: 16M tokens (64 MiB of int32 ids) before compression
+
+
+def default_window_tokens(ctx: int) -> int:
+    """--window-tokens when neither it nor --memory is given: ``DEFAULT_WINDOW_SEQUENCES`` sequences of ``ctx``."""
+    low, high = DEFAULT_WINDOW_RANGE
+    return min(max(DEFAULT_WINDOW_SEQUENCES * ctx, low), high)
+
+
+def shard_rows(n_rows: int, rows_per_shard: int) -> int:
+    """Rows of each shard of a window of ``n_rows`` rows: as few shards as ``rows_per_shard`` allows, of equal
+    size (the last at most one row shorter), so no window ends in a shard of a handful of rows."""
+    shards = -(-n_rows // rows_per_shard)
+    return -(-n_rows // shards) if shards else rows_per_shard
+
+
 GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound index arrays
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
 
@@ -88,7 +107,7 @@ class PackOptions:
     shuffle: bool = True
     rows_per_shard: int = 0  # 0: SHARD_TOKENS // ctx rows, at least 1
     dtype: str = "int32"
-    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_tokens: int = 0  # 0: default_window_tokens(ctx), or what memory allows
     window_documents: int = 0  # 0: window.window_documents_for(window_tokens), which bounds per-document memory
     workers: int = 0  # 0: the number of usable cores
     memory: int | None = None  # bytes; sets window_tokens (window.window_tokens_for_memory) and caps windows in flight
@@ -143,6 +162,8 @@ class PackOptions:
         # One order whatever order they were asked in, so the same columns always give the same shards.
         opts = replace(opts, columns=tuple(c for c in TRAINING_COLUMNS if c in opts.columns))
         opts = opts.with_memory_window()
+        if not opts.window_tokens:
+            opts = replace(opts, window_tokens=default_window_tokens(opts.ctx))
         if not opts.window_documents:
             opts = replace(opts, window_documents=window_documents_for(opts.window_tokens))
         return opts
@@ -179,7 +200,9 @@ class PackOptions:
                                   fix=f"use an id in 0..{info.max}, or a wider --dtype")
         if self.rows_per_shard < 0:
             raise OptionError("--rows-per-shard must be at least 1 (or 0 for the default)")
-        if self.window_tokens < self.ctx:
+        if self.window_tokens < 0:
+            raise OptionError("window_tokens must be 0 (the default) or more")
+        if self.window_tokens and self.window_tokens < self.ctx:
             raise OptionError(f"--window-tokens {self.window_tokens:,} is smaller than --ctx {self.ctx:,}, so every "
                               "window would fill less than one sequence (windows never share one)",
                               fix="give --window-tokens of at least ctx (5000 x ctx keeps the extra sequences "
@@ -338,9 +361,11 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
     column_eos = {c.name: carry.eos_values(c, window.token_columns.get(c.name, np.empty(0, c.dtype)),
                                            window.offsets, opts.eos_id) for c in token_columns}
 
+    per_shard = shard_rows(placement.n_bins, opts.rows_per_shard)
+
     def write_part(part: int) -> ShardInfo:
-        first_row = part * opts.rows_per_shard
-        last_row = min(first_row + opts.rows_per_shard, placement.n_bins)
+        first_row = part * per_shard
+        last_row = min(first_row + per_shard, placement.n_bins)
         lo, hi = np.searchsorted(piece_row, [first_row, last_row])
         sel = order[lo:hi]
         local_row = piece_row[lo:hi] - first_row
@@ -375,7 +400,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
             kill_point("writing")
         return shard
 
-    parts = range(-(-placement.n_bins // opts.rows_per_shard))
+    parts = range(-(-placement.n_bins // per_shard))
     shards = list(shard_pool.map(write_part, parts) if shard_pool is not None else map(write_part, parts))
     input_tokens = window.n_tokens
     packed = packed_lengths(window.lengths, eos)

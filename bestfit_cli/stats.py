@@ -28,7 +28,7 @@ from .errors import InputError, OptionError, OutputError, check_field_types
 from .formats.json_depth import TooDeep, loads_line
 from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
-from .pipeline import DEFAULT_WINDOW_TOKENS, MAX_CTX, PackOptions
+from .pipeline import MAX_CTX, PackOptions
 from .read import (
     BAD_RECORD_POLICIES,
     DEFAULT_MAX_BAD_RECORDS,
@@ -71,7 +71,7 @@ class StatsOptions:
     column: str = "input_ids"
     eos_id: int | None = None
     long_docs: LongDocs = "split"
-    window_tokens: int = DEFAULT_WINDOW_TOKENS
+    window_tokens: int = 0  # 0: pack's default at each ctx
     on_bad_record: str = "error"
     dtype: str = "int32"  # ids that do not fit are refused (or skipped), as pack refuses them
     memory: int | None = None  # pack's --memory: sets pack's windows, so bestfit here plans the same ones

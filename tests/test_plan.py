@@ -310,22 +310,24 @@ def expand_events(plan: CapacityPlan, order: np.ndarray) -> tuple[np.ndarray, np
     return bins, offsets
 
 
-@given(pieces(), st.sampled_from([1, 2, 5]))
-def test_slots_written_in_steps_are_the_events(case: tuple[int, list[int]], step: int) -> None:
+@given(pieces(), st.sampled_from([1, 2, 5, None]))
+def test_slots_written_in_steps_are_the_events(case: tuple[int, list[int]], step: int | None) -> None:
     """assign_slots writes each event in steps of whole sequences (a few here, so events span many steps, with
-    narrow rows a column at a time and wide ones a row at a time): the same slots as the events spelt out."""
+    narrow rows a column at a time and wide ones a row at a time), or, for few pieces (step None), every slot at
+    once: the same slots as the events spelt out."""
     from bestfit_cli import plan as plan_module
 
     ctx, lengths = case
     piece_lengths = np.array(lengths, dtype=np.int64)
     order, counts = plan_module.longest_first(piece_lengths, ctx)
     plan = plan_capacities(counts, ctx)
-    saved = plan_module._SLOT_STEP
-    plan_module._SLOT_STEP = step
+    saved = plan_module._SLOT_STEP, plan_module._AT_ONCE_PIECES
+    if step is not None:
+        plan_module._SLOT_STEP, plan_module._AT_ONCE_PIECES = step, -1
     try:
         placement = assign_slots(plan, piece_lengths, order)
     finally:
-        plan_module._SLOT_STEP = saved
+        plan_module._SLOT_STEP, plan_module._AT_ONCE_PIECES = saved
     bins, offsets = expand_events(plan, order)
     assert placement.sorted_bin.tolist() == bins.tolist()
     assert placement.sorted_offset.tolist() == offsets.tolist()
@@ -353,8 +355,15 @@ def test_large_events_fill_many_slot_steps() -> None:
     lengths = lengths[np.random.default_rng(3).permutation(len(lengths))]
     order, counts = plan_module.longest_first(lengths, 64)
     plan = plan_capacities(counts, 64)
-    placement = assign_slots(plan, lengths, order)
+    at_once = assign_slots(plan, lengths, order)
+    saved, plan_module._AT_ONCE_PIECES = plan_module._AT_ONCE_PIECES, 0
+    try:
+        placement = assign_slots(plan, lengths, order)  # in steps
+    finally:
+        plan_module._AT_ONCE_PIECES = saved
     assert max(plan.n_pieces.tolist()) > 3 * plan_module._SLOT_STEP
     bins, offsets = expand_events(plan, order)
-    assert np.array_equal(placement.sorted_bin, bins) and np.array_equal(placement.sorted_offset, offsets)
+    for slots in (placement, at_once):
+        assert np.array_equal(slots.sorted_bin, bins) and np.array_equal(slots.sorted_offset, offsets)
+        assert slots.sorted_bin.dtype == np.int32 and slots.sorted_offset.dtype == np.int16
     check_placement(placement, lengths.astype(np.int64), 64)
