@@ -481,6 +481,9 @@ def histogram(inputs: tuple[str, ...], output: str, column: str, eos_id: int | N
 def main() -> None:
     """Entry point: runs the CLI; Ctrl-C exits 130 and SIGTERM 143 with one line, a closed stdout ends quietly."""
     signal.signal(signal.SIGTERM, _terminate)
+    from .formats import parquet
+
+    parquet.WITHOUT_PANDAS = True  # this process is bestfit's own: nothing in it needs pandas
     try:
         try:
             cli.main(standalone_mode=False, prog_name="bestfit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -228,6 +229,38 @@ def _corrupt(file: InputFile, pf: pq.ParquetFile, column: str, row: int, exc: Ba
                       fix="re-create or remove this file")
 
 
+WITHOUT_PANDAS = False  # set by the CLI's process (cli.main): pyarrow.dataset is imported there without pandas
+
+
+class _HidePandas:
+    """An import finder that refuses pandas (a ``None`` in ``sys.modules`` would not do: Cython's import returns
+    it as the module)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"{name} is hidden while pyarrow.dataset loads", name=name)
+
+
+def dataset_module() -> Any:
+    """``pyarrow.dataset``, loaded by the first Parquet read (not by every `bestfit --help`).
+
+    Importing it imports pandas, which bestfit never uses: 0.6 s of CPU here, a tenth of a `stats` run and all of
+    its gap to a bare read of the lengths (docs/benchmarks.md). In the CLI's own process (``WITHOUT_PANDAS``) it is
+    imported with pandas hidden, so pyarrow takes pandas for absent in that process; a later ``import pandas``
+    still works. A library caller's process is left as it is.
+    """
+    if WITHOUT_PANDAS and "pandas" not in sys.modules and "pyarrow.dataset" not in sys.modules:
+        hidden = _HidePandas()
+        sys.meta_path.insert(0, hidden)
+        try:
+            import pyarrow.dataset  # noqa: F401  (loaded into sys.modules for the import below)
+        finally:
+            sys.meta_path.remove(hidden)
+    import pyarrow.dataset as pads
+
+    return pads
+
+
 def _record_batches(file: InputFile, column: str, batch_rows: int, carried: Sequence[str] = ()
                     ) -> Iterator[pa.RecordBatch]:
     """One column of a Parquet file in record batches, in row order.
@@ -235,7 +268,7 @@ def _record_batches(file: InputFile, column: str, batch_rows: int, carried: Sequ
     pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead, which keeps both cores busy
     on a single column (reading row group by row group through ``ParquetFile`` measured about half as fast).
     """
-    import pyarrow.dataset as pads  # heavy: loaded by the first Parquet read, not by every `bestfit --help`
+    pads = dataset_module()
 
     fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs)
     yield from fragment.to_batches(columns=[column, *carried], batch_size=batch_rows, use_threads=True)
@@ -327,7 +360,7 @@ def _row_group_batches(file: InputFile, pf: pq.ParquetFile, opts: ReadOptions, l
                        batch_rows: int, carried: Sequence[str] = ()) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(first_row, record batch)`` of rows ``lo .. hi - 1`` of a Parquet file, reading only the row groups they
     are in: the token column first, then the ``carried`` columns."""
-    import pyarrow.dataset as pads
+    pads = dataset_module()
 
     meta = pf.metadata
     groups, first, start = [], 0, None
