@@ -244,8 +244,8 @@ class _HidePandas:
 def dataset_module() -> Any:
     """``pyarrow.dataset``, loaded by the first Parquet read (not by every `bestfit --help`).
 
-    Importing it imports pandas, which bestfit never uses: 0.6 s of CPU here, a tenth of a `stats` run and all of
-    its gap to a bare read of the lengths (docs/benchmarks.md). In the CLI's own process (``WITHOUT_PANDAS``) it is
+    Importing it imports pandas, which bestfit never uses: 0.6 s of CPU here, about a tenth of a `stats` run of
+    0.95 GiB (docs/benchmarks.md). In the CLI's own process (``WITHOUT_PANDAS``) it is
     imported with pandas hidden, so pyarrow takes pandas for absent in that process; a later ``import pandas``
     still works. A library caller's process is left as it is.
     """
