@@ -63,9 +63,9 @@ UNBOUNDED_TOKENS = 1 << 62  # a WindowBuffer limit for a window whose size is gi
 class TokenBuffers:
     """Token buffers of windows already packed, lent to the next windows to fill.
 
-    A window's buffer is hundreds of MB. Freed, it goes back to the system, and the next window's first touch of
-    its pages costs more than copying the tokens into them (about 1 s of system time per 512 MiB on this machine,
-    docs/benchmarks.md). ``get`` hands out a spare buffer that fits, or a new one; ``give`` takes back a buffer
+    A window's buffer is tens or hundreds of MB. Freed, it goes back to the system, and the next window's first
+    touch of its pages costs more than copying the tokens into them (about 1 s of system time per 512 MiB on this
+    machine, docs/benchmarks.md). ``get`` hands out a spare buffer that fits, or a new one; ``give`` takes back a buffer
     ``get`` made once nothing reads that window any more. At most ``keep`` spares are held, so the peak stays what
     the windows in flight need.
     """
