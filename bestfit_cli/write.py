@@ -403,14 +403,16 @@ class ShardWriter:
         try:
             self._sync(self.tmp)
             self._state = "moving"
+            # Each step is recorded before it is taken: a signal's exception (Ctrl-C, SIGTERM) can come between
+            # a rename and the next statement, and the roll back must then still undo that rename.
             for name, _ in new_files:
                 kill_point("swap-shard")
-                self._move(name)
                 self._moved.append(name)
+                self._move(name)
             self._sync(self.root)  # every new shard's name is on the disk before the manifest can be
             kill_point("swap-manifest")
-            self._move(MANIFEST)
             self._state = "renamed"
+            self._move(MANIFEST)
             self._sync(self.root)
         except (OSError, pa.ArrowException) as exc:
             raise self._failed(MANIFEST, exc) from None
@@ -477,7 +479,10 @@ class ShardWriter:
                 self._stage(MANIFEST, self._previous)  # a copy: the journal keeps naming both outputs' files
                 self._move(MANIFEST)
             else:
-                self.fs.delete_file(posixpath.join(self.root, MANIFEST))
+                try:
+                    self.fs.delete_file(posixpath.join(self.root, MANIFEST))
+                except FileNotFoundError:
+                    pass  # stopped just before its rename
             self._sync(self.root)
         if self._store_lock is not None and self._store_lock.lost:
             # Another run writes here now, and its shards may carry the same names (same input, same bytes): leave
@@ -493,7 +498,7 @@ class ShardWriter:
                 try:
                     self.fs.delete_file(posixpath.join(self.root, name))
                 except FileNotFoundError:
-                    pass  # an object store's put that failed before it completed
+                    pass  # stopped just before its rename, or an object store's put that failed before it completed
         self._moved.clear()
         self.stager.put.clear()
         self._state = "writing"
