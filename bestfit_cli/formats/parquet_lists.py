@@ -70,6 +70,14 @@ class ListColumn:
     statistics: bool = False
 
 
+def _uleb128(out: bytearray, n: int) -> None:
+    """Append ``n`` (>= 0) as an unsigned LEB128 varint: Thrift's compact integers and RLE run headers."""
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
 class _Thrift:
     """Writes one Thrift compact-protocol struct (parquet.thrift's field ids) into a bytearray."""
 
@@ -78,10 +86,7 @@ class _Thrift:
         self._last = [0]
 
     def _varint(self, n: int) -> None:
-        while n >= 0x80:
-            self.out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        self.out.append(n)
+        _uleb128(self.out, n)
 
     def _field(self, field_id: int, kind: int) -> None:
         delta = field_id - self._last[-1]
@@ -182,12 +187,9 @@ def _repetition_levels(lengths: np.ndarray) -> np.ndarray:
 
 
 def _run(count: int, level: int) -> bytes:
+    """One RLE run of the hybrid encoding: ``count`` levels of value ``level`` (one byte wide)."""
     out = bytearray()
-    n = count << 1
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
+    _uleb128(out, count << 1)
     out.append(level)
     return bytes(out)
 
