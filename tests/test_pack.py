@@ -628,3 +628,30 @@ def test_jsonl_pack_bytes_do_not_depend_on_workers(tmp_path: Path, dtype: str) -
         assert result.exit_code == 0, result.stderr
         outputs.append({p.name: p.read_bytes() for p in sorted(out_dir.iterdir()) if p.is_file()})
     assert len(outputs[0]) > 3 and outputs[0] == outputs[1]
+
+
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=40), seed=st.integers(0, 2**16),
+       layout=st.sampled_from(["contiguous", "strided", "other dtype"]))
+def test_gathered_slices_are_the_pieces_whichever_way_they_are_copied(lengths: list[int], seed: int,
+                                                                    layout: str) -> None:
+    """``_copy_slices`` (the gather of pieces of LOOP_PIECE_TOKENS or more): memoryview copies for contiguous
+    arrays of one dtype, numpy's slice copies otherwise; the same tokens in the same places either way."""
+    from bestfit_cli.pipeline import _copy_slices
+
+    rng = np.random.default_rng(seed)
+    n = np.array(lengths, dtype=np.int64)
+    source = rng.integers(0, 2**31 - 1, int(n.sum()) * 2 + 10, dtype=np.int64).astype(np.int32)
+    if layout == "strided":
+        source = np.repeat(source, 2)[::2]
+    elif layout == "other dtype":
+        source = source.astype(np.int64)
+    src = rng.integers(0, len(source) - n + 1)
+    order = rng.permutation(len(n))
+    dst = np.zeros(len(n), dtype=np.int64)
+    dst[order] = np.concatenate([[0], np.cumsum(n[order])[:-1]])  # the pieces tile `out` in a shuffled order
+    out = np.full(int(n.sum()), -1, dtype=np.int32)
+    _copy_slices(source, src, out, dst, n)
+    expected = np.full_like(out, -1)
+    for i in range(len(n)):
+        expected[dst[i]:dst[i] + n[i]] = source[src[i]:src[i] + n[i]]
+    assert np.array_equal(out, expected)

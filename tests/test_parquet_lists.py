@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_read_back_equals_the_columns_and_the_footer_checks(seed: int, n_rows: i
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(parquet_lists, "PAGE_BYTES", page_bytes)
         data = encode(columns, n_rows, group_rows, created_by="bestfit test")
+        assert bytes(encode(columns, n_rows, group_rows, created_by="bestfit test", reuse=True)) == data
     check_bytes(data)
     got = pq.read_table(pa.BufferReader(data))
     buffer = pa.BufferOutputStream()
@@ -82,6 +84,24 @@ def test_long_runs_and_wide_rows() -> None:
     got = pq.read_table(pa.BufferReader(data)).column("input_ids").to_pylist()
     assert [len(row) for row in got] == lengths.tolist()
     assert np.array_equal(np.concatenate([np.asarray(r, dtype=np.int32) for r in got if r]), values)
+
+
+def test_reuse_writes_into_one_buffer_per_thread() -> None:
+    """``reuse=True``: the same bytes, in this thread's buffer, which the next such encode on the thread writes over
+    (pack hashes and writes a shard before its thread encodes the next); another thread has its own."""
+    def shard(n: int) -> list[ListColumn]:
+        return [ListColumn("input_ids", np.arange(0, 10 * n + 1, 10), np.arange(10 * n, dtype=np.int32))]
+
+    first = encode(shard(50), 50, 16, created_by="x", reuse=True)
+    expected_first = encode(shard(50), 50, 16, created_by="x")
+    assert isinstance(first, memoryview) and bytes(first) == expected_first
+    second = encode(shard(40), 40, 16, created_by="x", reuse=True)
+    assert bytes(second) == encode(shard(40), 40, 16, created_by="x")
+    assert np.shares_memory(np.asarray(first), np.asarray(second))
+    assert bytes(first) != expected_first  # written over: hence "valid until the thread's next encode"
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(lambda: encode(shard(40), 40, 16, created_by="x", reuse=True)).result()
+    assert not np.shares_memory(np.asarray(other), np.asarray(second))
 
 
 def test_refuses_what_it_cannot_write() -> None:

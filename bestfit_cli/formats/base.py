@@ -84,7 +84,8 @@ class OutputFormat(Protocol):
         ...
 
     def encode(self, rows: PackedRows) -> bytes | memoryview:
-        """The main file's bytes (a ``memoryview`` of an encoder's buffer is fine: it is hashed and written as is)."""
+        """The main file's bytes (a ``memoryview`` of an encoder's buffer is fine: it is hashed and written as is,
+        before the same thread encodes another shard, which may reuse that buffer)."""
         ...
 
     def companions(self, rows: PackedRows) -> dict[str, bytes]:

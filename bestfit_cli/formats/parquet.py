@@ -107,7 +107,7 @@ class ParquetFormat:
                 return parquet_lists.encode(
                     [ListColumn(name, offsets, values, statistics=name in STATS_COLUMNS)
                      for name, offsets, values in columns],
-                    rows.n_rows, self.row_group_rows, created_by=f"bestfit version {__version__}")
+                    rows.n_rows, self.row_group_rows, created_by=f"bestfit version {__version__}", reuse=True)
         sink = pa.BufferOutputStream()
         table = self.table(rows)
         with_stats = [f"{name}.list.element" for name in table.column_names if name in STATS_COLUMNS]

@@ -19,6 +19,7 @@ level), row groups of ``row_group_rows`` rows, and min/max statistics on the col
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,22 +169,44 @@ def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return slots, used
 
 
-def _repetition_levels(lengths: np.ndarray) -> np.ndarray:
-    """RLE runs of the repetition levels (bit width 1) of rows of these lengths: per row, a 0 then length-1 ones.
+class _Levels:
+    """A column's levels worked out once for all its rows, so a page takes its slice instead of a dozen small numpy
+    calls of its own (each holds the GIL): the repetition levels (RLE runs, bit width 1: per row, a run of one 0 and
+    a run of ``length - 1`` ones), the level entries per row, and the empty rows (for the definition levels).
 
     An empty row is one entry at level 0, like a row of one value."""
-    slots = np.zeros((len(lengths), 7), dtype=np.uint8)
-    used = np.zeros((len(lengths), 7), dtype=bool)
-    slots[:, 0] = 2  # a run of one ...
-    used[:, :2] = True  # ... of level 0
-    more = np.maximum(lengths.astype(np.int64) - 1, 0)
-    varint, varint_used = _varints(more << 1)
-    slots[:, 2:6] = varint
-    used[:, 2:6] = varint_used & (more > 0)[:, None]
-    slots[:, 6] = 1  # the run's level: 1
-    used[:, 6] = more > 0
-    result: np.ndarray = slots[used]
-    return result
+
+    def __init__(self, offsets: np.ndarray) -> None:
+        lengths = np.diff(offsets)
+        self.offsets = offsets
+        self.empty_rows = np.flatnonzero(lengths == 0)
+        slots = np.zeros((len(lengths), 7), dtype=np.uint8)
+        used = np.zeros((len(lengths), 7), dtype=bool)
+        slots[:, 0] = 2  # a run of one ...
+        used[:, :2] = True  # ... of level 0
+        more = np.maximum(lengths.astype(np.int64) - 1, 0)
+        varint, varint_used = _varints(more << 1)
+        slots[:, 2:6] = varint
+        used[:, 2:6] = varint_used & (more > 0)[:, None]
+        slots[:, 6] = 1  # the run's level: 1
+        used[:, 6] = more > 0
+        self.runs: np.ndarray = slots[used]
+        self.run_ends = np.zeros(len(lengths) + 1, dtype=np.int64)  # rows [a, b) are runs[run_ends[a]:run_ends[b]]
+        np.cumsum(used.sum(axis=1), out=self.run_ends[1:])
+        self.entry_ends = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(more + 1, out=self.entry_ends[1:])
+
+    def repetition(self, a: int, b: int) -> np.ndarray:
+        return self.runs[self.run_ends[a]:self.run_ends[b]]
+
+    def entries(self, a: int, b: int) -> int:
+        return int(self.entry_ends[b] - self.entry_ends[a])
+
+    def definition(self, a: int, b: int) -> bytes:
+        if not len(self.empty_rows):
+            return _run(int(self.offsets[b] - self.offsets[a]), 3)
+        lo, hi = np.searchsorted(self.empty_rows, [a, b])
+        return _definition_levels(self.offsets[a:b + 1], self.empty_rows[lo:hi] - a)
 
 
 def _run(count: int, level: int) -> bytes:
@@ -194,20 +217,20 @@ def _run(count: int, level: int) -> bytes:
     return bytes(out)
 
 
-def _definition_levels(lengths: np.ndarray) -> bytes:
-    """RLE runs of the definition levels (bit width 2) of an optional list of optional values, none null: 3 for
-    every value, 1 for an empty row."""
-    empty = np.flatnonzero(lengths == 0)
-    if not len(empty):
-        return _run(int(lengths.sum()), 3)
+def _definition_levels(offsets: np.ndarray, empty_rows: np.ndarray) -> bytes:
+    """RLE runs of the definition levels (bit width 2) of an optional list of optional values, none null, for rows
+    ``offsets`` of which ``empty_rows`` (indices into them, sorted) are empty: 3 for every value, 1 for an empty
+    row."""
+    if not len(empty_rows):
+        return _run(int(offsets[-1] - offsets[0]), 3)
     runs, start = bytearray(), 0
-    for row in empty.tolist():
-        values = int(lengths[start:row].sum())
+    for row in empty_rows.tolist():
+        values = int(offsets[row] - offsets[start])
         if values:
             runs += _run(values, 3)
         runs += _run(1, 1)
         start = row + 1
-    values = int(lengths[start:].sum())
+    values = int(offsets[-1] - offsets[start])
     if values:
         runs += _run(values, 3)
     return bytes(runs)
@@ -249,8 +272,8 @@ class _PageBuffer:
         return self.buffer[:size]
 
 
-def _write_chunk(parts: list[bytes | pa.Buffer], at: int, column: ListColumn, lo: int, hi: int, codec: pa.Codec,
-                 physical: int, dtype: np.dtype, page: _PageBuffer) -> _Chunk:
+def _write_chunk(parts: list[bytes | pa.Buffer], at: int, column: ListColumn, levels: _Levels, lo: int, hi: int,
+                 codec: pa.Codec, physical: int, dtype: np.dtype, page: _PageBuffer) -> _Chunk:
     chunk = _Chunk(column, physical, at)
     offsets = column.offsets[lo:hi + 1]
     values = column.values[int(offsets[0]):int(offsets[-1])]
@@ -259,9 +282,8 @@ def _write_chunk(parts: list[bytes | pa.Buffer], at: int, column: ListColumn, lo
     first = int(offsets[0])
     bounds = _page_bounds(offsets, dtype.itemsize)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        lengths = np.diff(offsets[a:b + 1])
-        rep = _repetition_levels(lengths)
-        definition = _definition_levels(lengths)
+        rep = levels.repetition(lo + a, lo + b)
+        definition = levels.definition(lo + a, lo + b)
         data = values[int(offsets[a]) - first:int(offsets[b]) - first]
         body = page.get(8 + len(rep) + len(definition) + data.nbytes)
         body[:4] = np.frombuffer(struct.pack("<i", len(rep)), dtype=np.uint8)
@@ -271,7 +293,7 @@ def _write_chunk(parts: list[bytes | pa.Buffer], at: int, column: ListColumn, lo
         body[at_def + 4:at_def + 4 + len(definition)] = np.frombuffer(definition, dtype=np.uint8)
         body[at_def + 4 + len(definition):] = data.view(np.uint8)
         compressed = codec.compress(body, asbytes=False)
-        entries = int(np.maximum(lengths, 1).sum())
+        entries = levels.entries(lo + a, lo + b)
         header = (_Thrift().i32(1, _DATA_PAGE).i32(2, len(body)).i32(3, compressed.size)
                   .begin(5).i32(1, entries).i32(2, _PLAIN).i32(3, _RLE).i32(4, _RLE).end().out)
         header.append(0)  # end of PageHeader
@@ -300,9 +322,24 @@ def _schema(thrift: _Thrift, columns: Sequence[ListColumn]) -> None:
         thrift.end()
 
 
+_output = threading.local()
+
+
+def _output_buffer(size: int) -> np.ndarray:
+    """This thread's buffer for a whole file, reused from file to file: a new one of a shard's size costs a page fault
+    per 4 KiB, with the GIL held while ``bytes.join`` would touch them (2 s of a 20 s ``pack`` here)."""
+    buffer: np.ndarray | None = getattr(_output, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _output.buffer = np.empty(size + (size >> 3), dtype=np.uint8)
+    return buffer[:size]
+
+
 def encode(columns: Sequence[ListColumn], n_rows: int, row_group_rows: int, *, created_by: str,
-           compression_level: int | None = None) -> bytes:
-    """The bytes of a Parquet file holding ``columns`` (each ``n_rows`` rows) in row groups of ``row_group_rows``."""
+           compression_level: int | None = None, reuse: bool = False) -> bytes | memoryview:
+    """The bytes of a Parquet file holding ``columns`` (each ``n_rows`` rows) in row groups of ``row_group_rows``.
+
+    ``reuse``: the bytes are a view of this thread's output buffer, valid until its next ``encode(reuse=True)``
+    (for a caller that writes them out at once, as ``pack`` does)."""
     for column in columns:
         if not encodable(column.values.dtype) or len(column.offsets) != n_rows + 1:
             raise ValueError(f"column {column.name}: {column.values.dtype} values, {len(column.offsets) - 1} rows")
@@ -311,12 +348,13 @@ def encode(columns: Sequence[ListColumn], n_rows: int, row_group_rows: int, *, c
     at = 4
     groups: list[tuple[int, list[_Chunk]]] = []
     page = _PageBuffer()
+    levels = [_Levels(column.offsets) for column in columns]
     for lo in range(0, n_rows, row_group_rows):
         hi = min(lo + row_group_rows, n_rows)
         chunks = []
-        for column in columns:
+        for column, column_levels in zip(columns, levels, strict=True):
             physical, dtype, _ = _TYPES[column.values.dtype]
-            chunk = _write_chunk(parts, at, column, lo, hi, codec, physical, dtype, page)
+            chunk = _write_chunk(parts, at, column, column_levels, lo, hi, codec, physical, dtype, page)
             at += chunk.compressed
             chunks.append(chunk)
         groups.append((hi - lo, chunks))
@@ -341,4 +379,12 @@ def encode(columns: Sequence[ListColumn], n_rows: int, row_group_rows: int, *, c
         footer.begin().begin(1).end().end()
     footer.end()
     parts += [bytes(footer.out), struct.pack("<i", len(footer.out)), b"PAR1"]
-    return b"".join(parts)
+    if not reuse:
+        return b"".join(parts)
+    out = _output_buffer(sum(len(part) if isinstance(part, bytes) else part.size for part in parts))
+    at = 0
+    for part in parts:
+        size = len(part) if isinstance(part, bytes) else part.size
+        out[at:at + size] = np.frombuffer(part, dtype=np.uint8)
+        at += size
+    return out.data
