@@ -55,6 +55,7 @@ from .window import (
     eos_appended,
     make_pieces,
     packed_lengths,
+    read_ahead_bytes,
     span_steps,
     window_documents_for,
     window_tokens_for_memory,
@@ -168,14 +169,17 @@ class PackOptions:
             opts = replace(opts, window_documents=window_documents_for(opts.window_tokens))
         return opts
 
+    @property
+    def token_bytes(self) -> int:
+        """Bytes a window holds per token: carried token columns ride beside the ids, so they count as wider ids."""
+        return int(np.dtype(TOKEN_DTYPES[self.dtype]).itemsize + sum(c.dtype.itemsize for c in self.token_columns))
+
     def with_memory_window(self) -> PackOptions:
         """These options with ``window_tokens`` derived from the ``memory`` budget (unchanged without one)."""
         if not self.memory:
             return self
-        # Carried token columns ride in the window beside the ids: they count as wider tokens.
-        itemsize = np.dtype(TOKEN_DTYPES[self.dtype]).itemsize + sum(c.dtype.itemsize for c in self.token_columns)
         try:
-            window_tokens = window_tokens_for_memory(self.memory, self.ctx, self.rows_per_shard, itemsize)
+            window_tokens = window_tokens_for_memory(self.memory, self.ctx, self.rows_per_shard, self.token_bytes)
         except ValueError as exc:
             raise OptionError(f"--memory: {exc}", fix="give a larger --memory, or lower --rows-per-shard") from None
         return replace(self, window_tokens=window_tokens)
@@ -511,7 +515,10 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
                             split_at=opts.split_at, stream_dtype=opts.stream_dtype,
                             # JSONL parsed on every worker's core; under --memory, in this process only
-                            parse_workers=1 if opts.memory else opts.resolved_workers)
+                            parse_workers=1 if opts.memory else opts.resolved_workers,
+                            # with one worker, one thread reads: --workers 1 is one core
+                            read_ahead_bytes=read_ahead_bytes(opts.window_tokens, opts.token_bytes)
+                            if opts.resolved_workers > 1 else 0)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)

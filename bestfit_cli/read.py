@@ -8,7 +8,9 @@ read options, the checks of token ids, the accounting of bad records, and the di
 
 from __future__ import annotations
 
+import collections
 import errno
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -158,6 +160,7 @@ class ReadOptions:
     split_at: int | None = None  # flat token streams: the separator id that ends each document
     stream_dtype: str | None = None  # a raw .bin stream: the type of its ids (a .npy says its own)
     parse_workers: int = 1  # JSONL: processes parsing a file's lines (formats/jsonl_workers.py); never the output
+    read_ahead_bytes: int = 0  # batches read on a thread of their own, up to this far ahead (``ReadAhead``); 0: off
 
     @property
     def skip_bad(self) -> bool:
@@ -358,21 +361,108 @@ def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCoun
     error, since it is almost always an interrupted copy."""
     types = carry.DocumentTypes(opts.keep)
     opts = run_read_options(files, opts)
+    ahead = None
     try:
-        for index, file in enumerate(files):
-            if file.size == 0:
-                raise InputError(file.name, "file is empty", fix="remove it from the inputs")
-            for batch in read_file(file, index, opts):
-                if batch.columns:
-                    batch = replace(batch, columns=types.conform(file.name, batch.columns))
-                counts.documents[index] += batch.n_docs
-                counts.skipped[index] += batch.skipped
-                if batch.content_sha256 is not None:
-                    counts.content_sha256[index] = batch.content_sha256
-                counts.notes[index].extend(batch.notes)
-                yield batch
+        batches: Iterator[DocBatch] = _read_files(files, opts)
+        if opts.read_ahead_bytes and all(input_format(f).reads_ahead and not f.is_stdin for f in files):
+            batches = ahead = ReadAhead(batches, opts.read_ahead_bytes)
+        for batch in batches:
+            file = files[batch.file_index]
+            if batch.columns:
+                batch = replace(batch, columns=types.conform(file.name, batch.columns))
+            counts.documents[batch.file_index] += batch.n_docs
+            counts.skipped[batch.file_index] += batch.skipped
+            if batch.content_sha256 is not None:
+                counts.content_sha256[batch.file_index] = batch.content_sha256
+            counts.notes[batch.file_index].extend(batch.notes)
+            yield batch
     finally:
+        if ahead is not None:
+            ahead.close()
         close_readers()
+
+
+def _read_files(files: Sequence[InputFile], opts: ReadOptions) -> Iterator[DocBatch]:
+    for index, file in enumerate(files):
+        if file.size == 0:
+            raise InputError(file.name, "file is empty", fix="remove it from the inputs")
+        yield from read_file(file, index, opts)
+
+
+def batch_bytes(batch: DocBatch) -> int:
+    """The memory a batch holds: its tokens, offsets, carried token columns and document columns."""
+    return int(batch.tokens.nbytes + batch.offsets.nbytes + sum(v.nbytes for v in batch.token_columns.values())
+               + sum(a.nbytes for a in batch.columns.values()))
+
+
+class ReadAhead:
+    """The batches of ``source``, read on a thread of their own up to ``limit`` bytes (``batch_bytes``) ahead.
+
+    Reading a file (decoding on pyarrow's threads, then checking and casting the ids in Python) then goes on while
+    the consumer fills a window or waits for a packed one, and the next file's decoding starts before the last
+    batch of this one is taken; with one thread, each file's reading began only when the one before was used up
+    (``pack`` with two workers waited 7 s of its 17 for batches; docs/benchmarks.md). The batches come out in
+    ``source``'s order, and an error reading it is raised where its batch would have come, after every batch before
+    it. One batch is always let ahead, however large. ``close`` stops the thread (after the batch it is reading)
+    and waits for it, so nothing reads on after the consumer stops.
+    """
+
+    def __init__(self, source: Iterator[DocBatch], limit: int) -> None:
+        self._limit = limit
+        self._ready: collections.deque[tuple[DocBatch, int]] = collections.deque()
+        self._held = 0  # bytes in _ready
+        self._changed = threading.Condition()
+        self._finished = self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(source,), name="bestfit-read", daemon=True)
+        self._thread.start()
+
+    def _read(self, source: Iterator[DocBatch]) -> None:
+        try:
+            for batch in source:
+                size = batch_bytes(batch)
+                with self._changed:
+                    while self._held and self._held + size > self._limit and not self._stopped:
+                        self._changed.wait()
+                    if self._stopped:
+                        return
+                    self._ready.append((batch, size))
+                    self._held += size
+                    self._changed.notify_all()
+        except BaseException as exc:  # handed to the consumer, raised in its thread
+            self._error = exc
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a generator's clean-up runs in the thread that ran it
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def __iter__(self) -> Iterator[DocBatch]:
+        return self
+
+    def __next__(self) -> DocBatch:
+        with self._changed:
+            while not self._ready and not self._finished:
+                self._changed.wait()
+            if self._ready:
+                batch, size = self._ready.popleft()
+                self._held -= size
+                self._changed.notify_all()
+                return batch
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            raise StopIteration
+
+    def close(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._ready.clear()
+            self._held = 0
+            self._changed.notify_all()
+        self._thread.join()
 
 
 # JSONL a run must read before it starts parse workers: their start (about half a second of CPU each) costs more

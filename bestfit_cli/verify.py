@@ -39,6 +39,7 @@ from .pipeline import (
     MANIFEST_VERSION,
     MAX_CTX,
     UNPADDED_VERSION,
+    default_window_tokens,
     gather_tokens,
 )
 from .read import (
@@ -53,7 +54,16 @@ from .read import (
 )
 from .resources import usable_cores
 from .training import TRAINING_COLUMNS, row_columns
-from .window import EOS_MODES, UNBOUNDED_TOKENS, Window, WindowBuffer, eos_appended, packed_lengths, span_steps
+from .window import (
+    EOS_MODES,
+    UNBOUNDED_TOKENS,
+    Window,
+    WindowBuffer,
+    eos_appended,
+    packed_lengths,
+    read_ahead_bytes,
+    span_steps,
+)
 
 CHECK_TOKENS = 1 << 20  # tokens compared per vectorised step: bounds its index arrays (about 34 bytes a token)
 KNOWN_VERSIONS = (MANIFEST_VERSION, UNPADDED_VERSION)  # manifest format versions this verify reads
@@ -197,7 +207,11 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     _check_fingerprints(files, listed_inputs, result)
     _check_stats_file(fs, root, manifest, result)
     _check_window_claims(manifest, result)
-    reader = _InputDocs(files, replace(opts.read, parse_workers=usable_cores()), reserve_limit=_reserve_limit(files))
+    # Read ahead as far as a default pack at this ctx does (not as far as the manifest claims: it is not trusted).
+    cores = usable_cores()
+    ahead = read_ahead_bytes(default_window_tokens(opts.ctx), np.dtype(TOKEN_DTYPES[opts.read.dtype]).itemsize)
+    reader = _InputDocs(files, replace(opts.read, parse_workers=cores, read_ahead_bytes=ahead if cores > 1 else 0),
+                        reserve_limit=_reserve_limit(files))
     # Every window is checked, however many problems come up, so problem_count counts them all; only a window
     # that cannot be lined up with the inputs stops the check.
     for window in manifest["windows"]:

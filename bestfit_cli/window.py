@@ -421,6 +421,7 @@ BASE_BYTES = 256 << 20
 SHARD_COPIES = 3
 WINDOW_OVERHEAD = 1.25
 MEMORY_IN_FLIGHT = 2  # windows held at once under --memory: one packing while the next is read
+READ_AHEAD_SHARE = 4  # batches read ahead of the window being filled: up to a quarter of a window's token bytes
 MIN_WINDOW_TOKENS = 1 << 20
 # Arrays per piece, from reading to the written shard: the window's offsets and lengths, the pieces (document,
 # start, length), the plan (order, sequence, offset), the output order and its sort keys, the gather indices and
@@ -428,6 +429,11 @@ MIN_WINDOW_TOKENS = 1 << 20
 PIECE_BYTES = 192
 DOCUMENT_TOKENS = 256  # a window holds at most one document per this many tokens of --window-tokens ...
 MIN_WINDOW_DOCUMENTS = 1 << 16  # ... or this many documents (12 MiB of per-piece arrays), whichever is more
+
+
+def read_ahead_bytes(window_tokens: int, itemsize: int) -> int:
+    """How far reading may run ahead of the window being filled (``read.ReadAhead``), in bytes."""
+    return window_tokens * itemsize // READ_AHEAD_SHARE
 
 
 def window_documents_for(window_tokens: int) -> int:
@@ -457,19 +463,21 @@ def window_tokens_for_memory(budget: int, ctx: int, rows_per_shard: int, itemsiz
     """The largest window whose run stays within ``budget`` bytes for any document lengths.
 
     ``budget = BASE_BYTES + MEMORY_IN_FLIGHT * (SHARD_COPIES * shard_bytes + MIN_WINDOW_DOCUMENTS * PIECE_BYTES
-    + window_tokens * token_bytes)`` with ``token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES * (1 /
-    DOCUMENT_TOKENS + 1 / ctx)``: a window of ``n`` tokens holds at most ``MIN_WINDOW_DOCUMENTS + n /
-    DOCUMENT_TOKENS`` documents (``window_documents_for``) and ``n / ctx`` further pieces of long documents, each
-    with its per-piece arrays. Solved for the window. It depends only on these arguments, never on ``--workers``,
-    so the output does not.
+    + window_tokens * token_bytes) + window_tokens * itemsize / READ_AHEAD_SHARE`` with ``token_bytes =
+    WINDOW_OVERHEAD * itemsize + PIECE_BYTES * (1 / DOCUMENT_TOKENS + 1 / ctx)``: a window of ``n`` tokens holds at
+    most ``MIN_WINDOW_DOCUMENTS + n / DOCUMENT_TOKENS`` documents (``window_documents_for``) and ``n / ctx`` further
+    pieces of long documents, each with its per-piece arrays; the last term is the read-ahead
+    (``read_ahead_bytes``). Solved for the window. It depends only on these arguments, never on ``--workers``, so
+    the output does not.
     """
     shard_bytes = rows_per_shard * ctx * itemsize
     token_bytes = WINDOW_OVERHEAD * itemsize + PIECE_BYTES * (1 / DOCUMENT_TOKENS + 1 / ctx)
+    run_token_bytes = MEMORY_IN_FLIGHT * token_bytes + itemsize / READ_AHEAD_SHARE
     fixed = SHARD_COPIES * shard_bytes + MIN_WINDOW_DOCUMENTS * PIECE_BYTES
     room = budget - BASE_BYTES - MEMORY_IN_FLIGHT * fixed
-    window_tokens = int(room / (MEMORY_IN_FLIGHT * token_bytes)) if room > 0 else 0
+    window_tokens = int(room / run_token_bytes) if room > 0 else 0
     if window_tokens < MIN_WINDOW_TOKENS:
-        need = BASE_BYTES + MEMORY_IN_FLIGHT * (fixed + token_bytes * MIN_WINDOW_TOKENS)
+        need = BASE_BYTES + MEMORY_IN_FLIGHT * fixed + run_token_bytes * MIN_WINDOW_TOKENS
         raise ValueError(f"a budget of {budget / 2**20:,.0f} MiB leaves no room for a window of "
                          f"{MIN_WINDOW_TOKENS:,} tokens; it needs at least {need / 2**20:,.0f} MiB at ctx {ctx} "
                          f"and {rows_per_shard} rows per shard")

@@ -252,6 +252,7 @@ class ArrowInput(InputFormat):
     suffixes = (".arrow", ".feather", ".ipc")
     description = "Arrow"
     carries_columns = True
+    reads_ahead = True
 
     def dataset_folder(self, folder: Folder) -> DatasetFolder | None:
         names = set(folder.names)

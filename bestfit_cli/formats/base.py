@@ -140,6 +140,7 @@ class InputFormat:
     suffixes: tuple[str, ...] = ()  # lower-case name endings, such as ".parquet"
     description: str = ""  # how messages name the format, such as "Parquet"
     carries_columns: bool = False  # whether its files have columns beside the token ids (--keep, --keep-token)
+    reads_ahead: bool = False  # whether ``read`` may run on a thread of its own (``read.ReadAhead``)
 
     def recognizes(self, path: str, exists: Callable[[str], bool]) -> bool:
         """Whether this format reads the file at ``path`` (compression suffixes already stripped from its name);

@@ -411,6 +411,7 @@ class MegatronInput(InputFormat):
     name = "megatron"
     suffixes = (BIN_SUFFIX, INDEX_SUFFIX)
     description = "a Megatron dataset"
+    reads_ahead = True
 
     def recognizes(self, path: str, exists: Callable[[str], bool]) -> bool:
         return path.lower().endswith(BIN_SUFFIX) and exists(index_path(path))

@@ -422,6 +422,7 @@ class ParquetInput(InputFormat):
     suffixes = (".parquet", ".pq")
     description = "Parquet"
     carries_columns = True
+    reads_ahead = True
 
     def check(self, file: InputFile, opts: ReadOptions) -> None:
         if file.size == 0:

@@ -207,6 +207,8 @@ def _batch(file: InputFile, file_index: int, row: int, offsets: np.ndarray, raw:
 class StreamInput(InputFormat):
     """A flat token stream: a raw ``.bin`` (no ``.idx`` beside it; ``--stream-dtype``) or a 1-D ``.npy``."""
 
+    reads_ahead = True
+
     def __init__(self, name: str, suffix: str, description: str) -> None:
         self.name, self.suffixes, self.description = name, (suffix,), description
 
