@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, carry
 from .carry import TokenColumn
@@ -327,6 +328,73 @@ def gather_tokens(window: Window, doc: np.ndarray, start: np.ndarray, length: np
         out[dst[ends] + length[ends] - 1] = eos_id[ends] if isinstance(eos_id, np.ndarray) else eos_id
 
 
+@dataclass(frozen=True)
+class ShardRows:
+    """Where a shard's pieces go, in output order: ``row`` is each piece's row, ``lengths`` each row's tokens; row
+    ``r`` starts at ``r * stride`` (padded rows) or right after row ``r - 1`` (``stride`` None)."""
+
+    row: np.ndarray
+    lengths: np.ndarray
+    stride: int | None
+
+
+def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.ndarray, dst: np.ndarray,
+                rows: ShardRows, out: np.ndarray, eos_id: int | np.ndarray | None,
+                source: np.ndarray | None = None) -> None:
+    """``gather_tokens`` for a shard's pieces in output order, laid out row by row (``rows``), each row's pieces
+    back to back from its start, as ``pack_window`` places them; the rest of ``out`` (the padding) is left as is.
+
+    All the pieces are copied in one call of pyarrow's ``list_flatten`` over a list view of the tokens (a view per
+    piece, EOS slot included), which runs without the GIL: one memcpy per piece in C++, where a Python step per
+    piece held the GIL for about a second and a half of a ``pack`` here while the other threads' Python waited.
+    The flat copy goes into ``out`` in runs of consecutive full rows, so a padded row costs one more copy and full
+    ones nothing. Pieces not laid out so (``dst`` says where each goes) go through ``gather_tokens``.
+    """
+    length = length.astype(np.int64)  # pieces' arrays are narrow (``Pieces``)
+    n_rows = len(rows.lengths)
+    row_starts = np.zeros(n_rows + 1, dtype=np.int64)  # where each row's tokens start in the flat copy
+    np.cumsum(rows.lengths, out=row_starts[1:])
+    flat_pos = np.zeros(len(length), dtype=np.int64)
+    np.cumsum(length[:-1], out=flat_pos[1:])
+    row_base = row_starts[:-1] if rows.stride is None else np.arange(n_rows, dtype=np.int64) * rows.stride
+    tokens = window.tokens if source is None else source
+    doc_start = window.offsets[doc]
+    copy_len = np.minimum(length, window.offsets[doc + 1] - doc_start - start)
+    src = doc_start + start
+    # A piece's view includes its EOS slot (the next document's first token, written over below); after the
+    # window's last document there is no token, so that view ends at the window's end instead and its piece is
+    # copied again on its own.
+    view_start = np.minimum(src, len(tokens) - length)
+    if (not len(length) or int(view_start.min()) < 0 or tokens.dtype != out.dtype or not tokens.flags.c_contiguous
+            or not np.array_equal(dst, row_base[rows.row] + flat_pos - row_starts[rows.row])):
+        gather_tokens(window, doc, start, length, dst, out, eos_id, source)
+        return
+    views = pa.LargeListViewArray.from_arrays(pa.array(view_start), pa.array(length), pa.array(tokens))
+    flat = pc.list_flatten(views).to_numpy()
+    if rows.stride is None:
+        out[:len(flat)] = flat
+    else:
+        _place_rows(flat, row_starts, rows.stride, out)
+    moved = np.flatnonzero(view_start != src)
+    _copy_slices(tokens, src[moved], out, dst[moved], copy_len[moved])
+    if eos_id is not None:
+        ends = copy_len < length
+        out[dst[ends] + length[ends] - 1] = eos_id[ends] if isinstance(eos_id, np.ndarray) else eos_id
+
+
+def _place_rows(flat: np.ndarray, row_starts: np.ndarray, stride: int, out: np.ndarray) -> None:
+    """Rows back to back in ``flat`` (row ``r`` is ``flat[row_starts[r]:row_starts[r + 1]]``) into ``out`` at
+    multiples of ``stride``: one copy per run of full rows (contiguous in both) and one per shorter row."""
+    lengths = np.diff(row_starts)
+    prev = 0  # first row of the run of full rows being gathered
+    for r in [*np.flatnonzero(lengths != stride).tolist(), len(lengths)]:
+        if r > prev:
+            out[prev * stride:r * stride] = flat[row_starts[prev]:row_starts[r]]
+        if r < len(lengths):
+            out[r * stride:r * stride + lengths[r]] = flat[row_starts[r]:row_starts[r + 1]]
+        prev = r + 1
+
+
 def _copy_slices(src_array: np.ndarray, src: np.ndarray, out: np.ndarray, dst: np.ndarray, n: np.ndarray) -> None:
     """``out[dst[i]:dst[i] + n[i]] = src_array[src[i]:src[i] + n[i]]`` for every i.
 
@@ -394,6 +462,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
         n_rows = last_row - first_row
         piece_offsets = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(local_row, minlength=n_rows), out=piece_offsets[1:])
+        row_lengths = np.bincount(local_row, weights=length, minlength=n_rows).astype(np.int64)
         if opts.pad:
             token_offsets = None
             row_start = local_row * ctx
@@ -401,16 +470,17 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
             tokens.fill(opts.resolved_pad_id)
         else:  # each row ends after its last piece, and the pieces cover it: nothing to fill
             token_offsets = np.zeros(n_rows + 1, dtype=np.int64)
-            np.cumsum(np.bincount(local_row, weights=length, minlength=n_rows).astype(np.int64),
-                      out=token_offsets[1:])
+            np.cumsum(row_lengths, out=token_offsets[1:])
             row_start = token_offsets[local_row]
             tokens = _shard_buffer(int(token_offsets[-1]), window.tokens.dtype)
-        gather_tokens(window, doc, start, length, row_start + piece_offset[lo:hi], tokens, opts.eos_id)
+        dst = row_start + piece_offset[lo:hi]
+        layout = ShardRows(local_row, row_lengths, ctx if opts.pad else None)
+        gather_rows(window, doc, start, length, dst, layout, tokens, opts.eos_id)
         carried_tokens = {}
         for column in token_columns:
             values = np.full(len(tokens), column.fill, dtype=column.dtype)
-            gather_tokens(window, doc, start, length, row_start + piece_offset[lo:hi], values,
-                          column_eos[column.name][doc], window.token_columns.get(column.name, values[:0]))
+            gather_rows(window, doc, start, length, dst, layout, values, column_eos[column.name][doc],
+                        window.token_columns.get(column.name, values[:0]))
             carried_tokens[column.name] = values
         kept = {name: window.columns[name].take(pa.array(doc)) for name in opts.keep}
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,

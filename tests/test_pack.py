@@ -655,3 +655,74 @@ def test_gathered_slices_are_the_pieces_whichever_way_they_are_copied(lengths: l
     for i in range(len(n)):
         expected[dst[i]:dst[i] + n[i]] = source[src[i]:src[i] + n[i]]
     assert np.array_equal(out, expected)
+
+
+def _pieces_in_rows(rng: np.random.Generator, doc_lengths: np.ndarray, ctx: int, eos: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every document cut into pieces of at most ctx (plus an EOS slot on its last), shuffled, then rows filled
+    first-fit in that order: (doc, start, length, row) in output order, each row's pieces back to back."""
+    docs, starts, lengths = [], [], []
+    for d, n in enumerate(doc_lengths.tolist()):
+        if not n:  # pack_window makes no pieces of empty documents
+            continue
+        total = n + int(eos)
+        for s in range(0, total, ctx):
+            docs.append(d), starts.append(s), lengths.append(min(ctx, total - s))
+    order = rng.permutation(len(docs))
+    rows, fill = [], []
+    for i in order.tolist():
+        r = next((k for k, used in enumerate(fill) if used + lengths[i] <= ctx), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        rows.append(r)
+        fill[r] += lengths[i]
+    rows_arr = np.array(rows, dtype=np.int64)
+    by_row = np.argsort(rows_arr, kind="stable")
+    pick = order[by_row]
+    return (np.array(docs, dtype=np.int32)[pick], np.array(starts, dtype=np.int16)[pick],
+            np.array(lengths, dtype=np.int16)[pick], rows_arr[by_row])
+
+
+@given(doc_lengths=st.lists(st.integers(0, 70), min_size=1, max_size=30), seed=st.integers(0, 2**16),
+       padded=st.booleans(), eos=st.booleans())
+def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], seed: int, padded: bool,
+                                                    eos: bool) -> None:
+    """The one-call gather (a list view over the tokens, flattened) gives the bytes of the piece-by-piece one for
+    padded and unpadded rows, EOS slots included, the window's last document among them; it falls back only for a
+    window smaller than one of its pieces (a view would start before its tokens), and a carried column of another
+    dtype (which it cannot view) still comes out right."""
+    from bestfit_cli import pipeline
+    from bestfit_cli.pipeline import ShardRows, gather_rows, gather_tokens
+    from bestfit_cli.window import Window
+
+    rng = np.random.default_rng(seed)
+    ctx = 32
+    lengths_np = np.array(doc_lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths_np)])
+    window = Window(0, 0, offsets, rng.integers(1, 1000, int(offsets[-1]), dtype=np.int64).astype(np.int32))
+    doc, start, length, row = _pieces_in_rows(rng, lengths_np, ctx, eos)
+    if not len(doc):
+        return
+    n_rows = int(row.max()) + 1
+    row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+    row_starts = np.concatenate([[0], np.cumsum(row_lengths)])
+    within = np.arange(len(length)) - np.searchsorted(row, row)  # pieces before this one in its row
+    piece_offset = np.array([int(length[(row == r)][:w].astype(np.int64).sum()) for r, w in zip(row, within)],
+                            dtype=np.int64)
+    dst = (row * ctx if padded else row_starts[row]) + piece_offset
+    size = n_rows * ctx if padded else int(row_starts[-1])
+    expected = np.full(size, -7, dtype=np.int32)
+    gather_tokens(window, doc, start, length, dst, expected, -1 if eos else None)
+    got = np.full(size, -7, dtype=np.int32)
+    layout = ShardRows(row, row_lengths, ctx if padded else None)
+    with pytest.MonkeyPatch.context() as patch:
+        if int(length.max()) <= len(window.tokens):
+            patch.setattr(pipeline, "gather_tokens", lambda *a: pytest.fail("fell back"))
+        gather_rows(window, doc, start, length, dst, layout, got, -1 if eos else None)
+    assert np.array_equal(got, expected)
+    wide = window.tokens.astype(np.int64)
+    carried = np.full(size, -7, dtype=np.int16)
+    gather_rows(window, doc, start, length, dst, layout, carried, None, wide)
+    reference = np.full(size, -7, dtype=np.int16)
+    gather_tokens(window, doc, start, length, dst, reference, None, wide)
+    assert np.array_equal(carried, reference)
