@@ -92,6 +92,7 @@ def shard_rows(n_rows: int, rows_per_shard: int) -> int:
 
 
 GATHER_TOKENS = 1 << 22  # tokens copied per vectorised gather step, to bound index arrays
+FLAT_TOKENS = 1 << 20  # tokens gathered per list_flatten call (gather_rows)
 LOOP_PIECE_TOKENS = 48  # pieces at least this long are copied as slices (a Python step costs ~48 gathered tokens)
 
 
@@ -344,11 +345,11 @@ def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.n
     """``gather_tokens`` for a shard's pieces in output order, laid out row by row (``rows``), each row's pieces
     back to back from its start, as ``pack_window`` places them; the rest of ``out`` (the padding) is left as is.
 
-    All the pieces are copied in one call of pyarrow's ``list_flatten`` over a list view of the tokens (a view per
-    piece, EOS slot included), which runs without the GIL: one memcpy per piece in C++, where a Python step per
-    piece held the GIL for about a second and a half of a ``pack`` here while the other threads' Python waited.
-    The flat copy goes into ``out`` in runs of consecutive full rows, so a padded row costs one more copy and full
-    ones nothing. Pieces not laid out so (``dst`` says where each goes) go through ``gather_tokens``.
+    The pieces are copied by pyarrow's ``list_flatten`` over a list view of the tokens (a view per piece, EOS slot
+    included), which runs without the GIL: one memcpy per piece in C++, where a Python step per piece held the GIL
+    for about a second and a half of a ``pack`` here while the other threads' Python waited. The flat copy, made
+    ``FLAT_TOKENS`` at a time, goes into ``out`` in runs of consecutive full rows, so a padded row costs one more
+    copy and full ones nothing. Pieces not laid out so (``dst`` says where each goes) go through ``gather_tokens``.
     """
     length = length.astype(np.int64)  # pieces' arrays are narrow (``Pieces``)
     n_rows = len(rows.lengths)
@@ -369,12 +370,18 @@ def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.n
             or not np.array_equal(dst, row_base[rows.row] + flat_pos - row_starts[rows.row])):
         gather_tokens(window, doc, start, length, dst, out, eos_id, source)
         return
-    views = pa.LargeListViewArray.from_arrays(pa.array(view_start), pa.array(length), pa.array(tokens))
-    flat = pc.list_flatten(views).to_numpy()
-    if rows.stride is None:
-        out[:len(flat)] = flat
-    else:
-        _place_rows(flat, row_starts, rows.stride, out)
+    values = pa.array(tokens)  # no copy
+    # A few rows at a time, so the flat copy is a small buffer pyarrow's allocator keeps reusing, not a second shard.
+    step = max(1, FLAT_TOKENS // max(int(rows.lengths.max()), 1))
+    for r0 in range(0, n_rows, step):
+        r1 = min(r0 + step, n_rows)
+        p0, p1 = np.searchsorted(rows.row, [r0, r1])
+        views = pa.LargeListViewArray.from_arrays(pa.array(view_start[p0:p1]), pa.array(length[p0:p1]), values)
+        flat = pc.list_flatten(views).to_numpy()
+        if rows.stride is None:
+            out[row_starts[r0]:row_starts[r1]] = flat
+        else:
+            _place_rows(flat, row_starts[r0:r1 + 1] - row_starts[r0], rows.stride, out[r0 * rows.stride:])
     moved = np.flatnonzero(view_start != src)
     _copy_slices(tokens, src[moved], out, dst[moved], copy_len[moved])
     if eos_id is not None:

@@ -684,9 +684,9 @@ def _pieces_in_rows(rng: np.random.Generator, doc_lengths: np.ndarray, ctx: int,
 
 
 @given(doc_lengths=st.lists(st.integers(0, 70), min_size=1, max_size=30), seed=st.integers(0, 2**16),
-       padded=st.booleans(), eos=st.booleans())
+       padded=st.booleans(), eos=st.booleans(), flat_tokens=st.sampled_from([1, 40, 1 << 20]))
 def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], seed: int, padded: bool,
-                                                    eos: bool) -> None:
+                                                    eos: bool, flat_tokens: int) -> None:
     """The one-call gather (a list view over the tokens, flattened) gives the bytes of the piece-by-piece one for
     padded and unpadded rows, EOS slots included, the window's last document among them; it falls back only for a
     window smaller than one of its pieces (a view would start before its tokens), and a carried column of another
@@ -707,8 +707,8 @@ def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], se
     row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
     row_starts = np.concatenate([[0], np.cumsum(row_lengths)])
     within = np.arange(len(length)) - np.searchsorted(row, row)  # pieces before this one in its row
-    piece_offset = np.array([int(length[(row == r)][:w].astype(np.int64).sum()) for r, w in zip(row, within)],
-                            dtype=np.int64)
+    piece_offset = np.array([int(length[row == r][:w].astype(np.int64).sum())
+                             for r, w in zip(row, within, strict=True)], dtype=np.int64)
     dst = (row * ctx if padded else row_starts[row]) + piece_offset
     size = n_rows * ctx if padded else int(row_starts[-1])
     expected = np.full(size, -7, dtype=np.int32)
@@ -716,6 +716,7 @@ def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], se
     got = np.full(size, -7, dtype=np.int32)
     layout = ShardRows(row, row_lengths, ctx if padded else None)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "FLAT_TOKENS", flat_tokens)  # a row at a time, a few rows, all at once
         if int(length.max()) <= len(window.tokens):
             patch.setattr(pipeline, "gather_tokens", lambda *a: pytest.fail("fell back"))
         gather_rows(window, doc, start, length, dst, layout, got, -1 if eos else None)
