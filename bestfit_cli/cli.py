@@ -268,8 +268,8 @@ def cli() -> None:
 @click.option("--memory", metavar="SIZE", default=None, callback=_parse_memory,
               help="Memory budget such as 4GB or 16GiB; sets --window-tokens to fit (docs/benchmarks.md).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Cores to use: windows packed in parallel, pyarrow's decoding threads, processes parsing JSONL "
-                   "(0: one per usable core).")
+              help="Cores to use: windows packed in parallel, pyarrow's decoding threads, processes parsing JSONL, "
+                   "and above 1 a thread reading ahead (0: one per usable core).")
 @click.option("--format", "output_format", type=click.Choice(list(FORMATS)), default="parquet", show_default=True,
               help="Shard format: Parquet, or Megatron's indexed dataset (.bin + .idx; needs --eos-id and a --pad-id "
                    "other than it; docs/training.md#megatron).")
