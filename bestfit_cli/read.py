@@ -401,10 +401,11 @@ class ReadAhead:
     Reading a file (decoding on pyarrow's threads, then checking and casting the ids in Python) then goes on while
     the consumer fills a window or waits for a packed one, and the next file's decoding starts before the last
     batch of this one is taken; with one thread, each file's reading began only when the one before was used up
-    (``pack`` with two workers waited 7 s of its 17 for batches; docs/benchmarks.md). The batches come out in
-    ``source``'s order, and an error reading it is raised where its batch would have come, after every batch before
-    it. One batch is always let ahead, however large. ``close`` stops the thread (after the batch it is reading)
-    and waits for it, so nothing reads on after the consumer stops.
+    (``pack --workers 2``'s main thread waited 7.7 s for batches in a 26 s profiled run; docs/benchmarks.md).
+
+    The batches come out in ``source``'s order, and an error reading it is raised where its batch would have come,
+    after every batch before it. One batch is always let ahead, however large. ``close`` stops the thread (after
+    the batch it is reading) and waits for it, so nothing reads on after the consumer stops.
     """
 
     def __init__(self, source: Iterator[DocBatch], limit: int) -> None:
