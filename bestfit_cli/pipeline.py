@@ -8,7 +8,6 @@ thread pool; results are collected in window order, so the output does not depen
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -43,7 +42,7 @@ from .read import (
     read_inputs,
 )
 from .report import PackStats, Report
-from .resources import arrow_threads, usable_cores
+from .resources import arrow_threads, thread_buffer, usable_cores
 from .strategies import ConcatCounts, concat_counts
 from .training import TRAINING_COLUMNS
 from .window import (
@@ -420,17 +419,6 @@ def _copy_slices(src_array: np.ndarray, src: np.ndarray, out: np.ndarray, dst: n
         target[to:to + size] = source[at:at + size]
 
 
-_buffers = threading.local()
-
-
-def _shard_buffer(n_tokens: int, dtype: np.dtype) -> np.ndarray:
-    """A token buffer reused by this thread from shard to shard: no fresh pages to fault in for every shard."""
-    buffer: np.ndarray | None = getattr(_buffers, "tokens", None)
-    if buffer is None or buffer.dtype != dtype or len(buffer) < n_tokens:
-        buffer = _buffers.tokens = np.empty(n_tokens, dtype=dtype)
-    return buffer[:n_tokens]
-
-
 def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardStager,
                 shard_pool: Executor | None = None) -> WindowResult:
     """Plan, shuffle, gather and write one window. Depends only on the window and the options.
@@ -473,13 +461,13 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
         if opts.pad:
             token_offsets = None
             row_start = local_row * ctx
-            tokens = _shard_buffer(n_rows * ctx, window.tokens.dtype)
+            tokens = thread_buffer("shard tokens", n_rows * ctx, window.tokens.dtype)
             tokens.fill(opts.resolved_pad_id)
         else:  # each row ends after its last piece, and the pieces cover it: nothing to fill
             token_offsets = np.zeros(n_rows + 1, dtype=np.int64)
             np.cumsum(row_lengths, out=token_offsets[1:])
             row_start = token_offsets[local_row]
-            tokens = _shard_buffer(int(token_offsets[-1]), window.tokens.dtype)
+            tokens = thread_buffer("shard tokens", int(token_offsets[-1]), window.tokens.dtype)
         dst = row_start + piece_offset[lo:hi]
         layout = ShardRows(local_row, row_lengths, ctx if opts.pad else None)
         gather_rows(window, doc, start, length, dst, layout, tokens, opts.eos_id)

@@ -19,12 +19,13 @@ level), row groups of ``row_group_rows`` rows, and min/max statistics on the col
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from ..resources import thread_buffer
 
 PAGE_BYTES = 1 << 20  # values per data page, uncompressed (pyarrow's default data page size)
 
@@ -322,18 +323,6 @@ def _schema(thrift: _Thrift, columns: Sequence[ListColumn]) -> None:
         thrift.end()
 
 
-_output = threading.local()
-
-
-def _output_buffer(size: int) -> np.ndarray:
-    """This thread's buffer for a whole file, reused from file to file: a new one of a shard's size costs a page fault
-    per 4 KiB, with the GIL held while ``bytes.join`` would touch them (2 s of a 20 s ``pack`` here)."""
-    buffer: np.ndarray | None = getattr(_output, "buffer", None)
-    if buffer is None or len(buffer) < size:
-        buffer = _output.buffer = np.empty(size + (size >> 3), dtype=np.uint8)
-    return buffer[:size]
-
-
 def encode(columns: Sequence[ListColumn], n_rows: int, row_group_rows: int, *, created_by: str,
            compression_level: int | None = None, reuse: bool = False) -> bytes | memoryview:
     """The bytes of a Parquet file holding ``columns`` (each ``n_rows`` rows) in row groups of ``row_group_rows``.
@@ -381,7 +370,10 @@ def encode(columns: Sequence[ListColumn], n_rows: int, row_group_rows: int, *, c
     parts += [bytes(footer.out), struct.pack("<i", len(footer.out)), b"PAR1"]
     if not reuse:
         return b"".join(parts)
-    out = _output_buffer(sum(len(part) if isinstance(part, bytes) else part.size for part in parts))
+    # This thread's buffer, reused from file to file: a new one per shard (bytes.join) cost a page fault per 4 KiB
+    # with the GIL held, 2 s of a 20 s pack here.
+    total = sum(len(part) if isinstance(part, bytes) else part.size for part in parts)
+    out = thread_buffer("parquet file", total, np.dtype(np.uint8))
     at = 0
     for part in parts:
         size = len(part) if isinstance(part, bytes) else part.size
