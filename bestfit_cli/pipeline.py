@@ -406,8 +406,8 @@ def _copy_slices(src_array: np.ndarray, src: np.ndarray, out: np.ndarray, dst: n
 
     Through memoryviews where it can: their slice assignment copies with the GIL held, where numpy's releases and
     takes it back for every slice. With two threads gathering at once, numpy's way passes the GIL back and forth
-    thousands of times a shard (measured: two threads took 3x longer than one did alone); this way they take turns
-    at the interpreter's switch interval and the copies cost what they cost on one thread.
+    thousands of times a shard (measured: two threads gathering a shard each took 91 ms, one alone 16 ms); this
+    way they take turns at the interpreter's switch interval and the copies cost what they cost on one thread.
     """
     if src_array.dtype != out.dtype or not (src_array.flags.c_contiguous and out.flags.c_contiguous):
         for to, at, size in zip(dst.tolist(), src.tolist(), n.tolist(), strict=True):
