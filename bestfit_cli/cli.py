@@ -496,9 +496,11 @@ def main() -> None:
         sys.exit(EXIT_TERMINATED)
     except click.exceptions.Abort:
         click.echo("bestfit: interrupted", err=True)
+        _interrupt_handled()
         sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         click.echo("\nbestfit: interrupted", err=True)
+        _interrupt_handled()
         sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
@@ -513,6 +515,19 @@ def main() -> None:
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
+
+
+def _interrupt_handled() -> None:
+    """Make the interpreter exit with our status, not by SIGINT.
+
+    A Ctrl-C that lands while Python runs a string through ``exec`` or ``eval`` (``dataclasses`` and
+    ``namedtuple`` build their methods that way, so any import can) raises its KeyboardInterrupt out of that
+    ``exec``, and CPython sets its "unhandled Ctrl-C" flag, though bestfit catches and handles the interrupt.
+    At exit the interpreter then kills itself with SIGINT instead of exiting 130 (seen on 3.11 under
+    ``python -m``, which checks the flag; the installed ``bestfit`` script exits by another path). Each ``exec``
+    of a string clears the flag before it runs (``run_eval_code_obj`` in Python/pythonrun.c): one that
+    completes leaves it clear."""
+    exec("")  # noqa: S102 - a constant empty string, run only for the side effect above
 
 
 def _silence_stdout() -> None:

@@ -146,6 +146,36 @@ def test_ctrl_c_while_reading_stdin(tmp_path: Path) -> None:
         process.kill()
 
 
+INTERRUPT_IN_EXEC = """
+import bestfit_cli.read
+from bestfit_cli.cli import main
+
+
+def read_file(*args):
+    exec("raise KeyboardInterrupt")  # a Ctrl-C landing while generated code runs (dataclasses, namedtuple)
+    yield
+
+
+bestfit_cli.read.read_file = read_file
+main()
+"""
+
+
+def test_ctrl_c_inside_exec_of_a_string_still_exits_130(source: Path, tmp_path: Path) -> None:
+    """Through ``python -m`` (as every test here runs bestfit), CPython 3.11 would kill the process with SIGINT at
+    exit when a KeyboardInterrupt had escaped any ``exec`` of a string, even though bestfit caught it: exit -2,
+    where the contract says 130. The flaky form of this was a Ctrl-C landing during a lazy import."""
+    (tmp_path / "interrupt_in_exec.py").write_text(INTERRUPT_IN_EXEC)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "interrupt_in_exec", "pack", str(source), str(out), *PACK_OPTIONS],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip() == "bestfit: interrupted"
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob(".bestfit-tmp-*"))
+
+
 def test_ctrl_c_while_writing_shards(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     process = subprocess.Popen(pack_command(source, out), stderr=subprocess.PIPE)
