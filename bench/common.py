@@ -76,6 +76,30 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
                measured.get("helper_peak_rss_bytes", 0))
 
 
+def run_together(cmds: list[list[str]]) -> tuple[float, list[Run]]:
+    """Run commands at the same time, each through ``bench.peak`` as ``run`` does; the wall time until the last
+    one ended, and each one's own measures."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        logs = [Path(folder) / f"{i}.err" for i in range(len(cmds))]
+        procs = []
+        for cmd, errors in zip(cmds, logs, strict=True):
+            with errors.open("wb") as sink:
+                procs.append(subprocess.Popen([sys.executable, "-m", "bench.peak", *cmd], stdout=subprocess.PIPE,
+                                              stderr=sink, cwd=ROOT))
+        outputs = [proc.communicate()[0] for proc in procs]
+        seconds = time.perf_counter() - started
+        runs = []
+        for cmd, proc, out, errors in zip(cmds, procs, outputs, logs, strict=True):
+            lines = errors.read_text().strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {chr(10).join(lines[-20:])}")
+            measured = json.loads(lines[-1])
+            runs.append(Run(measured["seconds"], measured["peak_rss_bytes"], out.decode(), measured["cpu_seconds"],
+                            measured.get("helper_peak_rss_bytes", 0)))
+    return seconds, runs
+
+
 def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 

@@ -22,12 +22,19 @@ def _end_to_end(data: dict[str, Any]) -> Iterator[Row]:
                f"({cpu['pack_workers_2']:.1f} s / {cpu['copy']:.1f} s)", "", None)
     yield ("  the same against the copy with an fsync per file", f"{data['pack_over_copy_fsync']:.2f}x "
            f"({med['copy_fsync']:.1f} s)", "", None)
+    if "pack_over_copy_with_bestfit_allocator_options" in data:
+        yield ("  the same against the copy with bestfit's allocator options",
+               f"{data['pack_over_copy_with_bestfit_allocator_options']:.2f}x "
+               f"({med['copy_with_bestfit_allocator_options']:.1f} s)", "", None)
     peak = data["median_peak_rss_mib"]
     yield ("Parquet pack peak memory / copy's", f"{data['peak_over_copy']:.2f}x ({peak['pack_workers_2']:,.0f} MiB / "
            f"{peak['copy']:,.0f} MiB)", "<= 1.2x", data["peak_over_copy"] <= 1.2)
     yield ("pack --workers 2 speed-up over --workers 1", f"{data['speedup_workers_2_over_1']:.2f}x "
            f"({med['pack_workers_1']:.1f} s / {med['pack_workers_2']:.1f} s)", ">= 1.8x",
            data["speedup_workers_2_over_1"] >= 1.8)
+    if "speedup_two_independent_runs" in data:
+        yield ("  two independent --workers 1 runs at once (the machine's ceiling)",
+               f"{data['speedup_two_independent_runs']:.2f}x ({med['two_workers_1_at_once']:.1f} s for both)", "", None)
 
 
 def _peers(data: dict[str, Any]) -> Iterator[Row]:

@@ -313,3 +313,21 @@ def test_the_cli_reads_parquet_without_importing_pandas_and_a_library_caller_kee
     done = subprocess.run([sys.executable, "-c", library], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, 1)"
+
+
+@pytest.mark.skipif(pa.default_memory_pool().backend_name != "mimalloc", reason="pyarrow allocates with mimalloc here")
+def test_the_command_starts_pyarrows_allocator_with_its_options() -> None:
+    """``bestfit`` and ``python -m bestfit_cli`` set mimalloc's purge delay before pyarrow loads (entry.py); a value
+    the user set wins. mimalloc prints its options at start when ``MIMALLOC_VERBOSE`` is set."""
+    from bestfit_cli.entry import ALLOCATOR_OPTIONS
+
+    script = Path(sys.executable).with_name("bestfit")
+    commands = [[sys.executable, "-m", "bestfit_cli"], *([[str(script)]] if script.exists() else [])]
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_OPTIONS} | {"MIMALLOC_VERBOSE": "1"}
+    for command in commands:
+        done = subprocess.run([*command, "--version"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"option 'purge_delay': {ALLOCATOR_OPTIONS['MIMALLOC_PURGE_DELAY']}" in done.stderr
+        done = subprocess.run([*command, "--version"], env=env | {"MIMALLOC_PURGE_DELAY": "25"}, capture_output=True,
+                              text=True, timeout=60)
+        assert "option 'purge_delay': 25" in done.stderr
