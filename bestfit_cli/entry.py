@@ -14,7 +14,7 @@ import os
 # back and came again all run long: each return costs the other core a TLB flush, each comeback a page fault and a
 # zeroed page (2 MiB at a time: about 2 s of a 20 s pack went to zeroing pages, by `perf record`). Kept for 10 s,
 # it is reused instead. Measured on the 0.95 GiB end-to-end corpus (docs/benchmarks.md, §2): page faults of a
-# --workers 2 pack 129k → 28k, system time 3.2 → 2.4 s, wall 18.9 → 17.2 s; peak memory +4 % (at most the memory
+# --workers 2 pack 129k → 28k, system time 3.2 → 2.4 s, wall 18.9 → 17.2 s; peak memory +5 % (at most the memory
 # pyarrow held at once, since kept memory is what the next allocations take first).
 ALLOCATOR_OPTIONS = {"MIMALLOC_PURGE_DELAY": "10000"}
 
