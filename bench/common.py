@@ -68,11 +68,16 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None) -> Run:
         proc = subprocess.run([sys.executable, "-m", "bench.peak", *cmd], stdout=subprocess.PIPE, stderr=errors,
                               cwd=ROOT, env={**os.environ, **(env or {})}, check=False)
         errors.seek(0)
-        lines = errors.read().decode().strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {chr(10).join(lines[-20:])}")
+        return _measured(cmd, proc.returncode, proc.stdout, errors.read())
+
+
+def _measured(cmd: list[str], returncode: int, stdout: bytes, stderr: bytes) -> Run:
+    """A ``bench.peak`` run's measures, from the JSON line it ends its stderr with."""
+    lines = stderr.decode().strip().splitlines()
+    if returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({returncode}): {chr(10).join(lines[-20:])}")
     measured = json.loads(lines[-1])
-    return Run(measured["seconds"], measured["peak_rss_bytes"], proc.stdout.decode(), measured["cpu_seconds"],
+    return Run(measured["seconds"], measured["peak_rss_bytes"], stdout.decode(), measured["cpu_seconds"],
                measured.get("helper_peak_rss_bytes", 0))
 
 
@@ -89,15 +94,8 @@ def run_together(cmds: list[list[str]]) -> tuple[float, list[Run]]:
                                               stderr=sink, cwd=ROOT))
         outputs = [proc.communicate()[0] for proc in procs]
         seconds = time.perf_counter() - started
-        runs = []
-        for cmd, proc, out, errors in zip(cmds, procs, outputs, logs, strict=True):
-            lines = errors.read_text().strip().splitlines()
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {chr(10).join(lines[-20:])}")
-            measured = json.loads(lines[-1])
-            runs.append(Run(measured["seconds"], measured["peak_rss_bytes"], out.decode(), measured["cpu_seconds"],
-                            measured.get("helper_peak_rss_bytes", 0)))
-    return seconds, runs
+        return seconds, [_measured(cmd, proc.returncode, out, errors.read_bytes())
+                         for cmd, proc, out, errors in zip(cmds, procs, outputs, logs, strict=True)]
 
 
 def remove(path: Path) -> None:
