@@ -12,11 +12,11 @@ import os
 # pyarrow allocates through mimalloc, which by default hands memory back to the system 10 ms after it is freed. A
 # pack frees and allocates a decoded batch, a page or a gathered run every few milliseconds, so the same memory went
 # back and came again all run long: each return costs the other core a TLB flush, each comeback a page fault and a
-# zeroed page (2 MiB at a time: about 2 s of a 20 s pack went to zeroing pages, by `perf record`). Kept for 10 s,
-# it is reused instead. Measured on the 0.95 GiB end-to-end corpus (docs/benchmarks.md, §2): page faults of a
-# --workers 2 pack 129k → 28k, system time 3.2 → 2.4 s, wall 18.9 → 17.2 s; peak memory +5 % (at most the memory
-# pyarrow held at once, since kept memory is what the next allocations take first).
-ALLOCATOR_OPTIONS = {"MIMALLOC_PURGE_DELAY": "10000"}
+# zeroed page (2 MiB at a time: about 2 s of a 20 s pack went to zeroing pages, by `perf record`). Kept for 1 s, it
+# is reused instead. Measured (docs/benchmarks.md, §2 and §3): a pack of 841 MiB of Parquet took 13.5-13.8 s
+# against 17.4-18.6 s, with a peak of 692-697 MiB against 607-608 MiB; 10 s bought no more speed and cost 15 MiB
+# more, 100 ms kept half the gain.
+ALLOCATOR_OPTIONS = {"MIMALLOC_PURGE_DELAY": "1000"}
 
 
 def main() -> None:
