@@ -20,7 +20,6 @@ The order of an epoch is a pure function of (seed, epoch) and the output's row g
 
 from __future__ import annotations
 
-import json
 import posixpath
 import sys
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 
 from . import training
 from .errors import InputError, OptionError
+from .formats.json_depth import loads
 from .formats.parquet_footer import FooterError
 from .formats.parquet_footer import check_file as check_footer_file
 from .fs import filesystem_for, storage_error
@@ -337,9 +337,9 @@ def load_manifest(out: str) -> dict[str, Any]:
         raise InputError(out, f"manifest.json cannot be read ({str(exc).splitlines()[0] if str(exc) else exc!r})",
                          fix="check the path and its permissions") from None
     try:
-        manifest = json.loads(raw)
-    except ValueError:
-        raise InputError(out, "manifest.json is not valid JSON", fix=fix) from None
+        manifest = loads(raw)
+    except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply (json_depth.TooDeep)
+        raise InputError(out, f"manifest.json is not valid JSON ({str(exc).split(':')[0]})", fix=fix) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(out, f"manifest.json is not a bestfit manifest (format is not {MANIFEST_FORMAT!r})", fix=fix)
     options = manifest.get("options")

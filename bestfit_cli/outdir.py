@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import OutputError
+from .formats.json_depth import loads
 from .fs import storage_error
 
 MANIFEST = "manifest.json"
@@ -96,8 +97,8 @@ def _shard_files(manifest: Any) -> dict[str, Any] | None:
 
 def _parse(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return loads(raw)
+    except ValueError:  # not JSON, not UTF-8, or nested deeper than any manifest (json_depth.TooDeep)
         return None
 
 

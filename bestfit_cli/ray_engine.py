@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -264,10 +265,15 @@ class RayEngine:
 
     # -------------------------------------------------------------------------------------------- lengths pass
 
+    @contextmanager
     def lengths_reader(self, files: Sequence[InputFile], opts: ReadOptions
-                       ) -> Callable[[InputFile, int, ReadOptions], Iterator[LengthBatch]]:
+                       ) -> Iterator[Callable[[InputFile, int, ReadOptions], Iterator[LengthBatch]]]:
         """A ``read.read_lengths`` stand-in for ``stats.read_corpus_lengths``: every file's lengths read at once,
-        one task per file, handed on in input order (each file's error when its turn comes)."""
+        one task per file, handed on in input order (each file's error when its turn comes).
+
+        Whatever ends the block (a file's error, the bad-record limit, Ctrl-C, or a reader done before the last
+        file), the tasks not yet taken are cancelled as it ends, so none runs on in a cluster the process stays
+        connected to."""
         check_inputs(files)
         opts = replace(opts, parse_workers=1)  # a task holds one CPU: it parses in its own process
         ray = _ray()
@@ -277,11 +283,13 @@ class RayEngine:
         def read(file: InputFile, index: int, _opts: ReadOptions) -> Iterator[LengthBatch]:
             result = _get(refs.pop(index))
             if isinstance(result, BaseException):
-                self.cancel(list(refs.values()))
                 raise result
             yield from result.batches
 
-        return read
+        try:
+            yield read
+        finally:
+            self.cancel(list(refs.values()))
 
     # -------------------------------------------------------------------------------------------- pack
 

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from . import __version__
 from .errors import InputError, OptionError, OutputError, check_field_types
-from .formats.json_depth import TooDeep, loads_line
+from .formats.json_depth import TooDeep, loads
 from .fs import InputFile, InputScan, LeftOut, check_output_file, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES, LengthHistogram, LongDocs
 from .pipeline import MAX_CTX, PackOptions
@@ -160,7 +160,7 @@ def _is_json_document(file: InputFile, head: bytes) -> bool:
         return False
     first_line = head.lstrip().split(b"\n", 1)[0]
     try:
-        loads_line(first_line)
+        loads(first_line)
     except TooDeep:
         return False  # JSON Lines, and the reader says the line is too deep
     except ValueError:
@@ -173,7 +173,7 @@ def load_histogram_file(file: InputFile) -> tuple[LengthHistogram, dict[str, Any
     assert file.fs is not None
     try:
         with file.fs.open_input_stream(file.fs_path, compression="detect") as stream:
-            data = json.loads(stream.read())
+            data = loads(stream.read())
         return LengthHistogram.from_json(data), data.get("options", {})
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(file.name, f"not a valid bestfit length histogram ({exc})",
@@ -438,8 +438,7 @@ def _read_with_progress(scan: InputScan, opts: ReadOptions, progress_factory: Ca
         if engine == "ray":
             from .ray_engine import RayEngine
 
-            with RayEngine(ray_address) as ray_engine:
-                reader = ray_engine.lengths_reader(files, opts)
+            with RayEngine(ray_address) as ray_engine, ray_engine.lengths_reader(files, opts) as reader:
                 corpus = read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit, reader)
         else:
             corpus = read_corpus_lengths(files, opts, bar.update if bar is not None else None, limit)

@@ -28,6 +28,7 @@ from .carry import TokenColumn, eos_values
 from .errors import InputError, VerifyError
 from .fingerprint import Fingerprint, fingerprint
 from .formats import FORMATS
+from .formats.json_depth import TooDeep, loads
 from .fs import InputFile, check_bucket, filesystem_for, scan_inputs, storage_error
 from .histogram import LONG_DOC_POLICIES
 from .outdir import MANIFEST, STATS, TMP_PREFIX, companion_name, is_ignored, leftover_files, pending_report
@@ -260,12 +261,11 @@ def _load_manifest(fs: pafs.FileSystem, root: str, out: str) -> dict[str, Any]:
         raise VerifyError(f"{out}: no manifest.json, so this output is incomplete (its pack run was interrupted, "
                           "failed or is still running)", fix=RERUN) from None
     try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        manifest = loads(raw)
+    except TooDeep as exc:
+        raise VerifyError(f"{posixpath.join(out, MANIFEST)} is malformed: its JSON is {exc}", fix=RERUN) from None
+    except ValueError:  # not JSON, or not UTF-8
         raise VerifyError(f"{out}: manifest.json is not valid JSON", fix=RERUN) from None
-    except RecursionError:
-        raise VerifyError(f"{posixpath.join(out, MANIFEST)} is malformed: JSON nested too deeply to read",
-                          fix=RERUN) from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise VerifyError(f"{out}: manifest.json is not a bestfit manifest", fix="give the OUT folder of bestfit pack")
     version = manifest.get("format_version")
@@ -537,8 +537,8 @@ def _check_report_totals(data: bytes, manifest: dict[str, Any], result: VerifyRe
     """The report's totals must be the manifest's (which the shards are checked against): a report edited along
     with the sha256 the manifest records for it would otherwise tell a user numbers no check has seen."""
     try:
-        report = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        report = loads(data)
+    except ValueError:  # not JSON, not UTF-8, or nested too deeply (json_depth.TooDeep)
         result.add(Problem("is not valid JSON", shard=STATS))
         return
     if not isinstance(report, dict):

@@ -173,9 +173,10 @@ def test_a_dataset_dict_inside_a_scanned_folder_is_refused_too(tmp_path: Path, d
 @pytest.mark.parametrize(("damage", "fragment"), [
     ("not json", "state.json: is not valid JSON"),
     ('{"_fingerprint": "x"}', "state.json: lists no data files"),
+    ('{"_data_files": ' + "[" * 5000 + "]" * 5000 + "}", "state.json: is not valid JSON (nested deeper than 512"),
     ('{"_data_files": [{"filename": "gone.arrow"}]}', "state.json: lists gone.arrow, which is not in the folder"),
     ('{"_data_files": [{"filename": "../escape.arrow"}]}', "not a file name in its folder"),
-])
+], ids=["not-json", "no-data-files", "too-deep", "missing-file", "escape"])
 def test_a_damaged_state_json_is_one_line_naming_it(tmp_path: Path, docs: list[list[int]], damage: str,
                                                      fragment: str) -> None:
     source = save_to_disk(tmp_path / "ds", docs[:20], shards=1)

@@ -57,8 +57,39 @@ def test_deeply_nested_manifest_is_malformed(tmp_path: Path) -> None:
     result = invoke("verify", source, out)
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"Error: {out}/manifest.json is malformed: JSON nested too deeply to read "
+        f"Error: {out}/manifest.json is malformed: its JSON is nested deeper than 512 levels "
         "(rerun the same bestfit pack command with --overwrite)"]
+
+
+def test_a_deep_manifest_is_refused_alike_from_any_stack_depth(tmp_path: Path) -> None:
+    """700 levels: json.loads reads that from a shallow stack and runs out of room from a deep one, so verify once
+    said one thing or the other by where it was called from; the limit of every JSON bestfit reads says the same."""
+    from bestfit_cli.verify import VerifyError, verify
+
+    source = write_parquet(tmp_path / "a.parquet", documents([5, 6]))
+    out = tmp_path / "out"
+    assert invoke("pack", source, out, "--ctx", 8, "-q").exit_code == 0
+    text = '{"format": "bestfit.packed", "windows": ' + "[" * 700 + "]" * 700 + "}"
+    assert json.loads(text)  # Python itself reads it, from here
+    (out / "manifest.json").write_text(text)
+
+    def refusal(frames: int) -> str:
+        if frames:
+            return refusal(frames - 1)
+        with pytest.raises(VerifyError) as exc:
+            verify([str(source)], str(out))
+        return str(exc.value)
+
+    shallow = refusal(0)
+    assert "nested deeper than 512 levels" in shallow
+    assert refusal(600) == shallow
+
+
+def test_a_deep_histogram_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"schema": "bestfit.histogram/1",\n"lengths": ' + "[" * 5000 + "]" * 5000 + "}\n")
+    assert_fails(invoke("stats", path, "--ctx", 8), tmp_path / "out", 1,
+                 "deep.json: not a valid bestfit length histogram (nested deeper than 512 levels)")
 
 
 def test_parquet_with_two_token_columns(tmp_path: Path) -> None:

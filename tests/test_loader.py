@@ -255,6 +255,9 @@ def test_a_manifest_of_another_format_is_refused(out: Path, tmp_path: Path) -> N
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         PackedDataset(str(folder), batch_size=4)
+    (folder / "manifest.json").write_text('{"format": "bestfit.packed", "shards": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(InputError, match="not valid JSON .nested deeper than 512 levels"):  # not a RecursionError
+        PackedDataset(str(folder), batch_size=4)
     (folder / "manifest.json").write_text(json.dumps({**manifest, "options": {**manifest["options"],
                                                                                "format": "megatron"}}))
     with pytest.raises(InputError, match="'megatron' shards"):

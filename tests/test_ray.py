@@ -510,3 +510,69 @@ def test_carried_column_errors_fail_as_locally(cluster: RayCluster, tmp_path: Pa
         assert len(message.splitlines()) == 1 and "Traceback" not in on_ray.stderr
         assert on_ray.stderr.strip() == message
         assert not out.exists()
+
+
+class _FakeLengthsRay:
+    """What ``RayEngine.lengths_reader`` asks of Ray: one task per file submitted, and which of them are cancelled."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+
+    def remote(self, **_: Any) -> Any:
+        fake = self
+
+        class Remote:
+            def __init__(self, fn: Any) -> None:
+                pass
+
+            def remote(self, file: Any, index: int, *_: Any) -> str:
+                fake.submitted.append(f"lengths of file {index}")
+                return fake.submitted[-1]
+
+        return Remote
+
+    def cancel(self, ref: Any, force: bool) -> None:
+        self.cancelled.append(ref)
+
+    def wait(self, refs: list[Any], num_returns: int, timeout: float) -> tuple[list[Any], list[Any]]:
+        return list(refs), []
+
+
+@pytest.mark.parametrize("ending", ["consumer error", "ctrl-c", "all read"])
+def test_the_lengths_tasks_not_taken_are_cancelled_however_the_reading_ends(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ending: str) -> None:
+    """``stats --engine ray`` submits every file's lengths task at once; when the reading stops early (the
+    bad-record limit, a .json refused, Ctrl-C), the tasks not yet taken must not run on in a cluster that a library
+    caller stays connected to."""
+    from bestfit_cli import ray_engine
+    from bestfit_cli.errors import InputError
+    from bestfit_cli.fs import resolve_inputs
+    from bestfit_cli.read import LengthBatch, ReadOptions
+
+    fake = _FakeLengthsRay()
+    monkeypatch.setattr(ray_engine, "_ray", lambda: fake)
+    monkeypatch.setattr(ray_engine, "_get", lambda ref: SimpleNamespace(
+        batches=[LengthBatch(int(ref.rsplit(" ", 1)[1]), 0, np.array([5, 7]))]))
+    (tmp_path / "more.parquet").write_bytes((SAMPLES / "code.parquet").read_bytes())
+    files = resolve_inputs([str(SAMPLES / "code.parquet"), str(SAMPLES / "nl.jsonl"), str(tmp_path / "more.parquet")])
+    opts = ReadOptions()
+    failure = {"consumer error": InputError("x", "too many bad records"), "ctrl-c": KeyboardInterrupt(),
+               "all read": None}[ending]
+
+    def consume() -> None:
+        with ray_engine.RayEngine().lengths_reader(files, opts) as read:
+            taken = [b.lengths.tolist() for b in read(files[0], 0, opts)]
+            assert taken == [[5, 7]]
+            if failure is not None:
+                raise failure
+            for index in (1, 2):
+                list(read(files[index], index, opts))
+
+    if failure is None:
+        consume()
+    else:
+        with pytest.raises(type(failure)):
+            consume()
+    assert fake.submitted == ["lengths of file 0", "lengths of file 1", "lengths of file 2"]
+    assert fake.cancelled == ([] if failure is None else ["lengths of file 1", "lengths of file 2"])

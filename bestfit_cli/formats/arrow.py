@@ -15,7 +15,6 @@ touched; a batch is handed on in pieces of about ``read.BATCH_TOKENS`` tokens.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -38,6 +37,7 @@ from ..read import (
     with_carried,
 )
 from .base import Checkpoint, DatasetFolder, Folder, InputFormat
+from .json_depth import loads
 
 STATE_JSON = "state.json"
 INFO_JSON = "dataset_info.json"
@@ -208,7 +208,7 @@ def _ids_in(column: pa.Array) -> int:
 
 def _split_names(folder: Folder) -> list[str]:
     try:
-        splits = json.loads(folder.read_bytes(DICT_JSON)).get("splits")
+        splits = loads(folder.read_bytes(DICT_JSON)).get("splits")
     except (ValueError, AttributeError, OSError, pa.ArrowException):
         splits = None
     if isinstance(splits, list) and all(isinstance(s, str) for s in splits):
@@ -221,7 +221,7 @@ def _state_files(folder: Folder) -> tuple[str, ...]:
     shown = f"{folder.shown.rstrip('/')}/{STATE_JSON}"
     fix = "save the dataset again with Dataset.save_to_disk, or pass its .arrow files by name"
     try:
-        state = json.loads(folder.read_bytes(STATE_JSON, 64 << 20))
+        state = loads(folder.read_bytes(STATE_JSON, 64 << 20))
     except (OSError, pa.ArrowException) as exc:
         raise InputError(shown, f"cannot be read ({str(exc).splitlines()[0] if str(exc) else exc})",
                          fix="check the file and its permissions") from None

@@ -1,10 +1,13 @@
-"""How deep a JSON Lines line may nest, one limit for every way a line is read.
+"""How deep JSON may nest, one limit for every way bestfit reads it: JSON Lines lines, and the JSON files it
+reads whole (a manifest, a report, a histogram, a dataset's ``state.json``).
 
 ``json.loads`` and msgspec both stop at what the caller's stack leaves of Python's recursion limit (1,000): about
 990 levels from a shallow stack, 190 from 800 frames down, and the parse workers' stack is not the reading
 process's. So each path would take or refuse a deep line by where it was called from. Every path instead refuses
-a line nested deeper than ``MAX_DEPTH`` (the fast paths hand such a line to ``json.loads``, which ``loads_line``
-guards) and reads any line within it, on a fresh thread when the caller's stack has no room left for it.
+a line nested deeper than ``MAX_DEPTH`` (the fast paths hand such a line to ``json.loads``, which ``loads``
+guards) and reads any line within it, on a fresh thread when the caller's stack has no room left for it. A whole
+file goes through ``loads`` too, so the same manifest is never read from one call and refused from a deeper one, and
+what bestfit reads can be walked and written again without running out of stack.
 """
 
 from __future__ import annotations
@@ -94,9 +97,10 @@ def _fields(raw: bytes | bytearray | memoryview) -> list[Any] | None:
     return list(fields.values())
 
 
-def loads_line(raw: bytes | bytearray) -> Any:
-    """``json.loads`` of one line, whatever the depth of the caller's stack: ``TooDeep`` for a line nested deeper
-    than ``MAX_DEPTH``; a line within it that the caller's stack has no room for is parsed on a fresh thread."""
+def loads(raw: bytes | bytearray) -> Any:
+    """``json.loads`` of one line or one whole JSON file, whatever the depth of the caller's stack: ``TooDeep`` (a
+    ``ValueError``) for text nested deeper than ``MAX_DEPTH``; text within it that the caller's stack has no room
+    for is parsed on a fresh thread."""
     if too_deep(raw):
         raise TooDeep(f"nested deeper than {MAX_DEPTH} levels")
     try:

@@ -22,7 +22,7 @@ from ..fs import InputFile
 from ..read import BATCH_TOKENS, DocBatch, ReadOptions, Skipped, check_ids, drop_bad_ids, unreadable
 from . import json_ids
 from .base import Checkpoint, InputFormat
-from .json_depth import DEEP_BYTES, TooDeep, loads_line, too_deep
+from .json_depth import DEEP_BYTES, TooDeep, loads, too_deep
 
 
 def _open_text(file: InputFile) -> tuple[IO[bytes], Callable[[], int]]:
@@ -182,7 +182,7 @@ def _parse_line(file: InputFile, line_no: int, raw: bytes | bytearray, column: s
 def _load_record(file: InputFile, line_no: int, raw: bytes | bytearray) -> dict[str, Any]:
     """The line as a JSON object, or the one-line error saying why it is not one."""
     try:
-        record = loads_line(raw)
+        record = loads(raw)
     except TooDeep as exc:
         raise InputError(file.name, f"JSON {exc}", line=line_no,
                          fix="flatten or remove this line, or pass --on-bad-record skip") from None
@@ -668,7 +668,7 @@ def json_document(head: bytes) -> str | None:
     if not newline and len(head) >= _PEEK_BYTES:
         return None  # a first line longer than the peek: a long record, most likely
     try:
-        loads_line(first_line)
+        loads(first_line)
     except TooDeep:
         return None  # a line of JSON Lines, and the reader says it is too deep
     except ValueError:
