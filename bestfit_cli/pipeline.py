@@ -9,7 +9,7 @@ thread pool; results are collected in window order, so the output does not depen
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -531,7 +531,7 @@ class _InputTracker:
         self.tokens = 0
         self._done = [0] * len(inputs)
 
-    def batches(self, opts: ReadOptions) -> Iterator[DocBatch]:
+    def batches(self, opts: ReadOptions) -> Generator[DocBatch, None, None]:
         reading = 0
         for batch in read_inputs(self.inputs, opts, self.counts):
             for finished in range(reading, batch.file_index):  # files before this batch's are read whole
@@ -651,8 +651,9 @@ def _pack_local(tracker: _InputTracker, read_opts: ReadOptions, opts: PackOption
         pending: list[tuple[Future[WindowResult], np.ndarray]] = []
         # A packed window's buffer is filled again by a later window instead of new memory (TokenBuffers).
         buffers = TokenBuffers(keep=workers)
+        batches = tracker.batches(read_opts)
         try:
-            for window in windows(tracker.batches(read_opts), opts.window_tokens, opts.window_documents, buffers):
+            for window in windows(batches, opts.window_tokens, opts.window_documents, buffers):
                 concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
                 pending.append((pool.submit(pack_window, window, opts, writer, shard_pool), window.tokens))
                 del window
@@ -667,6 +668,10 @@ def _pack_local(tracker: _InputTracker, read_opts: ReadOptions, opts: PackOption
             for f, _ in pending:
                 f.cancel()
             raise
+        finally:
+            # The reading thread (read.ReadAhead) stops now, however the run ends, not when the interpreter gets
+            # round to the generators that an exception's traceback keeps alive (at exit, with its threads going).
+            batches.close()
     return results, concat
 
 

@@ -213,6 +213,15 @@ def verify(inputs: Sequence[str], out: str, *, max_problems: int = 20) -> Verify
     ahead = read_ahead_bytes(default_window_tokens(opts.ctx), np.dtype(TOKEN_DTYPES[opts.read.dtype]).itemsize)
     reader = _InputDocs(files, replace(opts.read, parse_workers=cores, read_ahead_bytes=ahead if cores > 1 else 0),
                         reserve_limit=_reserve_limit(files))
+    try:
+        return _check_windows(fs, root, manifest, reader, opts, shard_info, result)
+    finally:
+        reader.close()
+
+
+def _check_windows(fs: pafs.FileSystem, root: str, manifest: dict[str, Any], reader: _InputDocs, opts: _Options,
+                   shard_info: dict[str, dict[str, Any]], result: VerifyResult) -> VerifyResult:
+    """Each window of the manifest against the input documents it claims, in order, then the totals."""
     # Every window is checked, however many problems come up, so problem_count counts them all; only a window
     # that cannot be lined up with the inputs stops the check.
     for window in manifest["windows"]:
@@ -697,7 +706,8 @@ class _InputDocs:
         self.documents, self.skipped = counts.documents, counts.skipped
         self.content_sha256 = counts.content_sha256
         self.position = 0
-        self._batches = (batch for batch in read_inputs(files, opts, counts) if batch.n_docs)
+        self._source = read_inputs(files, opts, counts)
+        self._batches = (batch for batch in self._source if batch.n_docs)
         self._held: DocBatch | None = None
 
     def take(self, n_docs: int, expected_tokens: int) -> Window:
@@ -729,6 +739,13 @@ class _InputDocs:
         window = buffer.take(0, first_doc, dtype)
         self.position += window.n_docs
         return window
+
+    def close(self) -> None:
+        """Stop reading (the read-ahead thread and parse workers end here, not when the interpreter collects
+        them): at the end of the check, however it ends."""
+        self._held = None
+        self._batches.close()
+        self._source.close()
 
     def remaining(self) -> int:
         """Documents left after the last window (read to the end, to count them)."""

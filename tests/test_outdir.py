@@ -197,6 +197,40 @@ def test_a_signal_while_taking_the_lock_leaves_no_lock_file(tmp_path: Path, monk
     assert not out.exists()  # no lock file left, and the OUT this run made is gone with it
 
 
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_signal_while_cleaning_up_still_leaves_no_temporary_folder_or_lock(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            committed: bool) -> None:
+    """SIGTERM as the run removes its temporary folder (after a commit, or after a failure): the clean-up ends first,
+    then the run unwinds with the signal; raised halfway, it left the folder and the lock (found by the kill
+    suite: exit 143 with OUT/.bestfit-tmp-* left)."""
+    from bestfit_cli import write
+    from bestfit_cli.cli import Terminated, _terminate
+    from bestfit_cli.write import ShardWriter
+
+    out = tmp_path / "out"
+    real = write.ShardWriter._remove_folder
+
+    def sigterm_then_remove(self: ShardWriter, folder: str, *, quiet: bool = False) -> None:
+        if folder == self.tmp:
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, folder, quiet=quiet)
+
+    monkeypatch.setattr(write.ShardWriter, "_remove_folder", sigterm_then_remove)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated), ShardWriter(str(out)) as writer:
+            writer.write_json("stats.json", {"ok": True})
+            if committed:
+                writer.commit([], {"format": "bestfit.packed", "shards": []})
+            else:
+                raise OSError("a failed run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert left == (["manifest.json", "stats.json"] if committed else [])  # nothing of the run's own machinery
+
+
 def test_two_runs_at_once_one_wins_and_the_other_is_refused(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "bestfit_cli", "pack", str(source), str(out), *OPTIONS,

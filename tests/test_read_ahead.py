@@ -157,3 +157,50 @@ def test_verify_reads_ahead_when_it_has_more_than_one_core(tmp_path: Path, monke
     threads = _reader_threads(monkeypatch)
     assert verify_module.verify(inputs, str(out)).ok
     assert threads == {thread}
+
+
+def _reading_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == "bestfit-read"]
+
+
+@pytest.mark.parametrize("command", ["pack", "verify"])
+def test_the_reading_thread_is_gone_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     command: str) -> None:
+    """A run that fails part way (here its second window) stops its reading thread before the error leaves it. The
+    error's traceback keeps the run's generators alive, so leaving that to the garbage collector kept the thread
+    reading on until the interpreter's exit (where a SIGTERM'd pack once died with a fatal error instead of 143)."""
+    from bestfit_cli import pipeline
+    from bestfit_cli import verify as verify_module
+    from bestfit_cli.errors import OutputError
+
+    # 8M tokens in 8 files: more than verify reads ahead (16 MiB), so the reading is under way when the run fails.
+    rng = np.random.default_rng(3)
+    inputs = []
+    for i in range(8):
+        ids = pa.array(rng.integers(0, 50_000, 1 << 20, dtype=np.int32))
+        docs = pa.ListArray.from_arrays(pa.array(np.arange(0, (1 << 20) + 1, 1 << 10, dtype=np.int32)), ids)
+        pq.write_table(pa.table({"input_ids": docs}), tmp_path / f"part-{i}.parquet", row_group_size=128)
+        inputs.append(str(tmp_path / f"part-{i}.parquet"))
+    out = tmp_path / "out"
+    opts = PackOptions(ctx=1024, eos_id=EOS, workers=2, window_tokens=1 << 18)
+    if command == "verify":
+        pack(inputs, str(out), opts)
+        monkeypatch.setattr(verify_module, "usable_cores", lambda: 2)
+    module, name = (pipeline, "pack_window") if command == "pack" else (verify_module, "_check_window")
+    real = getattr(module, name)
+    calls = []
+
+    def fails_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OutputError("the second window failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, fails_second)
+    with pytest.raises(OutputError) as caught:
+        if command == "pack":
+            pack(inputs, str(tmp_path / "out2"), opts)
+        else:
+            verify_module.verify(inputs, str(out))
+    assert caught.value is not None  # the traceback is alive here, as it is in the CLI until the process exits
+    assert _reading_threads() == []
