@@ -163,13 +163,15 @@ def _reading_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name == "bestfit-read"]
 
 
-@pytest.mark.parametrize("command", ["pack", "verify"])
+@pytest.mark.parametrize("command", ["pack", "pack while filling a window", "verify"])
 def test_the_reading_thread_is_gone_when_a_run_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      command: str) -> None:
-    """A run that fails part way (here its second window) stops its reading thread before the error leaves it. The
-    error's traceback keeps the run's generators alive, so leaving that to the garbage collector kept the thread
-    reading on until the interpreter's exit (where a SIGTERM'd pack once died with a fatal error instead of 143)."""
-    from bestfit_cli import pipeline
+    """A run that fails part way (its second window, or a signal's exception raised while a window is being filled)
+    stops its reading thread before the error leaves it. The error's traceback keeps the frames it passed through
+    alive, and with them the reading generators, so the thread read on until the interpreter's exit, whose clean-up
+    then ran the generators' own (``sys.meta_path is None``, and once in CI a SIGTERM'd pack that aborted instead of
+    exiting 143)."""
+    from bestfit_cli import pipeline, window
     from bestfit_cli import verify as verify_module
     from bestfit_cli.errors import OutputError
 
@@ -186,7 +188,8 @@ def test_the_reading_thread_is_gone_when_a_run_fails(tmp_path: Path, monkeypatch
     if command == "verify":
         pack(inputs, str(out), opts)
         monkeypatch.setattr(verify_module, "usable_cores", lambda: 2)
-    module, name = (pipeline, "pack_window") if command == "pack" else (verify_module, "_check_window")
+    module, name = {"pack": (pipeline, "pack_window"), "verify": (verify_module, "_check_window"),
+                    "pack while filling a window": (window.WindowBuffer, "add")}[command]
     real = getattr(module, name)
     calls = []
 
@@ -198,7 +201,7 @@ def test_the_reading_thread_is_gone_when_a_run_fails(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(module, name, fails_second)
     with pytest.raises(OutputError) as caught:
-        if command == "pack":
+        if command.startswith("pack"):
             pack(inputs, str(tmp_path / "out2"), opts)
         else:
             verify_module.verify(inputs, str(out))
