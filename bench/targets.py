@@ -35,6 +35,10 @@ def _end_to_end(data: dict[str, Any]) -> Iterator[Row]:
     if "speedup_two_independent_runs" in data:
         yield ("  two independent --workers 1 runs at once (the machine's ceiling)",
                f"{data['speedup_two_independent_runs']:.2f}x ({med['two_workers_1_at_once']:.1f} s for both)", "", None)
+    if "speedup_workers_2_over_1_per_round" in data:
+        yield ("  per round: --workers 2 / --workers 1; the ceiling",
+               " ".join(f"{x:.2f}" for x in data["speedup_workers_2_over_1_per_round"]) + "; "
+               + " ".join(f"{x:.2f}" for x in data["speedup_two_independent_runs_per_round"]), "", None)
 
 
 def _peers(data: dict[str, Any]) -> Iterator[Row]:
