@@ -47,16 +47,25 @@ def planner(data: dict[str, Any]) -> str:
 
 def end_to_end(data: dict[str, Any]) -> str:
     med = data["median_seconds"]
-    lines = ["| run | median wall time | runs | peak RSS |", "|---|---:|---|---:|"]
+    cpu = data.get("median_cpu_seconds", {})
+    lines = ["| run | median wall time | runs | median CPU | largest peak RSS |", "|---|---:|---|---:|---:|"]
     for key, label in (("copy", "pyarrow copy, 2 files in flight, no dictionary (zstd)"),
                        ("copy_fsync", "the same copy, each file fsynced"),
+                       ("copy_with_bestfit_allocator_options", "the copy with bestfit's allocator options"),
                        ("pack_workers_2", "`bestfit pack --workers 2`"),
-                       ("pack_workers_1", "`bestfit pack --workers 1`")):
+                       ("pack_workers_1", "`bestfit pack --workers 1`"),
+                       ("two_workers_1_at_once", "two `bestfit pack --workers 1` at once (time for both)")):
         if key not in data:
             continue
         runs = ", ".join(f"{r['seconds']:.1f}" for r in data[key])
         peak = max(r["peak_rss_mib"] for r in data[key])
-        lines.append(f"| {label} | {med[key]:.1f} s | {runs} | {peak:,} MiB |")
+        lines.append(f"| {label} | {med[key]:.1f} s | {runs} | {cpu[key]:.1f} s | {peak:,} MiB |"
+                     if key in cpu else f"| {label} | {med[key]:.1f} s | {runs} | - | {peak:,} MiB |")
+    if "speedup_workers_2_over_1_per_round" in data:
+        lines += ["", f"`--workers 2` over `--workers 1`: {data['speedup_workers_2_over_1']}× (rounds "
+                      f"{', '.join(map(str, data['speedup_workers_2_over_1_per_round']))}); two independent runs at "
+                      f"once: {data['speedup_two_independent_runs']}× (rounds "
+                      f"{', '.join(map(str, data['speedup_two_independent_runs_per_round']))})"]
     return "\n".join(lines)
 
 
