@@ -340,9 +340,12 @@ class ShardRows:
 
 def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.ndarray, dst: np.ndarray,
                 rows: ShardRows, out: np.ndarray, eos_id: int | np.ndarray | None,
-                source: np.ndarray | None = None) -> None:
+                source: np.ndarray | None = None, pad: int | float | None = None) -> None:
     """``gather_tokens`` for a shard's pieces in output order, laid out row by row (``rows``), each row's pieces
-    back to back from its start, as ``pack_window`` places them; the rest of ``out`` (the padding) is left as is.
+    back to back from its start, as ``pack_window`` places them; the rest of ``out`` (the padding) is set to ``pad``,
+    or left as is when ``pad`` is None. Only the padding is written, not the whole of ``out`` first: a shard's rows
+    are nearly all full (a few hundred of 8192 padded, by a few thousand tokens in all, at the default window), so
+    filling 64 MiB to write over all but a few KiB of it cost about 1 % of a pack's CPU (``perf``).
 
     The pieces are copied by pyarrow's ``list_flatten`` over a list view of the tokens (a view per piece, EOS slot
     included), which runs without the GIL: one memcpy per piece in C++, where a Python step per piece held the GIL
@@ -367,6 +370,8 @@ def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.n
     view_start = np.minimum(src, len(tokens) - length)
     if (not len(length) or int(view_start.min()) < 0 or tokens.dtype != out.dtype or not tokens.flags.c_contiguous
             or not np.array_equal(dst, row_base[rows.row] + flat_pos - row_starts[rows.row])):
+        if pad is not None:
+            out.fill(pad)
         gather_tokens(window, doc, start, length, dst, out, eos_id, source)
         return
     values = pa.array(tokens)  # no copy
@@ -380,7 +385,7 @@ def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.n
         if rows.stride is None:
             out[row_starts[r0]:row_starts[r1]] = flat
         else:
-            _place_rows(flat, row_starts[r0:r1 + 1] - row_starts[r0], rows.stride, out[r0 * rows.stride:])
+            _place_rows(flat, row_starts[r0:r1 + 1] - row_starts[r0], rows.stride, out[r0 * rows.stride:], pad)
     moved = np.flatnonzero(view_start != src)
     _copy_slices(tokens, src[moved], out, dst[moved], copy_len[moved])
     if eos_id is not None:
@@ -388,16 +393,21 @@ def gather_rows(window: Window, doc: np.ndarray, start: np.ndarray, length: np.n
         out[dst[ends] + length[ends] - 1] = eos_id[ends] if isinstance(eos_id, np.ndarray) else eos_id
 
 
-def _place_rows(flat: np.ndarray, row_starts: np.ndarray, stride: int, out: np.ndarray) -> None:
+def _place_rows(flat: np.ndarray, row_starts: np.ndarray, stride: int, out: np.ndarray,
+                pad: int | float | None = None) -> None:
     """Rows back to back in ``flat`` (row ``r`` is ``flat[row_starts[r]:row_starts[r + 1]]``) into ``out`` at
-    multiples of ``stride``: one copy per run of full rows (contiguous in both) and one per shorter row."""
+    multiples of ``stride``: one copy per run of full rows (contiguous in both) and one per shorter row, whose
+    rest is set to ``pad`` (left as is when None)."""
     lengths = np.diff(row_starts)
     prev = 0  # first row of the run of full rows being gathered
     for r in [*np.flatnonzero(lengths != stride).tolist(), len(lengths)]:
         if r > prev:
             out[prev * stride:r * stride] = flat[row_starts[prev]:row_starts[r]]
         if r < len(lengths):
-            out[r * stride:r * stride + lengths[r]] = flat[row_starts[r]:row_starts[r + 1]]
+            end = r * stride + int(lengths[r])
+            out[r * stride:end] = flat[row_starts[r]:row_starts[r + 1]]
+            if pad is not None:
+                out[end:(r + 1) * stride] = pad
         prev = r + 1
 
 
@@ -461,8 +471,7 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
         if opts.pad:
             token_offsets = None
             row_start = local_row * ctx
-            tokens = thread_buffer("shard tokens", n_rows * ctx, window.tokens.dtype)
-            tokens.fill(opts.resolved_pad_id)
+            tokens = thread_buffer("shard tokens", n_rows * ctx, window.tokens.dtype)  # padded by gather_rows
         else:  # each row ends after its last piece, and the pieces cover it: nothing to fill
             token_offsets = np.zeros(n_rows + 1, dtype=np.int64)
             np.cumsum(row_lengths, out=token_offsets[1:])
@@ -470,12 +479,13 @@ def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardSt
             tokens = thread_buffer("shard tokens", int(token_offsets[-1]), window.tokens.dtype)
         dst = row_start + piece_offset[lo:hi]
         layout = ShardRows(local_row, row_lengths, ctx if opts.pad else None)
-        gather_rows(window, doc, start, length, dst, layout, tokens, opts.eos_id)
+        gather_rows(window, doc, start, length, dst, layout, tokens, opts.eos_id,
+                    pad=opts.resolved_pad_id if opts.pad else None)
         carried_tokens = {}
         for column in token_columns:
-            values = np.full(len(tokens), column.fill, dtype=column.dtype)
+            values = np.empty(len(tokens), dtype=column.dtype)
             gather_rows(window, doc, start, length, dst, layout, values, column_eos[column.name][doc],
-                        window.token_columns.get(column.name, values[:0]))
+                        window.token_columns.get(column.name, values[:0]), pad=column.fill if opts.pad else None)
             carried_tokens[column.name] = values
         kept = {name: window.columns[name].take(pa.array(doc)) for name in opts.keep}
         rows = PackedRows(ctx, tokens, piece_offsets, length, window.first_doc + doc.astype(np.int64), start,

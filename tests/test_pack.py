@@ -727,3 +727,42 @@ def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], se
     reference = np.full(size, -7, dtype=np.int16)
     gather_tokens(window, doc, start, length, dst, reference, None, wide)
     assert np.array_equal(carried, reference)
+
+
+@given(doc_lengths=st.lists(st.integers(0, 70), min_size=1, max_size=30), seed=st.integers(0, 2**16),
+       eos=st.booleans(), flat_tokens=st.sampled_from([1, 40, 1 << 20]))
+def test_gather_rows_pads_what_no_piece_covers_whatever_the_buffer_held(doc_lengths: list[int], seed: int,
+                                                                        eos: bool, flat_tokens: int) -> None:
+    """With ``pad``, padded rows come out as a buffer filled with it and then gathered into, though the buffer
+    held something else before (a thread's reused buffer holds the last shard): on the one-call path, on the
+    piece-by-piece one it falls back to, and for a carried column of another dtype."""
+    from bestfit_cli import pipeline
+    from bestfit_cli.pipeline import ShardRows, gather_rows, gather_tokens
+    from bestfit_cli.window import Window
+
+    rng = np.random.default_rng(seed)
+    ctx = 32
+    lengths_np = np.array(doc_lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths_np)])
+    window = Window(0, 0, offsets, rng.integers(1, 1000, int(offsets[-1]), dtype=np.int64).astype(np.int32))
+    doc, start, length, row = _pieces_in_rows(rng, lengths_np, ctx, eos)
+    if not len(doc):
+        return
+    n_rows = int(row.max()) + 1
+    row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+    within = np.arange(len(length)) - np.searchsorted(row, row)
+    piece_offset = np.array([int(length[row == r][:w].astype(np.int64).sum())
+                             for r, w in zip(row, within, strict=True)], dtype=np.int64)
+    dst = row * ctx + piece_offset
+    layout = ShardRows(row, row_lengths, ctx)
+    expected = np.full(n_rows * ctx, 5, dtype=np.int32)
+    gather_tokens(window, doc, start, length, dst, expected, -1 if eos else None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "FLAT_TOKENS", flat_tokens)
+        got = rng.integers(-9, 9, n_rows * ctx).astype(np.int32)  # what a reused buffer held
+        gather_rows(window, doc, start, length, dst, layout, got, -1 if eos else None, pad=5)
+        assert np.array_equal(got, expected)
+        fallback = rng.integers(-9, 9, n_rows * ctx).astype(np.int32)
+        gather_rows(window, doc, start, length, dst, layout, fallback, -1 if eos else None,
+                    window.tokens.astype(np.int64), pad=5)  # another dtype than out's: piece by piece
+    assert np.array_equal(fallback, expected)
