@@ -683,6 +683,26 @@ def _pieces_in_rows(rng: np.random.Generator, doc_lengths: np.ndarray, ctx: int,
             np.array(lengths, dtype=np.int16)[pick], rows_arr[by_row])
 
 
+def _shard_case(doc_lengths: list[int], seed: int, ctx: int, eos: bool) -> tuple[Any, ...] | None:
+    """A window of random tokens and its pieces in rows (``_pieces_in_rows``): (rng, window, doc, start, length,
+    row, the rows' lengths, each piece's offset in its row), or None when the documents are all empty."""
+    from bestfit_cli.window import Window
+
+    rng = np.random.default_rng(seed)
+    lengths_np = np.array(doc_lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths_np)])
+    window = Window(0, 0, offsets, rng.integers(1, 1000, int(offsets[-1]), dtype=np.int64).astype(np.int32))
+    doc, start, length, row = _pieces_in_rows(rng, lengths_np, ctx, eos)
+    if not len(doc):
+        return None
+    n_rows = int(row.max()) + 1
+    row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+    within = np.arange(len(length)) - np.searchsorted(row, row)  # pieces before this one in its row
+    piece_offset = np.array([int(length[row == r][:w].astype(np.int64).sum())
+                             for r, w in zip(row, within, strict=True)], dtype=np.int64)
+    return rng, window, doc, start, length, row, row_lengths, piece_offset
+
+
 @given(doc_lengths=st.lists(st.integers(0, 70), min_size=1, max_size=30), seed=st.integers(0, 2**16),
        padded=st.booleans(), eos=st.booleans(), flat_tokens=st.sampled_from([1, 40, 1 << 20]))
 def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], seed: int, padded: bool,
@@ -693,22 +713,14 @@ def test_gather_rows_lays_out_what_gather_tokens_does(doc_lengths: list[int], se
     dtype (which it cannot view) still comes out right."""
     from bestfit_cli import pipeline
     from bestfit_cli.pipeline import ShardRows, gather_rows, gather_tokens
-    from bestfit_cli.window import Window
 
-    rng = np.random.default_rng(seed)
     ctx = 32
-    lengths_np = np.array(doc_lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths_np)])
-    window = Window(0, 0, offsets, rng.integers(1, 1000, int(offsets[-1]), dtype=np.int64).astype(np.int32))
-    doc, start, length, row = _pieces_in_rows(rng, lengths_np, ctx, eos)
-    if not len(doc):
+    case = _shard_case(doc_lengths, seed, ctx, eos)
+    if case is None:
         return
-    n_rows = int(row.max()) + 1
-    row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
+    _, window, doc, start, length, row, row_lengths, piece_offset = case
+    n_rows = len(row_lengths)
     row_starts = np.concatenate([[0], np.cumsum(row_lengths)])
-    within = np.arange(len(length)) - np.searchsorted(row, row)  # pieces before this one in its row
-    piece_offset = np.array([int(length[row == r][:w].astype(np.int64).sum())
-                             for r, w in zip(row, within, strict=True)], dtype=np.int64)
     dst = (row * ctx if padded else row_starts[row]) + piece_offset
     size = n_rows * ctx if padded else int(row_starts[-1])
     expected = np.full(size, -7, dtype=np.int32)
@@ -738,21 +750,13 @@ def test_gather_rows_pads_what_no_piece_covers_whatever_the_buffer_held(doc_leng
     piece-by-piece one it falls back to, and for a carried column of another dtype."""
     from bestfit_cli import pipeline
     from bestfit_cli.pipeline import ShardRows, gather_rows, gather_tokens
-    from bestfit_cli.window import Window
 
-    rng = np.random.default_rng(seed)
     ctx = 32
-    lengths_np = np.array(doc_lengths, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths_np)])
-    window = Window(0, 0, offsets, rng.integers(1, 1000, int(offsets[-1]), dtype=np.int64).astype(np.int32))
-    doc, start, length, row = _pieces_in_rows(rng, lengths_np, ctx, eos)
-    if not len(doc):
+    case = _shard_case(doc_lengths, seed, ctx, eos)
+    if case is None:
         return
-    n_rows = int(row.max()) + 1
-    row_lengths = np.bincount(row, weights=length, minlength=n_rows).astype(np.int64)
-    within = np.arange(len(length)) - np.searchsorted(row, row)
-    piece_offset = np.array([int(length[row == r][:w].astype(np.int64).sum())
-                             for r, w in zip(row, within, strict=True)], dtype=np.int64)
+    rng, window, doc, start, length, row, row_lengths, piece_offset = case
+    n_rows = len(row_lengths)
     dst = row * ctx + piece_offset
     layout = ShardRows(row, row_lengths, ctx)
     expected = np.full(n_rows * ctx, 5, dtype=np.int32)
