@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import errno
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -356,7 +356,8 @@ class InputCounts:
         return cls([0] * n_files, [Skipped()] * n_files, [None] * n_files, [[] for _ in range(n_files)])
 
 
-def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts) -> Iterator[DocBatch]:
+def read_inputs(files: Sequence[InputFile], opts: ReadOptions, counts: InputCounts
+                ) -> Generator[DocBatch, None, None]:
     """Batches of every input file, in input order (what ``pack`` and ``verify`` both read); an empty file is an
     error, since it is almost always an interrupted copy."""
     types = carry.DocumentTypes(opts.keep)
