@@ -57,6 +57,10 @@ class InputFile:
         return self.name == STDIN
 
     @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
     def format_compressed(self) -> bool:
         return self.name.lower().endswith(_COMPRESSED_SUFFIXES)
 

@@ -261,17 +261,27 @@ def dataset_module() -> Any:
     return pads
 
 
-def _record_batches(file: InputFile, column: str, batch_rows: int, carried: Sequence[str] = ()
-                    ) -> Iterator[pa.RecordBatch]:
-    """One column of a Parquet file in record batches, in row order.
+def _record_batches(file: InputFile, column: str, batch_rows: int, carried: Sequence[str] = (),
+                    decode_threads: bool = True) -> Iterator[pa.RecordBatch]:
+    """One column of a Parquet file (and the ``carried`` ones) in record batches, in row order.
 
-    pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead, which keeps both cores busy
-    on a single column (reading row group by row group through ``ParquetFile`` measured about half as fast).
+    With ``decode_threads``, pyarrow's dataset scanner decodes ahead on its own threads with bounded read-ahead,
+    which keeps both cores busy on a single column when nothing else reads ahead (reading row group by row group
+    through ``ParquetFile`` measured about half as fast). Without, each batch is decoded on the calling thread.
     """
     pads = dataset_module()
 
     fragment = pads.ParquetFileFormat().make_fragment(file.fs_path, filesystem=file.fs)
-    yield from fragment.to_batches(columns=[column, *carried], batch_size=batch_rows, use_threads=True)
+    yield from fragment.to_batches(columns=[column, *carried], batch_size=batch_rows, use_threads=decode_threads)
+
+
+def pack_decode_threads(file: InputFile, opts: ReadOptions) -> bool:
+    """Whether ``read_parquet`` decodes on pyarrow's threads: only for several columns (decoded side by side) or a
+    file not on the local disk (its reads go ahead of the decoding). One local column is decoded where it is read:
+    on ``read.ReadAhead``'s thread, which reads ahead of the packing already, or in ``--workers 1``'s only thread.
+    Handing each batch to pyarrow's thread and back cost more than it overlapped: `pack` of the end-to-end corpus
+    took 10.36 s against 10.72 s at two workers and 16.51 s against 17.72 s at one (docs/benchmarks.md, §2)."""
+    return bool(opts.carried) or not file.is_local
 
 
 def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterator[DocBatch]:
@@ -282,7 +292,8 @@ def read_parquet(file: InputFile, file_index: int, opts: ReadOptions) -> Iterato
 
     row = 0
     try:
-        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS, opts.carried):
+        for record_batch in _record_batches(file, opts.column, PARQUET_BATCH_ROWS, opts.carried,
+                                             pack_decode_threads(file, opts)):
             column = record_batch.column(0)
             batch = batch_from_arrow(file, file_index, row, column, opts, label)
             if opts.carried:
