@@ -48,7 +48,7 @@ class InputFile:
         """Where the bytes were read: a local file's absolute path with links followed, else the full URI."""
         if self.is_stdin:
             return STDIN
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if self.is_local:
             return os.path.realpath(self.fs_path)
         return self.name
 
@@ -58,6 +58,7 @@ class InputFile:
 
     @property
     def is_local(self) -> bool:
+        """Whether the file is on this machine's disk (not an object store)."""
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     @property
@@ -825,7 +826,7 @@ def check_output_location(out: str, given: InputArgs, inputs: Sequence[InputFile
             raise OutputError(f"{out}: OUT lies inside the input folder {arg}",
                               fix="choose an OUT outside the folders you read")
     for item in inputs:
-        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and _inside(
+        if not item.is_stdin and item.is_local and _inside(
                 os.path.realpath(item.fs_path), out_real):
             raise OutputError(f"{out}: OUT holds the input file {item.name}",
                               fix="choose a new folder for OUT")
@@ -840,7 +841,7 @@ def check_output_file(out: str, given: InputArgs, inputs: Sequence[InputFile], *
     if out_real is None:
         return
     for item in inputs:
-        if not item.is_stdin and isinstance(item.fs, pafs.LocalFileSystem) and os.path.realpath(
+        if not item.is_stdin and item.is_local and os.path.realpath(
                 item.fs_path) == out_real:
             raise OutputError(f"{what} {out}: is the input file {item.name}; writing it would destroy that input",
                               fix=f"give {what} a new file name")

@@ -37,3 +37,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if lost:
         raise pytest.UsageError(f"--dist loadgroup did not group {len(lost)} tests (e.g. {lost[0]}): "
                                 "this pytest-xdist does not work with this pytest; install pytest<9.2 (make install)")
+
+
+def record_decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each Parquet read's ``use_threads`` from here on: whether pyarrow's threads decode it (True) or the thread
+    reading it does (False)."""
+    from bestfit_cli.formats import parquet as parquet_format
+
+    seen: list[bool] = []
+    real = parquet_format._record_batches
+
+    def recording(file, column, batch_rows, carried=(), decode_threads=True):  # type: ignore[no-untyped-def]
+        seen.append(decode_threads)
+        return real(file, column, batch_rows, carried, decode_threads)
+
+    monkeypatch.setattr(parquet_format, "_record_batches", recording)
+    return seen

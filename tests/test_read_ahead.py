@@ -16,7 +16,7 @@ from bestfit_cli import InputError, PackOptions, pack
 from bestfit_cli import read as read_module
 from bestfit_cli.read import DocBatch, ReadAhead, batch_bytes
 
-from .conftest import EOS, SAMPLES
+from .conftest import EOS, SAMPLES, record_decode_threads
 
 
 def _batch(index: int, tokens: int = 100) -> DocBatch:
@@ -209,27 +209,12 @@ def test_the_reading_thread_is_gone_when_a_run_fails(tmp_path: Path, monkeypatch
     assert _reading_threads() == []
 
 
-def _decode_threads(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Each Parquet read's ``use_threads``: whether pyarrow's threads decode it or the thread reading it does."""
-    from bestfit_cli.formats import parquet as parquet_format
-
-    seen: list[bool] = []
-    real = parquet_format._record_batches
-
-    def recording(file, column, batch_rows, carried=(), decode_threads=True):  # type: ignore[no-untyped-def]
-        seen.append(decode_threads)
-        return real(file, column, batch_rows, carried, decode_threads)
-
-    monkeypatch.setattr(parquet_format, "_record_batches", recording)
-    return seen
-
-
 @pytest.mark.parametrize(("workers", "keep"), [(1, ()), (2, ()), (2, ("id",))])
 def test_pack_decodes_one_local_column_on_the_thread_that_reads_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, keep: tuple[str, ...]) -> None:
     """One token column of a local file is decoded where it is read (the reading thread, or --workers 1's only
     one); with carried columns pyarrow's threads decode the columns side by side. The output is the same bytes."""
-    seen = _decode_threads(monkeypatch)
+    seen = record_decode_threads(monkeypatch)
     opts = PackOptions(ctx=512, eos_id=EOS, workers=workers, window_tokens=1 << 16, keep=keep)
     pack([str(SAMPLES / "code.parquet")], str(tmp_path / "out"), opts)
     assert seen and set(seen) == {bool(keep)}
@@ -244,6 +229,6 @@ def test_stats_reads_lengths_on_pyarrows_threads(monkeypatch: pytest.MonkeyPatch
     """``stats`` has no reading thread of its own: its lengths are decoded on pyarrow's threads."""
     from bestfit_cli.stats import StatsOptions, run_stats
 
-    seen = _decode_threads(monkeypatch)
+    seen = record_decode_threads(monkeypatch)
     run_stats([str(SAMPLES / "code.parquet")], StatsOptions(ctx=(512,)))
     assert seen and set(seen) == {True}

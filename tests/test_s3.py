@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from .conftest import SAMPLES
+from .conftest import EOS, SAMPLES, record_decode_threads
 from .s3_server import S3Server
 from .synthetic import tree_bytes, write_parquet
 
@@ -80,6 +80,21 @@ def test_pack_from_s3_to_s3_verifies_and_has_the_shards_of_a_local_pack(s3: S3Se
     assert json.loads(fetched["manifest.json"])["shards"] == json.loads(local["manifest.json"])["shards"]
     done = ok(bestfit(s3, "verify", s3_samples, remote, "--json"))
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_an_s3_input_is_decoded_on_pyarrows_threads(s3: S3Server, s3_samples: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file on an object store keeps pyarrow's threads, which read ahead of the decoding; the same files on the
+    local disk are decoded on the thread that reads them (``formats.parquet.pack_decode_threads``)."""
+    from bestfit_cli import PackOptions, pack
+
+    seen = record_decode_threads(monkeypatch)
+    opts = PackOptions(ctx=512, eos_id=EOS, workers=2)
+    pack([s3_samples], str(tmp_path / "from-s3"), opts)
+    assert seen and set(seen) == {True}
+    seen.clear()
+    pack([str(SAMPLES)], str(tmp_path / "local"), opts)
+    assert seen and set(seen) == {False}
 
 
 def test_a_save_to_disk_folder_on_s3_packs_like_the_local_one(s3: S3Server, tmp_path: Path) -> None:
