@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -19,7 +20,6 @@ import pyarrow.compute as pc
 
 from . import __version__, carry
 from .carry import TokenColumn
-from .crew import Mapper, WindowCrew
 from .errors import InputError, OptionError, check_field_types
 from .fingerprint import Fingerprint, check_unchanged, fingerprint
 from .formats import FORMATS, PackedRows
@@ -55,6 +55,7 @@ from .window import (
     eos_appended,
     make_pieces,
     packed_lengths,
+    read_ahead_bytes,
     span_steps,
     window_documents_for,
     window_tokens_for_memory,
@@ -429,7 +430,7 @@ def _copy_slices(src_array: np.ndarray, src: np.ndarray, out: np.ndarray, dst: n
 
 
 def pack_window(window: Window, opts: PackOptions, writer: ShardWriter | ShardStager,
-                shard_pool: Mapper | None = None) -> WindowResult:
+                shard_pool: Executor | None = None) -> WindowResult:
     """Plan, shuffle, gather and write one window. Depends only on the window and the options.
 
     Shards are gathered, encoded and written on ``shard_pool`` when given (each shard depends only on its rows),
@@ -589,8 +590,10 @@ def pack(inputs: InputArgs, out: str, opts: PackOptions,
                             max_line_bytes=line_limit(opts.memory), keep=opts.keep, keep_token=opts.token_columns,
                             split_at=opts.split_at, stream_dtype=opts.stream_dtype,
                             # JSONL parsed on every worker's core; under --memory, in this process only
-                            # no read-ahead thread: each window is read by the crew thread that packs it (crew.py)
-                            parse_workers=1 if opts.memory else opts.resolved_workers)
+                            parse_workers=1 if opts.memory else opts.resolved_workers,
+                            # with one worker, one thread reads: --workers 1 is one core
+                            read_ahead_bytes=read_ahead_bytes(opts.window_tokens, opts.token_bytes)
+                            if opts.resolved_workers > 1 else 0)
     check_schemas(files, read_opts)  # every footer before any work: a bad last file fails in seconds, OUT untouched
     taken = [fingerprint(f, stat_again=False) for f in files]  # size and time as scanned, Parquet footers read
     total_bytes = sum(f.size or 0 for f in files)
@@ -645,35 +648,41 @@ def _eos_note(opts: PackOptions, stats: PackStats) -> str | None:
 
 def _pack_local(tracker: _InputTracker, read_opts: ReadOptions, opts: PackOptions, writer: ShardWriter
                 ) -> tuple[list[WindowResult], ConcatCounts]:
-    """The local engine: windows found while reading, each read and packed by one crew thread (crew.py), results in
-    window order."""
-    concat = [ConcatCounts(0, 0, 0)]
-
-    def taken(window: Window) -> None:  # in window order: the crew reads one window at a time
-        concat[0] = concat_counts(kept_lengths(window, opts), opts.ctx, concat[0].end, concat[0])
-
-    # At most `in_flight` windows held, one per crew thread: memory is bounded by the window. --workers N: N cores,
-    # pyarrow's decoding threads included. A packed window's buffer is filled again by a later window instead of
-    # new memory (TokenBuffers).
-    buffers = TokenBuffers(keep=opts.in_flight)
-    batches = tracker.batches(read_opts)
-    crew: WindowCrew[Window, WindowResult] = WindowCrew(
-        opts.in_flight, windows(batches, opts.window_tokens, opts.window_documents, buffers),
-        index=lambda window: window.index, taken=taken,
-        pack=lambda window, shards: pack_window(window, opts, writer, shards),
-        done=lambda window: buffers.give(window.tokens),
-        # stdin's blocking read is interrupted by Ctrl-C only in the main thread; JSONL's reader feeds its parse
-        # workers and should not wait for a window's packing: both read in this thread only
-        read_here=any(f.is_stdin or not input_format(f).reads_ahead for f in tracker.inputs))
-    try:
-        with arrow_threads(opts.resolved_workers):
-            results = crew.run()
-    finally:
-        # Readers stop now, however the run ends, not when the interpreter gets round to the generators that an
-        # exception's traceback keeps alive (unless a second Ctrl-C left a crew thread inside them).
-        if crew.joined:
+    """The local engine: windows found while reading, packed on a thread pool, results in window order."""
+    results: list[WindowResult] = []
+    concat = ConcatCounts(0, 0, 0)
+    workers = opts.in_flight
+    # Two pools: windows are planned on one while their shards are gathered, encoded and written on the other.
+    # A window task waits for its shards, never the reverse, so neither pool can starve the other.
+    # --workers N: N cores, pyarrow's decoding threads included.
+    with arrow_threads(opts.resolved_workers), \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit") as pool, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bestfit-shard") as shard_pool:
+        pending: list[tuple[Future[WindowResult], np.ndarray]] = []
+        # A packed window's buffer is filled again by a later window instead of new memory (TokenBuffers).
+        buffers = TokenBuffers(keep=workers)
+        batches = tracker.batches(read_opts)
+        try:
+            for window in windows(batches, opts.window_tokens, opts.window_documents, buffers):
+                concat = concat_counts(kept_lengths(window, opts), opts.ctx, concat.end, concat)
+                pending.append((pool.submit(pack_window, window, opts, writer, shard_pool), window.tokens))
+                del window
+                # At most `workers` windows in flight plus the one being read: memory is bounded by the window.
+                while len(pending) >= workers:
+                    done, tokens = pending.pop(0)
+                    results.append(done.result())
+                    buffers.give(tokens)
+                    del tokens
+            results.extend(f.result() for f, _ in pending)
+        except BaseException:
+            for f, _ in pending:
+                f.cancel()
+            raise
+        finally:
+            # The reading thread (read.ReadAhead) stops now, however the run ends, not when the interpreter gets
+            # round to the generators that an exception's traceback keeps alive (at exit, with its threads going).
             batches.close()
-    return results, concat[0]
+    return results, concat
 
 
 def _pack_on_ray(files: Sequence[InputFile], read_opts: ReadOptions, opts: PackOptions, writer: ShardWriter,

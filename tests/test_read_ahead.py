@@ -1,4 +1,4 @@
-"""read.ReadAhead (verify's reading thread): in order, bounded, errors in place, stopped on close; where pack reads."""
+"""read.ReadAhead: batches read on a thread of their own, in order, bounded, errors in place, stopped on close."""
 
 from __future__ import annotations
 
@@ -111,49 +111,17 @@ def _reader_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     return threads
 
 
-@pytest.mark.parametrize(("workers", "inputs", "threads"), [
-    (2, ["code.parquet"], {"MainThread", "bestfit-1"}),
-    (1, ["code.parquet"], {"MainThread"}),  # --workers 1: one core, one reading thread
-    (2, ["code.parquet", "nl.jsonl"], {"MainThread"}),  # JSONL: one reader feeding parse workers, never waiting
+@pytest.mark.parametrize(("workers", "inputs", "thread"), [
+    (2, ["code.parquet"], "bestfit-read"),
+    (1, ["code.parquet"], "MainThread"),  # --workers 1: one core, one reading thread
+    (2, ["code.parquet", "nl.jsonl"], "MainThread"),  # JSONL has its own parse workers: no read-ahead
 ])
-def test_pack_reads_on_its_crew_threads_without_a_read_ahead_thread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, inputs: list[str], threads: set[str]) -> None:
-    """Each window is read by the crew thread that packs it (crew.py), so ``pack`` has no reading thread."""
-    seen = _reader_threads(monkeypatch)
+def test_pack_reads_ahead_with_more_than_one_worker_and_only_formats_that_may(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int, inputs: list[str], thread: str) -> None:
+    threads = _reader_threads(monkeypatch)
     pack([str(SAMPLES / name) for name in inputs], str(tmp_path / "out"),
-         PackOptions(ctx=512, eos_id=EOS, workers=workers, window_tokens=1 << 14))
-    assert seen and seen <= threads
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_pack_packs_each_window_on_the_thread_that_read_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            workers: int) -> None:
-    """A window's tokens are decoded, copied into the window, gathered and encoded on one thread (one core's
-    caches); at two workers both threads take windows. The output is the same bytes at either count."""
-    from bestfit_cli import pipeline
-
-    read_by: dict[int, str] = {}
-    packed_by: dict[int, str] = {}
-    real_windows, real_pack = pipeline.windows, pipeline.pack_window
-
-    def recording_windows(*args, **kwargs):  # type: ignore[no-untyped-def]
-        for window in real_windows(*args, **kwargs):
-            read_by[window.index] = threading.current_thread().name
-            yield window
-
-    def recording_pack(window, *args, **kwargs):  # type: ignore[no-untyped-def]
-        packed_by[window.index] = threading.current_thread().name
-        return real_pack(window, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "windows", recording_windows)
-    monkeypatch.setattr(pipeline, "pack_window", recording_pack)
-    inputs = [str(SAMPLES / "code.parquet")]
-    pack(inputs, str(tmp_path / "out"), PackOptions(ctx=512, eos_id=EOS, workers=workers, window_tokens=1 << 14))
-    assert len(read_by) > 4 and packed_by == read_by
-    assert set(read_by.values()) == ({"MainThread", "bestfit-1"} if workers == 2 else {"MainThread"})
-    pack(inputs, str(tmp_path / "one"), PackOptions(ctx=512, eos_id=EOS, workers=1, window_tokens=1 << 14))
-    for shard in sorted((tmp_path / "out").iterdir()):
-        assert shard.read_bytes() == (tmp_path / "one" / shard.name).read_bytes()
+         PackOptions(ctx=512, eos_id=EOS, workers=workers, window_tokens=1 << 16))
+    assert threads == {thread}
 
 
 def test_a_corrupt_file_read_ahead_fails_as_it_does_without(tmp_path: Path) -> None:
@@ -192,8 +160,7 @@ def test_verify_reads_ahead_when_it_has_more_than_one_core(tmp_path: Path, monke
 
 
 def _reading_threads() -> list[str]:
-    """Threads that read: verify's read-ahead thread, pack's crew threads (the calling thread aside)."""
-    return [t.name for t in threading.enumerate() if t.name == "bestfit-read" or t.name[len("bestfit-"):].isdigit()]
+    return [t.name for t in threading.enumerate() if t.name == "bestfit-read"]
 
 
 @pytest.mark.parametrize("command", ["pack", "pack while filling a window", "verify"])
